@@ -201,20 +201,7 @@ def validate(
         )
 
     if cu_seqlens is not None:
-        cu_seqlens = _check_tensor("cu_seqlens", cu_seqlens, floating=False)
-        if cu_seqlens.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
-        if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2:
-            raise ValueError(f"cu_seqlens must be 1-D [N+1] with N >= 1, got shape {tuple(cu_seqlens.shape)}")
-        if B != 1:
-            raise ValueError(f"cu_seqlens packs sequences into batch 1, but q has B={B} (q {_fmt(q)})")
-        cu_host = [0, T] if _compiling() else cu_seqlens.tolist()
-        if cu_host[0] != 0 or cu_host[-1] != T:
-            raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {cu_host[0]} ... {cu_host[-1]}")
-        if any(a > b_ for a, b_ in zip(cu_host[:-1], cu_host[1:])):
-            raise ValueError(f"cu_seqlens must be non-decreasing, got {cu_host}")
-        if cu_seqlens.device != device:
-            cu_seqlens = cu_seqlens.to(device)
+        cu_seqlens = check_cu_seqlens(cu_seqlens, q, name="q")
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
 
     if initial_state is not None:
@@ -229,16 +216,49 @@ def validate(
             raise TypeError(f"initial_state must be float32 (float64 for float64 inputs), got {initial_state.dtype}")
         initial_state = initial_state.to(sdtype)
 
-    if scale is None:
-        scale = K**-0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a Python number, got {type(scale).__name__}")
-    elif not (scale > 0 and scale < float("inf")):
-        raise ValueError(f"scale must be positive and finite, got {scale}")
+    scale = check_scale(scale, default=K**-0.5)
     if not isinstance(output_final_state, bool):
         raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
 
-    return Recurrence(q, k, v, g, b, w, float(scale), initial_state, output_final_state, cu_seqlens)
+    return Recurrence(q, k, v, g, b, w, scale, initial_state, output_final_state, cu_seqlens)
+
+
+def check_cu_seqlens(cu_seqlens: object, x: torch.Tensor, *, name: str) -> torch.Tensor:
+    """Check packed-sequence offsets against the packed input ``x`` (``[1, T, ...]``).
+
+    Args:
+        cu_seqlens: ``[N+1]`` int32/int64 offsets, 0 first, ``T`` last, non-decreasing.
+        x: the packed input whose dim 0 must be 1 and dim 1 is ``T``.
+        name: how ``x`` is called in error messages.
+
+    Returns:
+        ``cu_seqlens`` on ``x``'s device.
+    """
+    cu_seqlens = _check_tensor("cu_seqlens", cu_seqlens, floating=False)
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must be int32 or int64, got {cu_seqlens.dtype}")
+    if cu_seqlens.ndim != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"cu_seqlens must be 1-D [N+1] with N >= 1, got shape {tuple(cu_seqlens.shape)}")
+    B, T = x.shape[0], x.shape[1]
+    if B != 1:
+        raise ValueError(f"cu_seqlens packs sequences into batch 1, but {name} has B={B} ({name} {_fmt(x)})")
+    cu_host = [0, T] if _compiling() else cu_seqlens.tolist()
+    if cu_host[0] != 0 or cu_host[-1] != T:
+        raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {cu_host[0]} ... {cu_host[-1]}")
+    if any(a > b_ for a, b_ in zip(cu_host[:-1], cu_host[1:])):
+        raise ValueError(f"cu_seqlens must be non-decreasing, got {cu_host}")
+    return cu_seqlens.to(x.device)
+
+
+def check_scale(scale: object, *, default: float) -> float:
+    """``scale`` as a float: ``default`` for ``None``, else a positive finite Python number."""
+    if scale is None:
+        return float(default)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a Python number, got {type(scale).__name__}")
+    if not (scale > 0 and scale < float("inf")):
+        raise ValueError(f"scale must be positive and finite, got {scale}")
+    return float(scale)
 
 
 def _compiling() -> bool:
