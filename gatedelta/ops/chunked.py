@@ -1,0 +1,390 @@
+"""The general recurrence in chunkwise (WY) form, in pure PyTorch: backend ``"torch"``.
+
+DESIGN §1. The sequence is cut into chunks of C tokens. Inside a chunk the delta updates compose
+into one unit-lower-triangular system (the WY representation); across chunks only the ``K×V``
+state travels. Per chunk, rows are tokens, ``γ_r = exp(Σ_{i≤r} g_i)`` and ``q`` is pre-scaled:
+
+    T  = strict_tril(E ⊛ K),  M = tril(Q ⊛ K),   (X ⊛ K)[r, s] = x_rᵀ Diag(γ_r/γ_s) k_s
+    (I + T) [W | R] = [Ē | Z]                     Ē rows γ_r⊙e_r,  Z rows w_r⊙v_r
+    U = R − W S₀,   O = Q_γ S₀ + M U,   S_C = Diag(γ_C) S₀ + K̃ᵀ U,   K̃ rows (γ_C/γ_s)⊙k_s
+
+regrouped so that the sequential part is one small matmul per chunk:
+
+    O   = M R + (Q_γ − M W) S₀            = O₀ + Q̂ S₀
+    S_C = (Diag(γ_C) − K̃ᵀ W) S₀ + K̃ᵀ R   = Φ S₀ + Ψ
+
+Stages of :func:`recurrence`:
+
+1. layout: tokens become ``[rows, chunks, C]``; with ``cu_seqlens`` each sequence is padded to
+   whole chunks and the sequences are concatenated, so no chunk straddles two sequences;
+2. per block of chunks, the intra-chunk terms ``O₀, Q̂, Φ, Ψ`` of all its chunks at once;
+3. a loop over the block's chunks carries the state (reset where a packed sequence starts);
+4. ``O = O₀ + Q̂ S₀`` for the block; 5. undo the layout.
+
+Blocks bound the working memory: only inputs and outputs scale with T (O(T·H·(K+V))), never a
+``[T, T]`` matrix or a per-token state.
+
+Numerics: every decay factor is ``exp`` of a sum of g over a segment ``(s, r]``, built from
+cumulative sums of g alone — never a difference of two cumulative sums (after a hard reset that is
+``−inf − (−inf) = NaN``) and never ``1/γ``. Each factor is ≤ 1, so nothing overflows, and every
+``g ∈ [−inf, 0]`` gives finite values and finite gradients. Masked entries are chosen with
+``torch.where`` (never multiplied by a 0/1 mask), so ``−inf`` never meets a ``0·``.
+
+GVA: ``q`` and ``k`` keep their H heads; value heads are laid out as ``[H, G]`` with
+``G = HV // H`` and ``q``/``k`` broadcast over ``G`` (never repeated).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .spec import Recurrence
+
+Tensor = torch.Tensor
+
+CHUNK = 64
+"""Default chunk length C."""
+SUB_CHUNK = 16
+"""Sub-chunk length for per-channel decay: exact pairwise factors only inside a sub-chunk."""
+BLOCK_TOKENS = 4096
+"""Token-heads whose intra-chunk terms are formed together; bounds the working memory."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Segment sums of g: the only way decay factors are formed.
+
+
+def _segsum(x: Tensor) -> Tensor:
+    """``out[..., r, s, :] = Σ_{s<l≤r} x[..., l, :]`` for ``s ≤ r``, ``−inf`` above the diagonal.
+
+    x: ``[..., L, D]`` -> ``[..., L, L, D]``. Built as a masked cumulative sum over r, so no two
+    cumulative sums are subtracted and ``−inf`` entries of x never produce NaN.
+    """
+    L = x.shape[-2]
+    ones = torch.ones(L, L, dtype=torch.bool, device=x.device)
+    strict = ones.tril(-1)[:, :, None]
+    incl = ones.tril()[:, :, None]
+    rows = torch.where(strict, x[..., :, None, :], 0.0)  # [..., r, s, D]: x_r where s < r
+    return torch.where(incl, rows.cumsum(-3), float("-inf"))
+
+
+def _rev_excl_cumsum(x: Tensor, dim: int) -> Tensor:
+    """``out[s] = Σ_{l>s} x[l]`` along ``dim`` (0 at the last position), without subtraction."""
+    L = x.shape[dim]
+    rev = x.flip(dim).cumsum(dim).flip(dim)  # Σ_{l≥s}
+    return torch.cat([rev.narrow(dim, 1, L - 1), torch.zeros_like(rev.narrow(dim, 0, 1))], dim)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decay plans: one per gate form. Each gives, for one block of chunks (leading dims ``...`` =
+# [rows, H, G, chunks]):
+#   rows(x)    γ_r ⊙ x_r                      [..., C, D] -> [..., C, D]
+#   tails(k)   (γ_C/γ_s) ⊙ k_s                [..., C, K] -> [..., C, K]
+#   pair(x, k) tril([x_rᵀ Diag(γ_r/γ_s) k_s])  [..., C, K] x2 -> [..., C, C] (diagonal included)
+#   last       γ_C, [..., 1] or [..., K], or None for no decay
+
+
+class _NoDecay:
+    last = None
+
+    def rows(self, x: Tensor) -> Tensor:
+        return x
+
+    def tails(self, k: Tensor) -> Tensor:
+        return k
+
+    def pair(self, x: Tensor, k: Tensor) -> Tensor:
+        return (x @ k.mT).tril()
+
+
+class _HeadDecay:
+    """One log-decay per token and value head: the pairwise factor is a scalar per (r, s)."""
+
+    def __init__(self, g: Tensor) -> None:  # g: [..., C]
+        G = g.cumsum(-1)
+        self.gamma = G.exp()[..., None]  # [..., C, 1]
+        self.tail = _rev_excl_cumsum(g, -1).exp()[..., None]  # [..., C, 1]
+        self.last = G[..., -1:].exp()  # [..., 1]
+        self.decay = _segsum(g[..., None]).squeeze(-1).exp()  # [..., C, C], 0 above the diagonal
+
+    def rows(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+    def tails(self, k: Tensor) -> Tensor:
+        return k * self.tail
+
+    def pair(self, x: Tensor, k: Tensor) -> Tensor:
+        return (x @ k.mT) * self.decay
+
+
+class _ChannelDecay:
+    """One log-decay per token, value head and key channel.
+
+    The chunk is split into n sub-chunks of c tokens. A pair (r, s) in sub-chunks i > j factors
+    through the two boundaries between them, each factor ≤ 1:
+
+        γ_r/γ_s = exp(Σ_{start_i ≤ l ≤ r} g) · exp(Σ_{end_j < l < start_i} g) · exp(Σ_{s < l ≤ end_j} g)
+                  └─ in_sub[i, r] ──────────┘   └─ between[i, j] ──────────┘   └─ to_end[j, s] ───┘
+
+    so those blocks are matmuls. Pairs inside one sub-chunk use the exact pairwise factor
+    ``[c, c, K]`` (only c·C·K numbers per chunk instead of C·C·K).
+    """
+
+    def __init__(self, g: Tensor, sub: int) -> None:  # g: [..., C, K]
+        C, K = g.shape[-2:]
+        self.n, self.c = C // sub, sub
+        G = g.cumsum(-2)
+        self.gamma = G.exp()
+        self.tail = _rev_excl_cumsum(g, -2).exp()
+        self.last = G[..., -1, :].exp()  # [..., K]
+        gs = g.unflatten(-2, (self.n, self.c))  # [..., n, c, K]
+        self.in_sub = gs.cumsum(-2).exp()
+        self.to_end = _rev_excl_cumsum(gs, -2).exp()
+        seg = _segsum(gs.sum(-2))  # [..., n, n, K]: Σ over sub-chunks (j, i]
+        # between[i, j] = Σ over sub-chunks strictly between j and i = seg[i-1, j]; row 0 has none.
+        no_row = torch.full_like(seg[..., :1, :, :], float("-inf"))
+        self.between = torch.cat([no_row, seg[..., :-1, :, :]], dim=-3).exp()  # 0 where j ≥ i
+        self.diag = _segsum(gs).exp()  # [..., n, c, c, K], 0 where s > r
+        self.eye = torch.eye(self.n, dtype=torch.bool, device=g.device)[:, :, None, None]
+
+    def rows(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+    def tails(self, k: Tensor) -> Tensor:
+        return k * self.tail
+
+    def pair(self, x: Tensor, k: Tensor) -> Tensor:
+        n, c = self.n, self.c
+        xs, ks = x.unflatten(-2, (n, c)), k.unflatten(-2, (n, c))  # [..., n, c, K]
+        # diagonal blocks: exact pairwise factors
+        diag = (xs[..., :, None, :] * ks[..., None, :, :] * self.diag).sum(-1)  # [..., n, c, c]
+        # off-diagonal blocks (i > j): x side to the boundary before i, k side to the end of j
+        xb = (xs * self.in_sub)[..., :, None, :, :] * self.between[..., :, :, None, :]  # [..., n, n, c, K]
+        off = xb @ (ks * self.to_end)[..., None, :, :, :].mT  # [..., n_i, n_j, c, c]
+        blocks = torch.where(self.eye, diag[..., :, None, :, :], off)
+        return blocks.transpose(-3, -2).reshape(*blocks.shape[:-4], n * c, n * c)
+
+
+def _decay_plan(g: Tensor | None, q: Tensor, sub: int) -> _NoDecay | _HeadDecay | _ChannelDecay:
+    if g is None:
+        return _NoDecay()
+    if g.ndim == q.ndim - 1:
+        return _HeadDecay(g)
+    return _ChannelDecay(g, sub)
+
+
+def _gate(x: Tensor, gate: Tensor | None) -> Tensor:
+    """``gate ⊙ x`` for a gate per head ``[..., C]`` or per channel ``[..., C, D]``; None is 1."""
+    if gate is None:
+        return x
+    return x * (gate[..., None] if gate.ndim == x.ndim - 1 else gate)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: intra-chunk terms.
+
+
+@dataclass
+class _Intra:
+    """Per-chunk terms of one block. Leading dims ``[rows, H, G or 1, chunks]``."""
+
+    qhat: Tensor  # Q̂ = Q_γ − M W       [..., C, K]
+    o0: Tensor  # O₀ = M R                [..., C, V]
+    phi: Tensor | None  # Φ = Diag(γ_C) − K̃ᵀW  [..., K, K]; None without erase
+    last: Tensor | None  # γ_C, [..., 1] or [..., K]; used when phi is None; None = no decay
+    psi: Tensor  # Ψ = K̃ᵀ R              [..., K, V]
+
+
+def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, w: Tensor | None,
+           sub: int) -> _Intra:
+    """Intra-chunk terms for a block of chunks.
+
+    Args:
+        q, k: ``[R, H, 1, n, C, K]`` (q pre-scaled). v: ``[R, H, G, n, C, V]``.
+        g: None, ``[R, H, G, n, C]`` or ``[R, H, G, n, C, K]``. b: None or per head / per K channel.
+        w: None or per head / per V channel.
+    """
+    decay = _decay_plan(g, q, sub)
+    z = _gate(v, w)
+    m = decay.pair(q, k)
+    q_gamma = decay.rows(q)
+    k_tail_t = decay.tails(k).mT  # K̃ᵀ [..., K, C]
+    if b is None:
+        # No erase: U = Z, the state only decays and accumulates.
+        return _Intra(q_gamma, m @ z, None, decay.last, k_tail_t @ z)
+    e = _gate(k, b)
+    t = decay.pair(e, k).tril(-1)
+    K = k.shape[-1]
+    e_bar = decay.rows(e)
+    # Forward substitution of the unit-lower-triangular system (the WY representation).
+    rhs = torch.cat([e_bar, z.expand(*e_bar.shape[:-1], z.shape[-1])], dim=-1)
+    wr = torch.linalg.solve_triangular(t, rhs, upper=False, unitriangular=True)
+    w_mat, r_mat = wr[..., :K], wr[..., K:]
+    last = torch.ones_like(k[..., 0, :]) if decay.last is None else decay.last
+    phi = torch.diag_embed(last.expand(*last.shape[:-1], K)) - k_tail_t @ w_mat
+    return _Intra(q_gamma - m @ w_mat, m @ r_mat, phi, None, k_tail_t @ r_mat)
+
+
+def _step(s: Tensor, it: _Intra, j: int) -> Tensor:
+    """State after chunk j of the block: ``Φ S₀ + Ψ``. s: ``[R, H, G, K, V]``."""
+    psi = it.psi.select(3, j)
+    if it.phi is not None:
+        return it.phi.select(3, j) @ s + psi
+    if it.last is not None:
+        return s * it.last.select(3, j)[..., :, None] + psi
+    return s + psi
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages 1 and 5: layout.
+
+
+@dataclass
+class _Layout:
+    """Where each token lives in the chunked layout ``[rows, chunks · C]``."""
+
+    rows: int
+    length: int  # padded length per row, a multiple of C
+    starts: dict[int, int] = field(default_factory=dict)  # chunk -> packed sequence starting there
+    ends: dict[int, int] = field(default_factory=dict)  # chunk -> packed sequence ending there
+    empty: list[int] = field(default_factory=list)  # packed sequences without tokens
+    gather: Tensor | None = None  # [length] packed token feeding each slot (varlen)
+    valid: Tensor | None = None  # [length] slot holds a real token (varlen)
+    scatter: Tensor | None = None  # [T] slot of each packed token (varlen)
+
+
+def _layout(r: Recurrence, C: int) -> _Layout:
+    B, T = r.q.shape[:2]
+    if r.cu_seqlens is None:
+        return _Layout(rows=B, length=math.ceil(T / C) * C)
+    bounds = r.cu_seqlens.tolist()
+    lens = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
+    n_chunks = [math.ceil(L / C) for L in lens]
+    first = [sum(n_chunks[:i]) for i in range(len(lens))]
+    lay = _Layout(rows=1, length=sum(n_chunks) * C)
+    for n, (f, nc) in enumerate(zip(first, n_chunks)):
+        if nc == 0:
+            lay.empty.append(n)
+        else:
+            lay.starts[f] = n
+            lay.ends[f + nc - 1] = n
+    dev = r.q.device
+    slots = torch.tensor(n_chunks) * C
+    seq = torch.repeat_interleave(torch.arange(len(lens)), slots)
+    local = torch.arange(lay.length) - torch.repeat_interleave(torch.tensor(first) * C, slots)
+    lay.valid = (local < torch.tensor(lens)[seq]).to(dev)
+    lay.gather = (torch.tensor(bounds[:-1])[seq] + local).clamp(max=max(T - 1, 0)).to(dev)
+    shift = torch.tensor([f * C - s for f, s in zip(first, bounds[:-1])])
+    lay.scatter = (torch.arange(T) + torch.repeat_interleave(shift, torch.tensor(lens))).to(dev)
+    return lay
+
+
+def _pack(x: Tensor | None, lay: _Layout) -> Tensor | None:
+    """``[B, T, heads, ...]`` -> ``[rows, length, heads, ...]``, padding with zeros.
+
+    Padded slots have k = 0 and g = 0, so they leave the state untouched.
+    """
+    if x is None:
+        return None
+    if lay.gather is None:
+        pad = [0, 0] * (x.ndim - 2) + [0, lay.length - x.shape[1]]
+        return F.pad(x, pad)
+    mask = lay.valid.view(-1, *([1] * (x.ndim - 2)))
+    # where, not a product with the mask: g may hold −inf.
+    return torch.where(mask, x[0, lay.gather], 0.0)[None]
+
+
+def _to_chunks(x: Tensor | None, H: int, C: int) -> Tensor | None:
+    """``[R, L, heads, ...]`` -> ``[R, H, heads // H, L // C, C, ...]`` (a view)."""
+    if x is None:
+        return None
+    R, L, heads = x.shape[:3]
+    rest = x.shape[3:]
+    x = x.reshape(R, L // C, C, H, heads // H, *rest)
+    return x.permute(0, 3, 4, 1, 2, *range(5, 5 + len(rest)))
+
+
+def _from_chunks(o: Tensor, lay: _Layout, T: int) -> Tensor:
+    """``[R, H, G, chunks, C, V]`` -> ``[B, T, HV, V]``."""
+    R, H, G, n, C, V = o.shape
+    o = o.permute(0, 3, 4, 1, 2, 5).reshape(R, n * C, H * G, V)
+    if lay.scatter is None:
+        return o[:, :T]
+    return o[0, lay.scatter][None]
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def recurrence(r: Recurrence, chunk_size: int = CHUNK) -> tuple[Tensor, Tensor | None]:
+    """Run the general recurrence chunkwise on normalised inputs (see :mod:`gatedelta.ops.spec`).
+
+    Args:
+        r: validated inputs; gate forms are read from the ranks of ``r.g``, ``r.b``, ``r.w``.
+        chunk_size: tokens per chunk C. Per-channel decay splits chunks into sub-chunks of
+            ``gcd(C, 16)`` tokens.
+
+    Returns:
+        ``o`` ``[B, T, HV, V]`` in ``v``'s dtype and, if ``r.output_final_state``, the final state
+        ``[N, HV, K, V]`` in the state dtype (float32, or float64 for float64 inputs); else None.
+    """
+    B, T, H, K = r.q.shape
+    HV, V = r.v.shape[2:]
+    G, C, N = HV // H, chunk_size, r.num_sequences
+    dt = r.state_dtype
+    dev = r.q.device
+    sub = math.gcd(C, SUB_CHUNK)
+
+    # 1. layout: [R, H, G, chunks, C, ...]
+    lay = _layout(r, C)
+    q = _to_chunks(_pack(r.q.to(dt) * r.scale, lay), H, C)
+    k = _to_chunks(_pack(r.k.to(dt), lay), H, C)
+    v, g, b, w = (_to_chunks(_pack(None if x is None else x.to(dt), lay), H, C)
+                  for x in (r.v, r.g, r.b, r.w))
+    n_chunks = lay.length // C
+
+    init = None if r.initial_state is None else r.initial_state.to(dt).view(N, H, G, K, V)
+    zero = torch.zeros(1, H, G, K, V, dtype=dt, device=dev)
+    if lay.gather is None:
+        s = init if init is not None else zero.expand(B, H, G, K, V)
+    else:
+        s = zero
+    finals: list[Tensor | None] = [None] * N
+
+    block = max(1, BLOCK_TOKENS // (lay.rows * HV * C))
+    outs = []
+    for j0 in range(0, n_chunks, block):
+        cs = slice(j0, min(j0 + block, n_chunks))
+        # 2. intra-chunk terms of the block
+        it = _intra(*(None if x is None else x[:, :, :, cs] for x in (q, k, v, g, b, w)), sub=sub)
+        # 3. carry the state through the block's chunks
+        before = []
+        for j in range(cs.start, cs.stop):
+            if j in lay.starts:
+                n = lay.starts[j]
+                s = zero if init is None else init[n : n + 1]
+            before.append(s.expand(lay.rows, H, G, K, V))
+            s = _step(s, it, j - j0)
+            if j in lay.ends:
+                finals[lay.ends[j]] = s[0]
+        # 4. outputs of the block
+        outs.append(it.o0 + it.qhat @ torch.stack(before, dim=3))
+
+    if outs:
+        o = _from_chunks(torch.cat(outs, dim=3), lay, T)
+    else:
+        o = torch.zeros(B, T, HV, V, dtype=dt, device=dev)
+    o = o.to(r.v.dtype)
+    if not r.output_final_state:
+        return o, None
+    if lay.gather is None:
+        final = s.expand(B, H, G, K, V)
+    else:
+        for n in lay.empty:
+            finals[n] = zero[0] if init is None else init[n]
+        final = torch.stack(finals)
+    return o, final.reshape(N, HV, K, V)
