@@ -1,0 +1,38 @@
+"""Fused Triton kernels for the whole family (the ``"triton"`` backend of :mod:`gatedelta.ops`).
+
+One kernel family serves every op of DESIGN §1's table through compile-time gate flags:
+
+* ``forward.py``: chunkwise WY forward (intra-chunk matrices and inverse → state pass → output),
+* ``backward.py``: the gate-aware backward (reverse state pass → chunk-parallel gradients),
+* ``decode.py``: the token-by-token step used for short inputs with a state (decoding),
+* ``op.py``: ``torch.library`` custom ops with autograd and fake implementations.
+
+Runs on CUDA, or on the CPU under ``TRITON_INTERPRET=1`` (float32; used by the tests).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..spec import Recurrence
+
+
+def recurrence(r: Recurrence) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run the general recurrence on validated inputs.
+
+    Returns ``o [B, T, HV, V]`` in ``v``'s dtype and the final state ``[N, HV, K, V]`` fp32 if
+    ``r.output_final_state`` else ``None``. Differentiable in q, k, v, g, b, w and the initial
+    state; short inputs (≤ 4 tokens per sequence) with a state take the decode kernel.
+    """
+    if r.v.dtype == torch.float64:
+        raise TypeError(
+            "backend='triton' computes in float32 and takes bf16/fp16/fp32 inputs, got float64; "
+            "use backend='torch' or backend='reference' for float64"
+        )
+    from .op import recurrence_fwd
+
+    o, final = recurrence_fwd(r.q, r.k, r.v, r.g, r.b, r.w, r.scale, r.initial_state, r.cu_seqlens)
+    return o, (final if r.output_final_state else None)
+
+
+__all__ = ["recurrence"]

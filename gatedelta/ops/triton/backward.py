@@ -1,0 +1,337 @@
+"""Gate-aware chunkwise backward (DESIGN §1's written-out chain rule), same flags as the forward.
+
+Nothing but the inputs is kept from the forward: the backward recomputes stage 1 (``G, M, A, W,
+U``) and stage 2 (``h = S₀`` per chunk, ``R``), then
+
+4. ``chunk_state_bwd_kernel`` (sequential, last chunk first), per chunk with ``dS_C`` given:
+   ``dR = Mᵀ dO + K̃ dS_C``, ``dY = Aᵀ dR`` (stored), and
+   ``dS₀ = Q_γᵀ dO + Diag(γ_C) dS_C − Ēᵀ dY`` (stored as the next chunk's ``dS_C``; the first
+   chunk's is d initial_state).
+5. ``chunk_grad_kernel`` (chunk-parallel, one K block each): with ``dM = tril(dO Rᵀ)``,
+   ``dT = −strict_tril(dY Rᵀ)``, ``dZ = dY``, ``dĒ = −dY S₀ᵀ``, ``dK̃ = R dS_Cᵀ`` and
+   ``dQ_γ = dO S₀ᵀ``, the pairwise products give dq, dk, de and ``d log γ`` per row (for a
+   pairwise factor ``Σ_k x_rk y_sk exp(G_rk − G_sk)`` the log-decay gradient is ``x⊙dx − y⊙dy``),
+   then ``e = b⊙k``, ``z = w⊙v`` give db, dw, and ``dg`` is the reverse cumulative sum of
+   ``d log γ`` within the chunk.
+
+Here ``Y = Z − Ē S₀`` and ``R = A Y``; ``dT = −Aᵀ dA Aᵀ`` with ``dA = dR Yᵀ`` collapses to
+``−dY Rᵀ``, so the gradient kernel needs no A.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    CHUNK,
+    G_MIN,
+    SUB_CHUNK,
+    dot_precision,
+    empty,
+    gate_form,
+    pair_left,
+    pair_right,
+    prepare_chunks,
+)
+from .forward import _pow2, chunk_intra, chunk_state, load_erase, state_block_v
+
+
+@triton.jit
+def chunk_state_bwd_kernel(
+    q, k, b, G, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """One program per (value block, sequence·head), last chunk first.
+
+    Writes dh ``[NT, HV, K, V]`` (gradient of each chunk's outgoing state), dY ``[Ttot, HV, V]``
+    and dh0 ``[N, HV, K, V]``. BK covers all of K.
+    """
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    i_c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+
+    b_dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        b_dS += tl.load(dht + i_nh.to(tl.int64) * K * V + p_kv, mask=m_kv, other=0)
+    i_c = tl.cdiv(eos - bos, BT) - 1
+    while i_c >= 0:
+        o_row = bos + i_c * BT + o_t
+        m_t = o_row < eos
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        tl.store(dh + ((i_c0 + i_c) * HV + i_hv) * K * V + p_kv, b_dS, mask=m_kv)
+        p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
+        b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+        b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
+        i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        if DECAY == 2:
+            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+            b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=m_k, other=0)
+            b_k *= tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
+            b_q *= tl.exp(b_G)
+            b_e *= tl.exp(b_G)
+        elif DECAY == 1:
+            b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
+            b_gl = tl.load(G + i_last * HV + i_hv)
+            b_k *= tl.exp(tl.minimum(b_gl - b_G, 0.0))[:, None]
+            b_q *= tl.exp(b_G)[:, None]
+            b_e *= tl.exp(b_G)[:, None]
+        b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC) + tl.dot(b_k, b_dS, input_precision=PREC)
+        if ERASE > 0:
+            b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+            b_dY = tl.dot(tl.trans(b_A), b_dR, input_precision=PREC)
+        else:
+            b_dY = b_dR
+        tl.store(dY + p_tv, b_dY, mask=m_tv)
+        if DECAY == 2:
+            b_dS *= tl.exp(b_gl)[:, None]
+        elif DECAY == 1:
+            b_dS *= tl.exp(b_gl)
+        b_dS += tl.dot(tl.trans(b_q * scale), b_do, input_precision=PREC)
+        if ERASE > 0:
+            b_dS -= tl.dot(tl.trans(b_e), b_dY, input_precision=PREC)
+        i_c -= 1
+    if STORE_DH0:
+        tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_kv, b_dS, mask=m_kv)
+
+
+@triton.jit
+def chunk_grad_kernel(
+    q, k, v, g, b, w, G, R, h, do, dY, dh,
+    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
+    Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr,
+):
+    """One program per (K block, chunk, value head).
+
+    Writes dq, dk ``[Ttot, HV, K]`` (per value head; GVA groups are summed by the caller),
+    dv ``[Ttot, HV, V]``, dg / db (per channel: ``[Ttot, HV, K]``; per head: partial sums
+    ``[NK, Ttot, HV]`` over this K block) and dw (``[Ttot, HV(, V)]``, by the first K block).
+    """
+    i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_h = i_hv // (HV // H)
+    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
+    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_row = bos + i_c * BT + o_t
+    m_t = o_row < eos
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
+
+    # 1. contractions over V: the [BT, BT] gradients of M and T and the state-side terms
+    b_dM = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dqs = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dEb = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dKt = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dgc = tl.zeros([BK], dtype=tl.float32)
+    b_dw1 = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
+        b_R = tl.load(R + p_tv, mask=m_tv, other=0)
+        b_dY = tl.load(dY + p_tv, mask=m_tv, other=0)
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
+        b_dqs += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        if ERASE > 0:
+            b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
+            b_dEb += tl.dot(b_dY, tl.trans(b_h), input_precision=PREC)
+        b_dKt += tl.dot(b_R, tl.trans(b_dh), input_precision=PREC)
+        if DECAY > 0:
+            b_dgc += tl.sum(b_h * b_dh, 1)
+        if i_k == 0:
+            # z = w ⊙ v and dZ = dY
+            b_v = tl.load(v + p_tv, mask=m_tv, other=0).to(tl.float32)
+            if WRITE == 2:
+                b_w = tl.load(w + p_tv, mask=m_tv, other=0).to(tl.float32)
+                tl.store(dv + p_tv, (b_w * b_dY).to(dv.dtype.element_ty), mask=m_tv)
+                tl.store(dw + p_tv, (b_v * b_dY).to(dw.dtype.element_ty), mask=m_tv)
+            elif WRITE == 1:
+                b_w1 = tl.load(w + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)
+                tl.store(dv + p_tv, (b_w1[:, None] * b_dY).to(dv.dtype.element_ty), mask=m_tv)
+                b_dw1 += tl.sum(b_v * b_dY, 1)
+            else:
+                tl.store(dv + p_tv, b_dY.to(dv.dtype.element_ty), mask=m_tv)
+    if i_k == 0 and WRITE == 1:
+        tl.store(dw + o_row * HV + i_hv, b_dw1.to(dw.dtype.element_ty), mask=m_t)
+    b_dM = tl.where(o_t[:, None] >= o_t[None, :], b_dM, 0.0)
+    b_dT = tl.where(o_t[:, None] > o_t[None, :], -b_dT, 0.0)
+
+    # 2. pairwise products -> dq, dk, de and the log-decay gradient dG per row
+    b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+    b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
+    n_last = tl.minimum(eos - bos - i_c * BT, BT) - 1  # last valid row of the chunk
+    if DECAY == 2:
+        b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+        b_gam = tl.exp(b_G)
+        b_dq = pair_left(b_dM, b_k, b_G, o_t, BT, BC, PREC) * scale
+        b_dk = pair_right(b_dM, b_q, b_G, o_t, BT, BC, PREC) * scale
+        b_dG = b_q * b_dq - b_k * b_dk
+        b_dq0 = scale * b_gam * b_dqs
+        b_dq += b_dq0
+        b_dG += b_q * b_dq0
+        if ERASE > 0:
+            b_de = pair_left(b_dT, b_k, b_G, o_t, BT, BC, PREC)
+            b_dk1 = pair_right(b_dT, b_e, b_G, o_t, BT, BC, PREC)
+            b_dG += b_e * b_de - b_k * b_dk1
+            b_dk += b_dk1
+            b_de0 = -b_gam * b_dEb
+            b_de += b_de0
+            b_dG += b_e * b_de0
+        b_gl = tl.sum(tl.where(o_t[:, None] == n_last, b_G, 0.0), 0)
+        b_dk2 = tl.where(m_tk, tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), 0.0) * b_dKt
+        b_dk += b_dk2
+        b_dG -= b_k * b_dk2
+        b_dGC = tl.sum(b_k * b_dk2, 0) + tl.exp(b_gl) * b_dgc
+        b_dG += tl.where((o_t == n_last)[:, None], b_dGC[None, :], 0.0)
+    else:
+        if DECAY == 1:
+            b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
+            b_gam = tl.exp(b_G)
+            b_rho = tl.exp(tl.minimum(b_G[:, None] - b_G[None, :], 0.0))
+            b_dMr = b_dM * b_rho
+            b_dTr = b_dT * b_rho
+        else:
+            b_dMr = b_dM
+            b_dTr = b_dT
+        b_dq = tl.dot(b_dMr, b_k, input_precision=PREC) * scale
+        b_dk = tl.dot(tl.trans(b_dMr), b_q, input_precision=PREC) * scale
+        b_dG = b_q * b_dq - b_k * b_dk
+        if DECAY == 1:
+            b_dq0 = scale * b_gam[:, None] * b_dqs
+        else:
+            b_dq0 = scale * b_dqs
+        b_dq += b_dq0
+        b_dG += b_q * b_dq0
+        if ERASE > 0:
+            b_de = tl.dot(b_dTr, b_k, input_precision=PREC)
+            b_dk1 = tl.dot(tl.trans(b_dTr), b_e, input_precision=PREC)
+            b_dG += b_e * b_de - b_k * b_dk1
+            b_dk += b_dk1
+            if DECAY == 1:
+                b_de0 = -b_gam[:, None] * b_dEb
+            else:
+                b_de0 = -b_dEb
+            b_de += b_de0
+            b_dG += b_e * b_de0
+        if DECAY == 1:
+            b_gl = tl.sum(tl.where(o_t == n_last, b_G, 0.0), 0)
+            b_dk2 = tl.where(m_t, tl.exp(tl.minimum(b_gl - b_G, 0.0)), 0.0)[:, None] * b_dKt
+            b_dG -= b_k * b_dk2
+            b_dGC = tl.sum(tl.sum(b_k * b_dk2, 0) + tl.exp(b_gl) * b_dgc, 0)
+        else:
+            b_dk2 = b_dKt
+        b_dk += b_dk2
+
+    # 3. e = b ⊙ k
+    if ERASE == 2:
+        b_b = tl.load(b + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        b_dk += b_b * b_de
+        tl.store(db + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], (b_k * b_de).to(db.dtype.element_ty),
+                 mask=m_tk)
+    elif ERASE == 1:
+        b_b1 = tl.load(b + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)
+        b_dk += b_b1[:, None] * b_de
+        tl.store(db + (i_k * Ttot + o_row) * HV + i_hv, tl.sum(b_k * b_de, 1), mask=m_t)
+    p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
+    tl.store(dq + p_tk, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + p_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+
+    # 4. dg: reverse cumulative sum of d log γ within the chunk; a clamped g (a hard reset) has 0
+    if DECAY == 2:
+        b_dg = tl.cumsum(tl.where(m_tk, b_dG, 0.0), 0, reverse=True)
+        b_g = tl.load(g + p_tk, mask=m_tk, other=0)
+        tl.store(dg + p_tk, tl.where(b_g > G_MIN, b_dg, 0.0).to(dg.dtype.element_ty), mask=m_tk)
+    elif DECAY == 1:
+        b_dG1 = tl.sum(b_dG, 1) + tl.where(o_t == n_last, b_dGC, 0.0)
+        b_dg = tl.cumsum(tl.where(m_t, b_dG1, 0.0), 0, reverse=True)
+        b_g = tl.load(g + o_row * HV + i_hv, mask=m_t, other=0)
+        tl.store(dg + (i_k * Ttot + o_row) * HV + i_hv, tl.where(b_g > G_MIN, b_dg, 0.0), mask=m_t)
+
+
+def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht):
+    """Gradients of :func:`chunk_forward` on packed inputs.
+
+    Args: as :func:`gatedelta.ops.triton.forward.chunk_forward`, plus ``do [Ttot, HV, V]`` and
+    ``dht [N, HV, K, V]`` (or None).
+
+    Returns ``(dq, dk, dv, dg, db, dw, dh0)`` shaped like the inputs (None for absent ones).
+    """
+    Ttot, H, K = q.shape
+    HV, V = v.shape[1], v.shape[2]
+    dev = q.device
+    DECAY, ERASE, WRITE = gate_form(g), gate_form(b), gate_form(w)
+    cu, chunk_indices, chunk_offsets, NT = prepare_chunks(cu_seqlens, B, T, CHUNK, dev)
+    N = cu.numel() - 1
+    f32 = dict(dtype=torch.float32, device=dev)
+    PREC = dot_precision(q.dtype)
+    BK = min(64, _pow2(K))
+    NK = triton.cdiv(K, BK)
+    dq = empty((Ttot, HV, K), **f32)
+    dk = empty((Ttot, HV, K), **f32)
+    dv = empty((Ttot, HV, V), dtype=v.dtype, device=dev)
+    dg = None if g is None else empty((Ttot, HV, K) if DECAY == 2 else (NK, Ttot, HV), **f32)
+    db = None if b is None else empty((Ttot, HV, K) if ERASE == 2 else (NK, Ttot, HV), **f32)
+    dw = None if w is None else empty(w.shape, dtype=w.dtype, device=dev)
+    dh0 = None if h0 is None else empty(h0.shape, **f32)
+    if NT > 0:
+        G, M, A, W, U = chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, store_a=True)
+        h, R, _ = chunk_state(k, v, w, G, W, U, h0, cu, chunk_offsets, NT, N, erase=ERASE, decay=DECAY)
+        dh = empty((NT, HV, K, V), **f32)
+        dY = empty((Ttot, HV, V), **f32)
+        BV = state_block_v(V, K, N * HV)
+        chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
+            q, k, q if b is None else b, M if G is None else G, M, M if A is None else A, do, dY, dh,
+            dh if dht is None else dht, dh if dh0 is None else dh0, cu, chunk_offsets, scale,
+            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=_pow2(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC, num_warps=4,
+        )
+        chunk_grad_kernel[(NK, NT, HV)](
+            q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
+            M if G is None else G, R, h, do, dY, dh,
+            dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw,
+            cu, chunk_indices, scale, Ttot,
+            H=H, HV=HV, K=K, V=V, BT=CHUNK, BC=min(SUB_CHUNK, CHUNK), BK=BK, BV=min(64, _pow2(V)),
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PREC=PREC, num_warps=4,
+        )
+    elif dh0 is not None:
+        dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
+    groups = HV // H
+    dq = dq.view(Ttot, H, groups, K).sum(2).to(q.dtype)
+    dk = dk.view(Ttot, H, groups, K).sum(2).to(k.dtype)
+    if DECAY == 1:
+        dg = dg.sum(0)
+    if ERASE == 1:
+        db = db.sum(0)
+    if db is not None:
+        db = db.to(b.dtype)
+    if dg is not None:
+        dg = dg.to(g.dtype)
+    return dq, dk, dv, dg, db, dw, dh0

@@ -1,0 +1,97 @@
+"""Decode step: a few tokens per sequence with a carried state, token by token, state in registers.
+
+Layers decode with this in constant memory: the fp32 state is read once, updated in registers for
+each of the (few) new tokens, and written once. It applies the recurrence exactly as the reference
+does (decay, erase, write, read), so ``g = −inf`` is an exact reset here without any clamping.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import empty, gate_form
+
+# recurrence() takes this path for sequences no longer than this when a state is given.
+MAX_DECODE_TOKENS = 4
+
+
+@triton.jit
+def recurrent_step_kernel(
+    q, k, v, g, b, w, h0, o, ht, cu_seqlens, scale,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, USE_H0: tl.constexpr,
+):
+    """One program per (value block, sequence·head). State block ``[BK ≥ K, BV]`` fp32.
+
+    q, k ``[Ttot, H, K]``, v ``[Ttot, HV, V]``, gates packed likewise; o ``[Ttot, HV, V]``;
+    h0, ht ``[N, HV, K, V]``.
+    """
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_kv = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_S += tl.load(h0 + p_kv, mask=m_kv, other=0)
+    t = bos
+    while t < eos:
+        b_q = tl.load(q + (t * H + i_h) * K + o_k, mask=m_k, other=0).to(tl.float32) * scale
+        b_k = tl.load(k + (t * H + i_h) * K + o_k, mask=m_k, other=0).to(tl.float32)
+        b_z = tl.load(v + (t * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
+        if WRITE == 2:
+            b_z *= tl.load(w + (t * HV + i_hv) * V + o_v, mask=m_v, other=0).to(tl.float32)
+        elif WRITE == 1:
+            b_z *= tl.load(w + t * HV + i_hv).to(tl.float32)
+        # 1. decay
+        if DECAY == 2:
+            b_S *= tl.exp(tl.load(g + (t * HV + i_hv) * K + o_k, mask=m_k, other=0))[:, None]
+        elif DECAY == 1:
+            b_S *= tl.exp(tl.load(g + t * HV + i_hv))
+        # 2.-3. erase along e = b ⊙ k, then write z: S += k (z − Sᵀe)ᵀ
+        if ERASE == 2:
+            b_e = b_k * tl.load(b + (t * HV + i_hv) * K + o_k, mask=m_k, other=0).to(tl.float32)
+            b_z -= tl.sum(b_e[:, None] * b_S, 0)
+        elif ERASE == 1:
+            b_e = b_k * tl.load(b + t * HV + i_hv).to(tl.float32)
+            b_z -= tl.sum(b_e[:, None] * b_S, 0)
+        b_S += b_k[:, None] * b_z[None, :]
+        # 4. read after the update
+        b_o = tl.sum(b_q[:, None] * b_S, 0)
+        tl.store(o + (t * HV + i_hv) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+        t += 1
+    tl.store(ht + p_kv, b_S, mask=m_kv)
+
+
+def recurrent_step(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int):
+    """Token-by-token forward on packed inputs (for decode). Same arguments and returns as
+    :func:`gatedelta.ops.triton.forward.chunk_forward`."""
+    Ttot, H, K = q.shape
+    HV, V = v.shape[1], v.shape[2]
+    if cu_seqlens is None:
+        cu = torch.arange(0, B + 1, device=q.device, dtype=torch.int32) * T
+    else:
+        cu = cu_seqlens.to(torch.int32)
+    N = cu.numel() - 1
+    o = empty((Ttot, HV, V), dtype=v.dtype, device=v.device)
+    ht = empty((N, HV, K, V), dtype=torch.float32, device=v.device)
+    BK = max(16, triton.next_power_of_2(K))
+    # A [BK, BV] fp32 block per program: small enough to stay in registers, and ≥ 1k programs at
+    # decode batch sizes so every SM streams state.
+    BV = min(max(16, triton.next_power_of_2(V)), 32 if K <= 128 else 16)
+    recurrent_step_kernel[(triton.cdiv(V, BV), N * HV)](
+        q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
+        ht if h0 is None else h0, o, ht, cu, scale,
+        H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, DECAY=gate_form(g), ERASE=gate_form(b), WRITE=gate_form(w),
+        USE_H0=h0 is not None, num_warps=4,
+    )
+    return o, ht

@@ -1,0 +1,361 @@
+"""Chunkwise forward: three kernels that serve every op of DESIGN §1 through compile-time flags.
+
+Stages (DESIGN §1, chunk of BT tokens, incoming state S₀):
+
+1. ``chunk_intra_kernel`` (chunk-parallel): the chunk-local cumulative log-decay ``G``; the
+   readout matrix ``M = scale·tril(Q_γ K̄ᵀ)`` and the erase matrix ``T = strict_tril(Ē K̄ᵀ)``, both
+   in the overflow-safe pairwise form; ``A = (I + T)⁻¹``, ``W = A Ē`` and ``U = A Z``.
+2. ``chunk_state_kernel`` (sequential over chunks, parallel over heads and value blocks): the
+   incoming state of every chunk ``h``, the corrected values ``R = U − W S₀`` and the final state
+   ``S_C = Diag(γ_C) S₀ + K̃ᵀ R``.
+3. ``chunk_output_kernel`` (chunk-parallel): ``O = Q_γ S₀ + M R``.
+
+Without an erase gate ``T = 0``, so ``A = I`` and ``R = Z``: stage 1 skips the inverse.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import (
+    CHUNK,
+    G_MIN,
+    SUB_CHUNK,
+    dot_precision,
+    empty,
+    gate_form,
+    inverse_precision,
+    pair_matrix,
+    prepare_chunks,
+)
+
+
+@triton.jit
+def unit_lower_inverse(b_T, o_t, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
+    """``(I + T)⁻¹`` for a strictly lower-triangular ``T [BT, BT]`` (fp32).
+
+    The BC×BC diagonal blocks ``D`` are inverted by forward substitution, all blocks at once; the
+    rest follows from ``(I + T)⁻¹ = (I + X)⁻¹ D⁻¹`` with ``X = D⁻¹ N`` (N: the blocks below the
+    diagonal), and X is nilpotent with ``X⁴ = 0`` for up to 4 blocks: ``(I − X)(I + X²) D⁻¹``.
+    """
+    NC: tl.constexpr = BT // BC
+    o_c = tl.arange(0, NC)
+    o_i = tl.arange(0, BC)
+    m_blk = o_c[:, None, None, None] == o_c[None, None, :, None]
+    b_Td = tl.sum(tl.where(m_blk, tl.reshape(b_T, [NC, BC, NC, BC]), 0.0), 2)  # [NC, BC, BC]
+    b_Di = tl.where((o_i[:, None] == o_i[None, :])[None, :, :], 1.0, tl.zeros([NC, BC, BC], tl.float32))
+    for i in range(1, BC):
+        # row i of each block: e_i − Σ_{j<i} T[i, j] D⁻¹[j, :]
+        b_ti = tl.sum(tl.where((o_i == i)[None, :, None], b_Td, 0.0), 1)  # [NC, BC]
+        b_a = tl.where((o_i == i)[None, :], 1.0, 0.0) - tl.sum(b_ti[:, :, None] * b_Di, 1)
+        b_Di = tl.where((o_i == i)[None, :, None], b_a[:, None, :], b_Di)
+    b_D = tl.reshape(tl.where(m_blk, b_Di[:, :, None, :], 0.0), [BT, BT])
+    if NC > 1:
+        b_N = tl.where((o_t[:, None] // BC) > (o_t[None, :] // BC), b_T, 0.0)
+        b_X = tl.dot(b_D, b_N, input_precision=PREC)
+        b_X2 = tl.dot(b_X, b_X, input_precision=PREC)
+        b_Y = b_D + tl.dot(b_X2, b_D, input_precision=PREC)
+        b_A = b_Y - tl.dot(b_X, b_Y, input_precision=PREC)
+    else:
+        b_A = b_D
+    return b_A
+
+
+@triton.jit
+def load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr,
+               ERASE: tl.constexpr):
+    """``(k, e = b ⊙ k)`` rows of one K block, fp32 ``[BT, BK]``."""
+    b_k = tl.load(k + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+    if ERASE == 2:
+        p_b = b + (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
+        b_e = b_k * tl.load(p_b, mask=m_tk, other=0).to(tl.float32)
+    elif ERASE == 1:
+        b_e = b_k * tl.load(b + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)[:, None]
+    else:
+        b_e = b_k
+    return b_k, b_e
+
+
+@triton.jit
+def load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV: tl.constexpr, V: tl.constexpr, WRITE: tl.constexpr):
+    """``z = w ⊙ v`` rows of one V block, fp32 ``[BT, BV]``."""
+    b_z = tl.load(v + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_tv, other=0).to(tl.float32)
+    if WRITE == 2:
+        b_z *= tl.load(w + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_tv, other=0).to(tl.float32)
+    elif WRITE == 1:
+        b_z *= tl.load(w + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)[:, None]
+    return b_z
+
+
+@triton.jit
+def load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV: tl.constexpr, K: tl.constexpr, DECAY: tl.constexpr):
+    """Chunk-local cumulative log-decay G: ``[BT, BK]`` (per channel) or ``[BT]`` (per head).
+
+    Rows past the sequence end load g = 0, so G stays flat there and the last row holds G_C.
+    """
+    if DECAY == 2:
+        b_g = tl.load(g + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+    else:
+        b_g = tl.load(g + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)
+    return tl.cumsum(tl.maximum(b_g, G_MIN), 0)
+
+
+@triton.jit
+def chunk_intra_kernel(
+    q, k, v, g, b, w, G, M, A, W, U, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, STORE_A: tl.constexpr,
+    PREC: tl.constexpr, PREC_INV: tl.constexpr,
+):
+    """One program per (chunk, value head). Writes G ``[Ttot, HV(, K)]``, M ``[Ttot, HV, BT]``,
+    and with an erase gate W ``[Ttot, HV, K]``, U ``[Ttot, HV, V]`` (and A ``[Ttot, HV, BT]``)."""
+    i_t, i_hv = tl.program_id(0), tl.program_id(1)
+    i_h = i_hv // (HV // H)
+    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
+    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_row = bos + i_c * BT + o_t
+    m_t = o_row < eos
+    m_tt = m_t[:, None] & (o_t[None, :] < BT)
+
+    b_M = tl.zeros([BT, BT], dtype=tl.float32)
+    b_T = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
+        if DECAY == 2:
+            b_G = load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, DECAY)
+            tl.store(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], b_G, mask=m_tk)
+            b_M += pair_matrix(b_q, b_k, b_G, o_t, BT, BC, False, PREC)
+            if ERASE > 0:
+                b_T += pair_matrix(b_e, b_k, b_G, o_t, BT, BC, True, PREC)
+        else:
+            b_M += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+            if ERASE > 0:
+                b_T += tl.dot(b_e, tl.trans(b_k), input_precision=PREC)
+    if DECAY == 1:
+        b_G1 = load_cumdecay(g, o_row, m_t, i_hv, o_t, m_tt, HV, K, DECAY)
+        tl.store(G + o_row * HV + i_hv, b_G1, mask=m_t)
+        b_rho = tl.exp(tl.minimum(b_G1[:, None] - b_G1[None, :], 0.0))
+        b_M *= b_rho
+        b_T *= b_rho
+    b_M = tl.where(o_t[:, None] >= o_t[None, :], b_M * scale, 0.0)
+    p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
+    tl.store(M + p_tt, b_M, mask=m_tt)
+    if ERASE > 0:
+        b_A = unit_lower_inverse(tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0), o_t, BT, BC, PREC_INV)
+        if STORE_A:
+            tl.store(A + p_tt, b_A, mask=m_tt)
+        # W = A Ē, Ē rows γ_r ⊙ e_r (≤ 1 factors only)
+        for i_k in range(tl.cdiv(K, BK)):
+            o_k = i_k * BK + tl.arange(0, BK)
+            m_tk = m_t[:, None] & (o_k < K)[None, :]
+            b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
+            if DECAY == 2:
+                b_e *= tl.exp(load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, DECAY))
+            elif DECAY == 1:
+                b_e *= tl.exp(b_G1)[:, None]
+            b_W = tl.dot(b_A, b_e, input_precision=PREC)
+            tl.store(W + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], b_W, mask=m_tk)
+        for i_v in range(tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            m_tv = m_t[:, None] & (o_v < V)[None, :]
+            b_z = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
+            b_U = tl.dot(b_A, b_z, input_precision=PREC)
+            tl.store(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], b_U, mask=m_tv)
+
+
+@triton.jit
+def chunk_state_kernel(
+    k, v, w, G, W, U, R, h, h0, ht, cu_seqlens, chunk_offsets,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr,
+    USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+):
+    """One program per (value block, sequence·head), walking the sequence's chunks in order.
+
+    Writes the incoming state of each chunk h ``[NT, HV, K, V]`` fp32, the corrected values
+    R ``[Ttot, HV, V]`` fp32 and the final state ht ``[N, HV, K, V]``. BK covers all of K.
+    """
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hv = i_nh // HV, i_nh % HV
+    i_h = i_hv // (HV // H)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    i_c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    p_kv = o_k[:, None] * V + o_v[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        b_S += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_kv, mask=m_kv, other=0)
+    # A while loop: the trip count is data (sequence length), which Triton's interpreter cannot
+    # take as a range bound.
+    NTs = tl.cdiv(eos - bos, BT)
+    i_c = 0
+    while i_c < NTs:
+        o_row = bos + i_c * BT + o_t
+        m_t = o_row < eos
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        tl.store(h + ((i_c0 + i_c) * HV + i_hv) * K * V + p_kv, b_S, mask=m_kv)
+        if ERASE > 0:
+            b_W = tl.load(W + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+            b_R = tl.load(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_tv, other=0)
+            b_R -= tl.dot(b_W, b_S, input_precision=PREC)
+        else:
+            b_R = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
+        tl.store(R + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], b_R, mask=m_tv)
+        b_k = tl.load(k + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+        if DECAY == 2:
+            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+            b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=m_k, other=0)
+            b_S *= tl.exp(b_gl)[:, None]
+            b_k *= tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
+        elif DECAY == 1:
+            b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
+            b_gl = tl.load(G + i_last * HV + i_hv)
+            b_S *= tl.exp(b_gl)
+            b_k *= tl.exp(tl.minimum(b_gl - b_G, 0.0))[:, None]
+        b_S += tl.dot(tl.trans(b_k), b_R, input_precision=PREC)
+        i_c += 1
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + p_kv, b_S, mask=m_kv)
+
+
+@triton.jit
+def chunk_output_kernel(
+    q, G, M, R, h, o, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr,
+):
+    """One program per (value block, chunk, value head): ``O = scale·(γ ⊙ Q) S₀ + M R``."""
+    i_v, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_h = i_hv // (HV // H)
+    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
+    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_row = bos + i_c * BT + o_t
+    m_t = o_row < eos
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+        if DECAY == 2:
+            b_q *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0))
+        b_h = tl.load(h + (i_t.to(tl.int64) * HV + i_hv) * K * V + o_k[:, None] * V + o_v[None, :],
+                      mask=m_k[:, None] & m_v[None, :], other=0)
+        b_o += tl.dot(b_q, b_h, input_precision=PREC)
+    if DECAY == 1:
+        b_o *= tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
+    b_o *= scale
+    b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+    p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_o += tl.dot(b_M, tl.load(R + p_tv, mask=m_tv, other=0), input_precision=PREC)
+    tl.store(o + p_tv, b_o.to(o.dtype.element_ty), mask=m_tv)
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+def state_block_v(V: int, K: int, programs: int) -> int:
+    """Value-block width of the sequential kernels: narrow enough to give the GPU ≥ ~256 programs
+    (long single sequences have few heads to spread over), wide enough to feed the matrix units."""
+    BV = min(_pow2(V), 64 if K <= 64 else 32)
+    while BV > 16 and programs * triton.cdiv(V, BV) < 256:
+        BV //= 2
+    return BV
+
+
+def chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, *, store_a: bool):
+    """Stage 1 on packed inputs. Returns ``(G, M, A, W, U)`` (None where not needed)."""
+    Ttot, H, K = q.shape
+    HV, V = v.shape[1], v.shape[2]
+    BT, dev = CHUNK, q.device
+    DECAY, ERASE, WRITE = gate_form(g), gate_form(b), gate_form(w)
+    f32 = dict(dtype=torch.float32, device=dev)
+    G = None if g is None else empty(g.shape, **f32)
+    M = empty((Ttot, HV, BT), **f32)
+    A = empty((Ttot, HV, BT), **f32) if (store_a and ERASE) else None
+    W = empty((Ttot, HV, K), **f32) if ERASE else None
+    U = empty((Ttot, HV, V), **f32) if ERASE else None
+    chunk_intra_kernel[(NT, HV)](
+        q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
+        M if G is None else G, M, M if A is None else A, M if W is None else W, M if U is None else U,
+        cu, chunk_indices, scale,
+        H=H, HV=HV, K=K, V=V, BT=BT, BC=min(SUB_CHUNK, BT), BK=min(64, _pow2(K)), BV=min(64, _pow2(V)),
+        DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, STORE_A=A is not None,
+        PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype), num_warps=4,
+    )
+    return G, M, A, W, U
+
+
+def chunk_state(k, v, w, G, W, U, h0, cu, chunk_offsets, NT, N, *, erase: int, decay: int):
+    """Stage 2. Returns ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])``, all fp32."""
+    Ttot, H, K = k.shape
+    HV, V = v.shape[1], v.shape[2]
+    f32 = dict(dtype=torch.float32, device=k.device)
+    h = empty((NT, HV, K, V), **f32)
+    R = empty((Ttot, HV, V), **f32)
+    ht = empty((N, HV, K, V), **f32)
+    BV = state_block_v(V, K, N * HV)
+    chunk_state_kernel[(triton.cdiv(V, BV), N * HV)](
+        k, v, k if w is None else w, k if G is None else G, k if W is None else W, k if U is None else U,
+        R, h, ht if h0 is None else h0, ht, cu, chunk_offsets,
+        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=_pow2(K), BV=BV, DECAY=decay, ERASE=erase,
+        WRITE=gate_form(w), USE_H0=h0 is not None, STORE_HT=True, PREC=dot_precision(k.dtype),
+        num_warps=4,
+    )
+    return h, R, ht
+
+
+def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int):
+    """Chunkwise forward on packed inputs (see module docstring).
+
+    Args:
+        q, k: ``[Ttot, H, K]``; v: ``[Ttot, HV, V]``; g, b, w: packed gates or None;
+        h0: ``[N, HV, K, V]`` fp32 or None; cu_seqlens: ``[N+1]`` or None (then N = B rows of T).
+
+    Returns:
+        ``o [Ttot, HV, V]`` (v's dtype) and the final state ``[N, HV, K, V]`` fp32.
+    """
+    Ttot, H, K = q.shape
+    HV, V = v.shape[1], v.shape[2]
+    cu, chunk_indices, chunk_offsets, NT = prepare_chunks(cu_seqlens, B, T, CHUNK, q.device)
+    N = cu.numel() - 1
+    o = empty((Ttot, HV, V), dtype=v.dtype, device=v.device)
+    if NT == 0:
+        ht = h0.clone() if h0 is not None else torch.zeros(N, HV, K, V, dtype=torch.float32, device=q.device)
+        return o, ht
+    G, M, _, W, U = chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, store_a=False)
+    h, R, ht = chunk_state(k, v, w, G, W, U, h0, cu, chunk_offsets, NT, N,
+                           erase=gate_form(b), decay=gate_form(g))
+    BV = min(64, _pow2(V))
+    chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
+        q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
+        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=BV, DECAY=gate_form(g),
+        PREC=dot_precision(q.dtype), num_warps=4,
+    )
+    return o, ht
