@@ -208,12 +208,15 @@ def validate(
         initial_state = _check_tensor("initial_state", initial_state)
         if tuple(initial_state.shape) != (N, HV, K, V):
             raise ValueError(
-                f"initial_state must be [N, HV, K, V] = [{N}, {HV}, {K}, {V}], got {tuple(initial_state.shape)}"
+                f"initial_state must be [N, HV, K, V] = [{N}, {HV}, {K}, {V}], "
+                f"got {tuple(initial_state.shape)}"
             )
         if initial_state.device != device:
             raise ValueError(f"initial_state is on {initial_state.device} but q is on {device}")
         if initial_state.dtype not in (torch.float32, torch.float64):
-            raise TypeError(f"initial_state must be float32 (float64 for float64 inputs), got {initial_state.dtype}")
+            raise TypeError(
+                f"initial_state must be float32 (float64 for float64 inputs), got {initial_state.dtype}"
+            )
         initial_state = initial_state.to(sdtype)
 
     scale = check_scale(scale, default=K**-0.5)
