@@ -1,0 +1,177 @@
+"""Gated softmax attention (Gated Attention paper, G1 gate) with QK-norm, RoPE, GQA and a window.
+
+    q, k, v = proj(x);  q, k = RoPE(RMSNorm_head(q), RMSNorm_head(k))
+    o = softmax(q kᵀ · scale + causal/window mask) v          (ops.gated_attention)
+    o = o ⊙ sigmoid(gate_proj(x))     head-specific, "elementwise" [Hq·D] or "headwise" [Hq]
+    out = o_proj(o)
+
+The gate is computed from the layer input (the pre-normed hidden state), which the paper found best
+(G1, after SDPA): it adds a non-linearity between the value and output projections and lets a head
+output nothing, which removes attention sinks and massive activations.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import ops
+from .norm import RMSNorm
+from .state import KVState
+
+Tensor = torch.Tensor
+
+GATES = ("elementwise", "headwise", None)
+
+
+def rotary(x: Tensor, positions: Tensor, *, theta: float) -> Tensor:
+    """Rotary position embedding (rotate-half form) of ``x [B, T, H, D]`` at ``positions [B or 1, T]``.
+
+    Frequencies are computed on the fly in float32: no buffer to lose on meta-device loading, and
+    the cost is negligible next to the projections.
+    """
+    D = x.shape[-1]
+    inv_freq = theta ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
+    angles = positions.to(torch.float32)[..., None] * inv_freq  # [B, T, D/2]
+    cos, sin = angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
+    xf = x.float()
+    x1, x2 = xf[..., : D // 2], xf[..., D // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+
+
+def _attention_weights(q: Tensor, k: Tensor, **kwargs) -> Tensor:
+    """Softmax probabilities ``[B, Hq, T, S]`` (diagnostics only; imported on first use)."""
+    from ..ops.attention import attention_weights
+
+    return attention_weights(q, k, scale=None, **kwargs)
+
+
+class GatedAttention(nn.Module):
+    """Multi-head softmax attention with a sigmoid output gate.
+
+    Args:
+        hidden_size: model width.
+        num_heads: query heads ``Hq``.
+        head_dim: ``D``.
+        num_kv_heads: key/value heads ``Hkv`` (``Hq % Hkv == 0``; GQA). Default ``Hq``.
+        gate: ``"elementwise"``, ``"headwise"`` or ``None`` (plain attention).
+        window: sliding window in tokens (``None``: full causal attention).
+        rope_theta: RoPE base.
+        qk_norm: RMSNorm per head on q and k before RoPE.
+        norm_eps: epsilon of the QK norms.
+        layer_idx: position in the model.
+
+    Shapes: ``x [B, T, hidden_size] -> [B, T, hidden_size]``; KV cache ``[B, S, Hkv, D]``.
+    """
+
+    def __init__(
+        self,
+        *,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        num_kv_heads: int | None = None,
+        gate: str | None = "elementwise",
+        window: int | None = None,
+        rope_theta: float = 10000.0,
+        qk_norm: bool = True,
+        norm_eps: float = 1e-6,
+        layer_idx: int | None = None,
+    ) -> None:
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_heads % num_kv_heads != 0:
+            raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        if window is not None and window < 1:
+            raise ValueError(f"window must be a positive number of tokens or None, got {window}")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.gate, self.window, self.rope_theta, self.layer_idx = gate, window, rope_theta, layer_idx
+        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
+        if gate is not None:
+            width = num_heads * head_dim if gate == "elementwise" else num_heads
+            self.gate_proj = nn.Linear(hidden_size, width, bias=False)
+        self.q_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        position_ids: Tensor,
+        token_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        cache: KVState | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend.
+
+        Args:
+            x: ``[B, T, hidden_size]``.
+            position_ids: ``[B or 1, T]`` RoPE positions (restarting per packed sequence).
+            token_mask: ``[B, T]`` bool, ``False`` at padding, or ``None``. Padding must be leading
+                (left padding) or trailing; padded keys are never attended to.
+            cu_seqlens: ``[N+1]`` packed-sequence offsets (``B = 1``).
+            cache: KV cache; the new keys/values are appended and the queries are the last ``T``.
+            output_attentions: also return the softmax probabilities ``[B, Hq, T, S]``.
+
+        Returns:
+            ``(out [B, T, hidden_size], probs [B, Hq, T, S] or None)``.
+        """
+        B, T, _ = x.shape
+        Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_norm(self.q_proj(x).view(B, T, Hq, D))
+        k = self.k_norm(self.k_proj(x).view(B, T, Hkv, D))
+        v = self.v_proj(x).view(B, T, Hkv, D)
+        q = rotary(q, position_ids, theta=self.rope_theta)
+        k = rotary(k, position_ids, theta=self.rope_theta)
+        gate = None
+        if self.gate == "elementwise":
+            gate = self.gate_proj(x).view(B, T, Hq, D)
+        elif self.gate == "headwise":
+            gate = self.gate_proj(x)
+        key_mask = token_mask
+        if cache is not None:
+            k, v, key_mask = cache.update(k, v, token_mask)
+        if key_mask is not None and bool(key_mask.all()):
+            key_mask = None
+        if key_mask is None:
+            o = ops.gated_attention(q, k, v, gate, causal=True, window=self.window, cu_seqlens=cu_seqlens)
+            probs = None
+            if output_attentions:
+                probs = _attention_weights(q, k, causal=True, window=self.window, cu_seqlens=cu_seqlens)
+        else:
+            o, probs = self._attend_padded(q, k, v, gate, key_mask, output_attentions)
+        return self.o_proj(o.reshape(B, T, Hq * D)), probs
+
+    def _attend_padded(
+        self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor | None, key_mask: Tensor, output_attentions: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Row by row, attend only from the first real key on.
+
+        ``ops.gated_attention`` has no key-padding mask, but its ``S ≥ T`` form (queries are the last
+        ``T`` key positions) is exactly what a left-padded row needs once its leading pads are cut
+        off. Trailing pads need nothing: causality already hides them from every real query. Used only
+        for padded batches (generation), so the loop over rows costs little.
+        """
+        B, T = q.shape[:2]
+        S = k.shape[1]
+        o = torch.zeros_like(q)
+        probs = q.new_zeros(B, self.num_heads, T, S, dtype=torch.float32) if output_attentions else None
+        first = (~key_mask).long().cumprod(dim=1).sum(dim=1).tolist()  # leading pads per row
+        for b, s0 in enumerate(first):
+            n_keys = S - s0
+            t0 = max(0, T - n_keys)  # queries before t0 are themselves padding
+            if n_keys == 0 or t0 == T:
+                continue
+            qb, kb, vb = q[b:b + 1, t0:], k[b:b + 1, s0:], v[b:b + 1, s0:]
+            gb = None if gate is None else gate[b:b + 1, t0:]
+            o[b:b + 1, t0:] = ops.gated_attention(qb, kb, vb, gb, causal=True, window=self.window)
+            if probs is not None:
+                pb = _attention_weights(qb, kb, causal=True, window=self.window, cu_seqlens=None)
+                probs[b, :, t0:, s0:] = pb[0].float()
+        return o, probs

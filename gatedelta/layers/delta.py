@@ -1,0 +1,290 @@
+"""The delta-rule token mixers: Gated DeltaNet-2, Kimi Delta Attention, Gated DeltaNet, DeltaNet.
+
+All four share one skeleton (:class:`DeltaLayer`) and differ only in their gates:
+
+    x ─ qkv_proj ─ short conv + SiLU ─ q, k (L2-normalised in the op), v
+    x ─ gates(x) ─ g (log-decay), erase, write                         ─┐
+    op(q, k, v, gates, state) ─ o ─ RMSNorm(o) ⊙ act(out_gate(x)) ─ o_proj
+
+| layer              | op                | decay g             | erase        | write        | out gate |
+|--------------------|-------------------|---------------------|--------------|--------------|----------|
+| GatedDeltaNet2     | ``ops.gdn2``       | per key channel     | b per channel| w per channel| sigmoid  |
+| KimiDeltaAttention | ``ops.kda``        | per key channel     | β per head   | β per head   | sigmoid  |
+| GatedDeltaNet      | ``ops.gdn``        | per head            | β per head   | β per head   | SiLU     |
+| DeltaNet           | ``ops.delta_rule`` | —                   | β per head   | β per head   | SiLU     |
+| GatedLinearAttention | ``ops.gla``      | per key channel     | —            | 1            | SiLU     |
+
+Log-decays are ``g = −exp(A_log) · softplus(f(x) + dt_bias)`` in float32, with ``f`` low-rank for the
+channel-wise forms. ``neg_eigval=True`` lets the erase gate reach 2 (state tracking via negative
+eigenvalues of ``I − b k kᵀ``).
+
+Padding: a ``token_mask`` (``False`` at padding) zeroes the conv input, ``k`` and ``g`` at padded
+positions, so a padded token neither writes, erases nor decays the state: left-padded rows end in
+the same state as their unpadded sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .. import ops
+from .conv import ShortConvolution
+from .gates import CopyFn, a_log_init, dt_bias_init, no_weight_decay, plain_copy
+from .norm import GatedRMSNorm
+from .state import RecurrentState
+
+Tensor = torch.Tensor
+
+
+class DeltaLayer(nn.Module):
+    """Shared skeleton; subclasses set ``op``, ``out_activation`` and build/compute their gates.
+
+    Args:
+        hidden_size: model width.
+        num_heads: q/k heads ``H``.
+        head_dim: ``K = V`` per head.
+        num_v_heads: value heads ``HV`` (a multiple of ``H``; grouped value attention). Default ``H``.
+        conv_size: short-conv kernel ``W``.
+        neg_eigval: erase gate in ``[0, 2]`` instead of ``[0, 1]``.
+        norm_eps: epsilon of the output RMSNorm.
+        backend: op backend override (``None``: ``ops`` default dispatch).
+        layer_idx: position in the model (for error messages and the cache).
+
+    Shapes: ``x [B, T, hidden_size] -> [B, T, hidden_size]``; state ``[B or N, HV, K, K]`` float32.
+    """
+
+    op: Callable[..., tuple[Tensor, Tensor | None]]
+    out_activation: str = "silu"
+    low_rank_out_gate: bool = False
+    qk_l2norm: bool = True
+
+    def __init__(
+        self,
+        *,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        num_v_heads: int | None = None,
+        conv_size: int = 4,
+        neg_eigval: bool = False,
+        norm_eps: float = 1e-6,
+        backend: str | None = None,
+        layer_idx: int | None = None,
+    ) -> None:
+        super().__init__()
+        num_v_heads = num_heads if num_v_heads is None else num_v_heads
+        if num_v_heads % num_heads != 0:
+            raise ValueError(f"num_v_heads={num_v_heads} must be a multiple of num_heads={num_heads}")
+        self.hidden_size, self.num_heads, self.num_v_heads = hidden_size, num_heads, num_v_heads
+        self.head_dim, self.neg_eigval = head_dim, neg_eigval
+        self.backend, self.layer_idx = backend, layer_idx
+        self.key_dim = num_heads * head_dim
+        self.value_dim = num_v_heads * head_dim
+
+        # q, k, v in one GEMM and one conv call; split afterwards.
+        self.qkv_proj = nn.Linear(hidden_size, 2 * self.key_dim + self.value_dim, bias=False)
+        self.conv = ShortConvolution(dim=2 * self.key_dim + self.value_dim, kernel_size=conv_size)
+        self.build_gates()
+        if self.low_rank_out_gate:
+            self.out_gate = nn.Sequential(
+                nn.Linear(hidden_size, head_dim, bias=False), nn.Linear(head_dim, self.value_dim, bias=True)
+            )
+        else:
+            self.out_gate = nn.Linear(hidden_size, self.value_dim, bias=False)
+        self.o_norm = GatedRMSNorm(head_dim, activation=self.out_activation, eps=norm_eps)
+        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+        self.reset_parameters()
+
+    # -- variant hooks ----------------------------------------------------------------------------
+    def build_gates(self) -> None:
+        """Create the gate projections and parameters."""
+        raise NotImplementedError
+
+    def gates(self, x: Tensor) -> dict[str, Tensor]:
+        """Gate tensors for ``op`` by keyword (``g`` float32 log-decay, ``b``/``w``/``beta``)."""
+        raise NotImplementedError
+
+    def reset_parameters(self, *, copy: CopyFn = plain_copy) -> None:
+        """Paper init of the decay parameters (``A_log``, ``dt_bias``) and the conv kernel.
+
+        ``copy(dst, src)`` writes the values; the model passes a copy that skips loaded weights.
+        """
+        if hasattr(self, "A_log"):
+            copy(self.A_log, a_log_init(self.A_log.numel()))
+            copy(self.dt_bias, dt_bias_init(self.dt_bias.numel()))
+        self.conv.reset_parameters(copy=copy)
+
+    # -- shared helpers ---------------------------------------------------------------------------
+    def _decay(self, raw: Tensor, heads: int) -> Tensor:
+        """``−exp(A_log) · softplus(raw + dt_bias)`` in float32.
+
+        ``raw [B, T, heads·C]`` → ``[B, T, heads, C]`` (``[B, T, heads]`` when ``C = 1``).
+        """
+        B, T, n = raw.shape
+        dt = nn.functional.softplus(raw.float() + self.dt_bias.float())
+        A = self.A_log.float().exp()
+        if n == heads:
+            return -A * dt
+        return -(A[:, None] * dt.view(B, T, heads, n // heads))
+
+    def _erase_scale(self) -> float:
+        return 2.0 if self.neg_eigval else 1.0
+
+    # -- forward ----------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        token_mask: Tensor | None = None,
+        cu_seqlens: Tensor | None = None,
+        cache: RecurrentState | None = None,
+    ) -> Tensor:
+        """Mix tokens.
+
+        Args:
+            x: ``[B, T, hidden_size]``.
+            token_mask: ``[B, T]`` bool, ``False`` at padding, or ``None``.
+            cu_seqlens: ``[N+1]`` offsets of packed sequences (``B = 1``).
+            cache: decoding state, read as the initial state and replaced by the final one.
+
+        Returns:
+            ``[B, T, hidden_size]``.
+        """
+        B, T, _ = x.shape
+        H, HV, D = self.num_heads, self.num_v_heads, self.head_dim
+        qkv = self.qkv_proj(x)
+        if token_mask is not None:
+            qkv = qkv * token_mask[..., None].to(qkv.dtype)
+        qkv, conv_state = self.conv(
+            qkv,
+            initial_state=None if cache is None else cache.conv_state,
+            output_final_state=cache is not None,
+            cu_seqlens=cu_seqlens,
+        )
+        q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
+        q, k, v = q.view(B, T, H, D), k.view(B, T, H, D), v.view(B, T, HV, D)
+        gates = self.gates(x)
+        if token_mask is not None:
+            k = k * token_mask[..., None, None].to(k.dtype)
+            if "g" in gates:
+                g = gates["g"]
+                m = token_mask.view(B, T, *([1] * (g.ndim - 2)))
+                gates["g"] = torch.where(m, g, torch.zeros((), dtype=g.dtype, device=g.device))
+        o, state = type(self).op(
+            q, k, v, **gates,
+            initial_state=None if cache is None else cache.recurrent_state,
+            output_final_state=cache is not None,
+            cu_seqlens=cu_seqlens,
+            qk_l2norm=self.qk_l2norm,
+            backend=self.backend,
+        )
+        if cache is not None:
+            cache.conv_state, cache.recurrent_state = conv_state, state
+        o = self.o_norm(o, self.out_gate(x).view(B, T, HV, D))
+        return self.o_proj(o.reshape(B, T, self.value_dim))
+
+
+class GatedDeltaNet2(DeltaLayer):
+    """Gated DeltaNet-2: channel-wise decay, erase ``b`` (per key channel) and write ``w`` (per value
+    channel), decoupled. ``b = sigmoid(·)`` (×2 with ``neg_eigval``), ``w = sigmoid(·)``; the decay
+    and erase are per q/k head and shared across each value-head group, the write per value head.
+    Arguments: see :class:`DeltaLayer`."""
+
+    op = staticmethod(ops.gdn2)
+    out_activation = "sigmoid"
+    low_rank_out_gate = True
+
+    def build_gates(self) -> None:
+        # Low-rank decay projection (rank = head_dim), as in KDA: the decay needs few degrees of freedom.
+        self.f_proj = nn.Sequential(
+            nn.Linear(self.hidden_size, self.head_dim, bias=False),
+            nn.Linear(self.head_dim, self.key_dim, bias=False),
+        )
+        self.b_proj = nn.Linear(self.hidden_size, self.key_dim, bias=False)
+        self.w_proj = nn.Linear(self.hidden_size, self.value_dim, bias=False)
+        self.A_log = no_weight_decay(nn.Parameter(torch.zeros(self.num_heads)))
+        self.dt_bias = no_weight_decay(nn.Parameter(torch.zeros(self.key_dim)))
+
+    def gates(self, x: Tensor) -> dict[str, Tensor]:
+        B, T, _ = x.shape
+        g = self._decay(self.f_proj(x), self.num_heads)  # [B, T, H, K]
+        b = torch.sigmoid(self.b_proj(x)).view(B, T, self.num_heads, self.head_dim) * self._erase_scale()
+        w = torch.sigmoid(self.w_proj(x)).view(B, T, self.num_v_heads, self.head_dim)
+        return {"g": g, "b": b, "w": w}
+
+
+class KimiDeltaAttention(DeltaLayer):
+    """Kimi Delta Attention: channel-wise decay, one β per value head for erase and write.
+    Arguments: see :class:`DeltaLayer`."""
+
+    op = staticmethod(ops.kda)
+    out_activation = "sigmoid"
+    low_rank_out_gate = True
+
+    def build_gates(self) -> None:
+        self.f_proj = nn.Sequential(
+            nn.Linear(self.hidden_size, self.head_dim, bias=False),
+            nn.Linear(self.head_dim, self.key_dim, bias=False),
+        )
+        self.beta_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
+        self.A_log = no_weight_decay(nn.Parameter(torch.zeros(self.num_heads)))
+        self.dt_bias = no_weight_decay(nn.Parameter(torch.zeros(self.key_dim)))
+
+    def gates(self, x: Tensor) -> dict[str, Tensor]:
+        g = self._decay(self.f_proj(x), self.num_heads)  # [B, T, H, K]
+        beta = torch.sigmoid(self.beta_proj(x)) * self._erase_scale()  # [B, T, HV]
+        return {"g": g, "beta": beta}
+
+
+class GatedDeltaNet(DeltaLayer):
+    """Gated DeltaNet: one log-decay and one β per value head. Arguments: see :class:`DeltaLayer`."""
+
+    op = staticmethod(ops.gdn)
+
+    def build_gates(self) -> None:
+        self.a_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
+        self.beta_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
+        self.A_log = no_weight_decay(nn.Parameter(torch.zeros(self.num_v_heads)))
+        self.dt_bias = no_weight_decay(nn.Parameter(torch.zeros(self.num_v_heads)))
+
+    def gates(self, x: Tensor) -> dict[str, Tensor]:
+        g = self._decay(self.a_proj(x), self.num_v_heads)  # [B, T, HV]
+        beta = torch.sigmoid(self.beta_proj(x)) * self._erase_scale()
+        return {"g": g, "beta": beta}
+
+
+class DeltaNet(DeltaLayer):
+    """DeltaNet: no decay, one β per value head. Arguments: see :class:`DeltaLayer`."""
+
+    op = staticmethod(ops.delta_rule)
+
+    def build_gates(self) -> None:
+        self.beta_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
+
+    def gates(self, x: Tensor) -> dict[str, Tensor]:
+        return {"beta": torch.sigmoid(self.beta_proj(x)) * self._erase_scale()}
+
+
+class GatedLinearAttention(DeltaLayer):
+    """Gated linear attention (GLA): channel-wise decay ``g = logsigmoid(f(x)) / 16`` from a low-rank
+    ``f``, no erase; q and k are not L2-normalised (the decay alone bounds the state).
+    Arguments: see :class:`DeltaLayer` (``neg_eigval`` has no effect: there is no erase)."""
+
+    op = staticmethod(ops.gla)
+    qk_l2norm = False
+    # GLA's temperature: logsigmoid(·)/16 keeps the initial decay close to 1 (long memory).
+    gate_normalizer = 16.0
+
+    def build_gates(self) -> None:
+        self.f_proj = nn.Sequential(
+            nn.Linear(self.hidden_size, 16, bias=False),
+            nn.Linear(16, self.key_dim, bias=True),
+        )
+
+    def gates(self, x: Tensor) -> dict[str, Tensor]:
+        B, T, _ = x.shape
+        g = nn.functional.logsigmoid(self.f_proj(x).float()) / self.gate_normalizer
+        return {"g": g.view(B, T, self.num_heads, self.head_dim)}
