@@ -164,7 +164,7 @@ def evaluate(model: nn.Module, batches: list[dict[str, torch.Tensor]], d: distri
     for batch in batches:
         n = count_targets(batch)
         with autocast():
-            out = model(**to_device(batch, d.device))
+            out = model(**to_device(batch, d.device), use_cache=False)
         totals += torch.tensor([out.loss.double().item() * n, n], dtype=torch.float64, device=d.device)
     distributed.all_reduce_sum(totals, d)
     model.train()
