@@ -48,25 +48,29 @@ def test_packing_records_every_document_boundary():
     assert cu[0] == 0 and cu[-1] == 3 * T and bool((cu[1:] > cu[:-1]).all())
     starts = set(stream.starts.tolist())
     for j, r in enumerate(picked):
-        assert torch.equal(ids[0, j * T:(j + 1) * T], torch.from_numpy(stream.tokens[r * T:(r + 1) * T].astype(np.int64)))
+        expect = torch.from_numpy(stream.tokens[r * T:(r + 1) * T].astype(np.int64))
+        assert torch.equal(ids[0, j * T:(j + 1) * T], expect)
         # every row start and every BOS inside the row is a boundary, nothing else
         inside = {j * T} | {p - r * T + j * T for p in starts if r * T < p < (r + 1) * T}
         assert inside == {int(c) for c in cu[:-1] if j * T <= c < (j + 1) * T}
     for c in cu[:-1].tolist():  # a piece starts with a BOS or at a row start
         assert c % T == 0 or ids[0, c] == tok.bos_id
     # the first token of each piece is never a target; everything else is
-    assert torch.equal(labels != -100, torch.ones_like(ids, dtype=torch.bool).index_fill(1, cu[:-1].long(), False))
+    scored = torch.ones_like(ids, dtype=torch.bool).index_fill(1, cu[:-1].long(), False)
+    assert torch.equal(labels != -100, scored)
 
 
 def test_loader_shards_one_global_batch_across_ranks_and_resumes():
     rows = corpus.PackedRows(corpus.tokenize_documents(_docs(200), ByteTokenizer()), 16)
     one = corpus.PackedLoader(rows, batch_size=4, accum_steps=2, seed=3)
-    ranks = [corpus.PackedLoader(rows, batch_size=2, accum_steps=2, rank=r, world_size=2, seed=3) for r in range(2)]
+    ranks = [corpus.PackedLoader(rows, batch_size=2, accum_steps=2, rank=r, world_size=2, seed=3)
+             for r in range(2)]
     for _ in range(2 * len(rows) // 8 + 3):  # past an epoch boundary
         ref = one.next_step()
         got = [ld.next_step() for ld in ranks]
         for m in range(2):  # micro m of the single process == rank 0's then rank 1's micro m
-            assert torch.equal(ref[m]["input_ids"], torch.cat([got[0][m]["input_ids"], got[1][m]["input_ids"]], 1))
+            both = torch.cat([got[0][m]["input_ids"], got[1][m]["input_ids"]], 1)
+            assert torch.equal(ref[m]["input_ids"], both)
     assert one.epoch >= 1
     state = one.state_dict()
     nxt = one.next_step()
