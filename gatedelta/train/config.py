@@ -79,6 +79,7 @@ class CheckpointConfig:
     every: int = 100  # steps between checkpoints (0: only at the end)
     keep_last: int = 3  # older checkpoints are deleted
     resume: str = ""  # "" (start fresh), "auto" (latest checkpoint in dir) or a checkpoint path
+    at_end: bool = True  # also save when the run ends (benchmarks turn it off)
 
 
 @dataclass
@@ -343,6 +344,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.betas must be two numbers, got {cfg.optim.betas}")
     if cfg.optim.lr <= 0:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    if cfg.data.seq_len < 2 and cfg.data.source != "task":
+        raise ConfigError(f"data.seq_len must be >= 2 (a row needs a target), got {cfg.data.seq_len}")
     if cfg.data.source in ("text", "jsonl", "parquet") and not cfg.data.paths:
         raise ConfigError(f"data.source={cfg.data.source} needs data.paths (files or directories)")
 

@@ -351,7 +351,9 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
             # 7a. This rank's micro-batches; the step's scored-token count over all ranks (see top).
             micro = loader.next_step()
             counts = [count_targets(b) for b in micro]
-            n_step = distributed.all_reduce_sum(torch.tensor(float(sum(counts)), device=d.device), d).item()
+            n_step = float(sum(counts))
+            if d.enabled:  # a small collective (and a sync point) once per step
+                n_step = distributed.all_reduce_sum(torch.tensor(n_step, device=d.device), d).item()
 
             # 7b. Forward/backward each micro-batch; gradients are synchronised on the last one only.
             loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
@@ -441,7 +443,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
             if ev is not None:
                 result.evals[result.step] = ev
                 log.record(result.step, eval_loss=ev, eval_ppl=math.exp(min(ev, 50.0)))
-        if last_saved != result.step:
+        if last_saved != result.step and cfg.checkpoint.at_end:
             result.checkpoint = save(result.step)
     log.record(result.step, event="end", seconds=result.seconds, tok_per_s=result.tokens_per_s,
                skipped=len(result.skipped))

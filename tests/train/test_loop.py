@@ -27,8 +27,10 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_accumulation_equals_one_big_batch(tmp_path):
     """2 micro-batches of 2 rows == 1 micro-batch of 4 rows (tokens per micro-batch differ)."""
-    big = train(tiny_config(tmp_path / "a", data={"batch_size": 4}))
-    acc = train(tiny_config(tmp_path / "b", data={"batch_size": 2}, optim={"accum_steps": 2}))
+    short = {"steps": 4, "warmup_steps": 1}
+    big = train(tiny_config(tmp_path / "a", data={"batch_size": 4}, schedule=short, eval={"every": 0}))
+    acc = train(tiny_config(tmp_path / "b", data={"batch_size": 2}, optim={"accum_steps": 2}, schedule=short,
+                            eval={"every": 0}))
     for s in big.losses:
         assert abs(big.losses[s] - acc.losses[s]) < 1e-5, (s, big.losses[s], acc.losses[s])
 
@@ -82,3 +84,15 @@ def test_synthetic_task_source(tmp_path):
     assert len(res.losses) == 8 and all(math.isfinite(v) for v in res.losses.values())
     assert res.evals and (tmp_path / "step_000008").is_dir()
     assert json.loads((tmp_path / "step_000008" / "gatedelta_tokenizer.json").read_text()) == {"kind": "none"}
+
+
+def test_progress_bar_jsonl_and_tensorboard_logs(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    res = train(tiny_config(tmp_path, logging={"tensorboard": True, "progress": True, "every": 2},
+                            schedule={"steps": 4}, eval={"every": 2}))
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
+    assert math.isclose(records[-1]["tok_per_s"], res.tokens_per_s) and records[-1]["event"] == "end"
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert "4/4" in capsys.readouterr().err  # tqdm's bar, with ETA, on stderr
