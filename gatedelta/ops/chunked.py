@@ -13,16 +13,17 @@ regrouped so that the sequential part is one small matmul per chunk:
     O   = M R + (Q_γ − M W) S₀            = O₀ + Q̂ S₀
     S_C = (Diag(γ_C) − K̃ᵀ W) S₀ + K̃ᵀ R   = Φ S₀ + Ψ
 
-Stages of :func:`recurrence`:
+Stages of :func:`recurrence`, one block of chunks at a time:
 
-1. layout: tokens become ``[rows, chunks, C]``; with ``cu_seqlens`` each sequence is padded to
-   whole chunks and the sequences are concatenated, so no chunk straddles two sequences;
-2. per block of chunks, the intra-chunk terms ``O₀, Q̂, Φ, Ψ`` of all its chunks at once;
+1. layout: the block's tokens become ``[rows, H, G, chunks, C, ...]``; with ``cu_seqlens`` each
+   sequence is padded to whole chunks and the sequences follow each other, so no chunk straddles
+   two sequences;
+2. the intra-chunk terms ``O₀, Q̂, Φ, Ψ`` of all the block's chunks at once;
 3. a loop over the block's chunks carries the state (reset where a packed sequence starts);
-4. ``O = O₀ + Q̂ S₀`` for the block; 5. undo the layout.
+4. ``O = O₀ + Q̂ S₀`` for the block; 5. written straight into the output ``[B, T, HV, V]``.
 
-Blocks bound the working memory: only inputs and outputs scale with T (O(T·H·(K+V))), never a
-``[T, T]`` matrix or a per-token state.
+Blocks bound the working memory: besides the output only per-block tensors exist (O(T·HV·V) in
+all), never a ``[T, T]`` matrix, a per-token state or a padded copy of the inputs.
 
 Numerics: every decay factor is ``exp`` of a sum of g over a segment ``(s, r]``, built from
 cumulative sums of g alone — never a difference of two cumulative sums (after a hard reset that is
@@ -51,7 +52,7 @@ CHUNK = 64
 SUB_CHUNK = 8
 """Sub-chunk length for per-channel decay: exact pairwise factors only inside a sub-chunk.
 (8 measured fastest on the CPU for C = 64: the exact part costs ∝ c, the factored part ∝ C/c.)"""
-BLOCK_TOKENS = 2048
+BLOCK_TOKENS = 1024
 """Token-heads whose intra-chunk terms are formed together; bounds the working memory."""
 
 
@@ -246,57 +247,70 @@ def _step(s: Tensor, it: _Intra, j: int) -> Tensor:
 
 @dataclass
 class _Layout:
-    """Where each token lives in the chunked layout ``[rows, chunks · C]``."""
+    """Where each token lives in the chunked layout ``[rows, slots]`` (slots = chunks · C).
+
+    Without ``cu_seqlens`` a row is a batch row, padded at its end to whole chunks. With them,
+    row 0 holds the packed sequences one after another, each padded to whole chunks. Padded
+    slots get k = 0 and g = 0, so they leave the state untouched.
+    """
 
     rows: int
-    length: int  # padded length per row, a multiple of C
+    T: int
+    slots: int
     starts: dict[int, int] = field(default_factory=dict)  # chunk -> packed sequence starting there
     ends: dict[int, int] = field(default_factory=dict)  # chunk -> packed sequence ending there
     empty: list[int] = field(default_factory=list)  # packed sequences without tokens
-    gather: Tensor | None = None  # [length] packed token feeding each slot (varlen)
-    valid: Tensor | None = None  # [length] slot holds a real token (varlen)
-    scatter: Tensor | None = None  # [T] slot of each packed token (varlen)
+    token: Tensor | None = None  # [slots] packed token of each slot, T for padding (varlen)
+
+    def take(self, x: Tensor | None, s0: int, s1: int) -> Tensor | None:
+        """Slots ``[s0, s1)`` of ``x`` ``[B, T, heads, ...]`` as ``[rows, s1 - s0, heads, ...]``.
+
+        Only one block's slots are copied at a time, so the layout costs no O(T) memory.
+        """
+        if x is None:
+            return None
+        if self.token is None:
+            piece = x[:, s0 : min(s1, self.T)]
+            return F.pad(piece, [0, 0] * (x.ndim - 2) + [0, s1 - s0 - piece.shape[1]])
+        token = self.token[s0:s1]
+        real = (token < self.T).view(-1, *([1] * (x.ndim - 2)))
+        # where, not a product with the mask: g may hold −inf.
+        return torch.where(real, x[0, token.clamp(max=self.T - 1)], 0.0)[None]
+
+    def put(self, o: Tensor, piece: Tensor, s0: int, s1: int) -> None:
+        """Write slots ``[s0, s1)`` (``piece`` ``[rows, s1 - s0, HV, V]``) into ``o``.
+
+        o: ``[B, T, HV, V]``, or ``[1, T + 1, HV, V]`` with varlen (row T collects the padding).
+        """
+        piece = piece.to(o.dtype)
+        if self.token is None:
+            end = min(s1, self.T)
+            o[:, s0:end] = piece[:, : end - s0]
+        else:
+            o[0, self.token[s0:s1]] = piece[0]
 
 
 def _layout(r: Recurrence, C: int) -> _Layout:
     B, T = r.q.shape[:2]
     if r.cu_seqlens is None:
-        return _Layout(rows=B, length=math.ceil(T / C) * C)
+        return _Layout(rows=B, T=T, slots=math.ceil(T / C) * C)
     bounds = r.cu_seqlens.tolist()
     lens = [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     n_chunks = [math.ceil(L / C) for L in lens]
     first = [sum(n_chunks[:i]) for i in range(len(lens))]
-    lay = _Layout(rows=1, length=sum(n_chunks) * C)
+    lay = _Layout(rows=1, T=T, slots=sum(n_chunks) * C)
     for n, (f, nc) in enumerate(zip(first, n_chunks)):
         if nc == 0:
             lay.empty.append(n)
         else:
             lay.starts[f] = n
             lay.ends[f + nc - 1] = n
-    dev = r.q.device
-    slots = torch.tensor(n_chunks) * C
-    seq = torch.repeat_interleave(torch.arange(len(lens)), slots)
-    local = torch.arange(lay.length) - torch.repeat_interleave(torch.tensor(first) * C, slots)
-    lay.valid = (local < torch.tensor(lens)[seq]).to(dev)
-    lay.gather = (torch.tensor(bounds[:-1])[seq] + local).clamp(max=max(T - 1, 0)).to(dev)
-    shift = torch.tensor([f * C - s for f, s in zip(first, bounds[:-1])])
-    lay.scatter = (torch.arange(T) + torch.repeat_interleave(shift, torch.tensor(lens))).to(dev)
+    per_seq = torch.tensor(n_chunks) * C
+    seq = torch.repeat_interleave(torch.arange(len(lens)), per_seq)
+    local = torch.arange(lay.slots) - torch.repeat_interleave(torch.tensor(first) * C, per_seq)
+    token = torch.tensor(bounds[:-1])[seq] + local
+    lay.token = torch.where(local < torch.tensor(lens)[seq], token, T).to(r.q.device)
     return lay
-
-
-def _pack(x: Tensor | None, lay: _Layout) -> Tensor | None:
-    """``[B, T, heads, ...]`` -> ``[rows, length, heads, ...]``, padding with zeros.
-
-    Padded slots have k = 0 and g = 0, so they leave the state untouched.
-    """
-    if x is None:
-        return None
-    if lay.gather is None:
-        pad = [0, 0] * (x.ndim - 2) + [0, lay.length - x.shape[1]]
-        return F.pad(x, pad)
-    mask = lay.valid.view(-1, *([1] * (x.ndim - 2)))
-    # where, not a product with the mask: g may hold −inf.
-    return torch.where(mask, x[0, lay.gather], 0.0)[None]
 
 
 def _to_chunks(x: Tensor | None, H: int, C: int) -> Tensor | None:
@@ -309,13 +323,10 @@ def _to_chunks(x: Tensor | None, H: int, C: int) -> Tensor | None:
     return x.permute(0, 3, 4, 1, 2, *range(5, 5 + len(rest)))
 
 
-def _from_chunks(o: Tensor, lay: _Layout, T: int) -> Tensor:
-    """``[R, H, G, chunks, C, V]`` -> ``[B, T, HV, V]``."""
+def _from_chunks(o: Tensor) -> Tensor:
+    """``[R, H, G, chunks, C, V]`` -> ``[R, chunks · C, HV, V]``."""
     R, H, G, n, C, V = o.shape
-    o = o.permute(0, 3, 4, 1, 2, 5).reshape(R, n * C, H * G, V)
-    if lay.scatter is None:
-        return o[:, :T]
-    return o[0, lay.scatter][None]
+    return o.permute(0, 3, 4, 1, 2, 5).reshape(R, n * C, H * G, V)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -345,31 +356,30 @@ def recurrence(
     dev = r.q.device
     sub = math.gcd(C, sub_chunk)
 
-    # 1. layout: [R, H, G, chunks, C, ...]
     lay = _layout(r, C)
-    q = _to_chunks(_pack(r.q.to(dt) * r.scale, lay), H, C)
-    k = _to_chunks(_pack(r.k.to(dt), lay), H, C)
-    v, g, b, w = (_to_chunks(_pack(None if x is None else x.to(dt), lay), H, C)
-                  for x in (r.v, r.g, r.b, r.w))
-    n_chunks = lay.length // C
-
     init = None if r.initial_state is None else r.initial_state.to(dt).view(N, H, G, K, V)
     zero = torch.zeros(1, H, G, K, V, dtype=dt, device=dev)
-    if lay.gather is None:
+    if lay.token is None:
         s = init if init is not None else zero.expand(B, H, G, K, V)
     else:
         s = zero
     finals: list[Tensor | None] = [None] * N
+    # With varlen, padded slots write to an extra row T that is dropped at the end.
+    o = torch.zeros(B, T + (lay.token is not None), HV, V, dtype=r.v.dtype, device=dev)
 
     block = max(1, BLOCK_TOKENS // (lay.rows * HV * C))
-    outs = []
+    n_chunks = lay.slots // C
     for j0 in range(0, n_chunks, block):
-        cs = slice(j0, min(j0 + block, n_chunks))
+        j1 = min(j0 + block, n_chunks)
+        # 1. this block's tokens in the chunked layout [R, H, G, chunks, C, ...]
+        x = [_to_chunks(lay.take(None if t is None else t.to(dt), j0 * C, j1 * C), H, C)
+             for t in (r.q, r.k, r.v, r.g, r.b, r.w)]
+        x[0] = x[0] * r.scale
         # 2. intra-chunk terms of the block
-        it = _intra(*(None if x is None else x[:, :, :, cs] for x in (q, k, v, g, b, w)), sub=sub)
+        it = _intra(*x, sub=sub)
         # 3. carry the state through the block's chunks
         before = []
-        for j in range(cs.start, cs.stop):
+        for j in range(j0, j1):
             if j in lay.starts:
                 n = lay.starts[j]
                 s = zero if init is None else init[n : n + 1]
@@ -377,17 +387,13 @@ def recurrence(
             s = _step(s, it, j - j0)
             if j in lay.ends:
                 finals[lay.ends[j]] = s[0]
-        # 4. outputs of the block
-        outs.append(it.o0 + it.qhat @ torch.stack(before, dim=3))
+        # 4. outputs of the block, 5. written to their tokens
+        lay.put(o, _from_chunks(it.o0 + it.qhat @ torch.stack(before, dim=3)), j0 * C, j1 * C)
 
-    if outs:
-        o = _from_chunks(torch.cat(outs, dim=3), lay, T)
-    else:
-        o = torch.zeros(B, T, HV, V, dtype=dt, device=dev)
-    o = o.to(r.v.dtype)
+    o = o[:, :T]
     if not r.output_final_state:
         return o, None
-    if lay.gather is None:
+    if lay.token is None:
         final = s.expand(B, H, G, K, V)
     else:
         for n in lay.empty:

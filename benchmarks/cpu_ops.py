@@ -1,0 +1,159 @@
+"""CPU speed and memory of the chunked PyTorch path (issue 2's acceptance figures).
+
+    .venv/bin/python benchmarks/cpu_ops.py            # full run, ~1-2 min on a 2-core CPU
+    .venv/bin/python benchmarks/cpu_ops.py --quick    # smaller T, a smoke test
+
+1. Speed: ``ops.gdn2`` forward, fp32, B=1, T=4096, H=4, K=V=64 (per-channel g, b, w), backend
+   "torch" (chunked) vs "reference" (token by token). Both are timed in full at the same T (no
+   extrapolation): chunked as the median of several runs after a warm-up, the reference once
+   (it takes seconds). Measured with torch's default thread count and again with one thread,
+   since a shared machine's other jobs hurt multi-threaded small ops most.
+2. Memory: peak extra memory of one chunked forward at T = 1024 … 8192. Each T runs in a fresh
+   subprocess with glibc's mmap threshold pinned (MALLOC_MMAP_THRESHOLD_=65536, so every tensor
+   above 64 KiB is its own mapping, returned to the OS when freed; RSS then follows the live
+   tensors). Extra memory = peak RSS during the forward (``ru_maxrss``) − RSS just before it,
+   with inputs already built and the code path warmed up on a tiny input. It includes the output
+   ``o`` (T·HV·V·4 bytes) and everything the forward allocates on the way.
+
+Prints a table and writes ``benchmarks/results/cpu_ops.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from gatedelta import ops
+
+H, K, V = 4, 64, 64
+RESULTS = Path(__file__).resolve().parent / "results" / "cpu_ops.json"
+
+
+def inputs(T: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """gdn2 inputs, fp32, B = 1: q, k [1, T, H, K], v [1, T, H, V], g, b [1, T, H, K], w [1, T, H, V]."""
+    g_ = torch.Generator().manual_seed(seed)
+    q = torch.randn(1, T, H, K, generator=g_)
+    k = F.normalize(torch.randn(1, T, H, K, generator=g_), dim=-1)
+    v = torch.randn(1, T, H, V, generator=g_)
+    g = F.logsigmoid(torch.randn(1, T, H, K, generator=g_) + 4.0)
+    b = torch.rand(1, T, H, K, generator=g_)
+    w = torch.rand(1, T, H, V, generator=g_)
+    return q, k, v, g, b, w
+
+
+def forward(x: tuple[torch.Tensor, ...], backend: str) -> torch.Tensor:
+    with torch.no_grad():
+        return ops.gdn2(*x, backend=backend)[0]
+
+
+def time_speed(T: int, threads: int, repeats: int) -> dict:
+    """Seconds per forward: chunked (median and min of ``repeats``) and reference (one run)."""
+    torch.set_num_threads(threads)
+    x = inputs(T)
+    forward(x, "torch")  # warm-up
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        o = forward(x, "torch")
+        runs.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    o_ref = forward(x, "reference")
+    ref_s = time.perf_counter() - t0
+    err = float((o.double() - o_ref.double()).norm() / o_ref.double().norm())
+    chunked_s = statistics.median(runs)
+    return dict(threads=threads, T=T, chunked_median_s=chunked_s, chunked_min_s=min(runs),
+                reference_s=ref_s, speedup=ref_s / chunked_s, rel_err_fp32_vs_reference=err)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(T: int) -> None:
+    """Run in the subprocess: print the peak extra bytes of one chunked forward at length T."""
+    torch.set_num_threads(1)  # one arena, one code path: a steady measurement
+    forward(inputs(64, seed=1), "torch")  # warm-up: imports, lazy init, allocator pools
+    x = inputs(T)
+    before = _rss_bytes()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    o = forward(x, "torch")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    assert peak > peak_before, "the warm-up's peak hides this run's peak"
+    print(json.dumps(dict(T=T, extra_bytes=peak - before, output_bytes=o.numel() * o.element_size(),
+                          input_bytes=sum(t.numel() * t.element_size() for t in x))))
+
+
+def measure_memory(T: int) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_ARENA_MAX="1")
+    out = subprocess.run([sys.executable, __file__, "--memory-child", str(T)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    m = json.loads(out.strip().splitlines()[-1])
+    m["extra_bytes_per_token_head"] = m["extra_bytes"] / (T * H)
+    return m
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if "Model name" in line)
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="T = 512 speed, T up to 2048 memory")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.memory_child:
+        memory_child(a.memory_child)
+        return
+
+    T = 512 if a.quick else 4096
+    lengths = [256, 512, 1024, 2048] if a.quick else [1024, 2048, 4096, 8192]
+    default_threads = torch.get_num_threads()
+    load = os.getloadavg()
+    speed = [time_speed(T, th, a.repeats) for th in sorted({default_threads, 1}, reverse=True)]
+    memory = [measure_memory(t) for t in lengths]
+
+    print(f"gdn2 forward fp32, B=1, T={T}, H={H}, K=V={K}; CPU: {_cpu_model()}, {os.cpu_count()} cores; "
+          f"load average before: {load[0]:.2f}")
+    print(f"{'threads':>7} {'chunked median':>15} {'chunked min':>12} {'reference':>10} {'speedup':>8}")
+    for s in speed:
+        print(f"{s['threads']:>7} {s['chunked_median_s'] * 1e3:>12.1f} ms {s['chunked_min_s'] * 1e3:>9.1f} ms "
+              f"{s['reference_s']:>8.2f} s {s['speedup']:>7.1f}x")
+    print("\npeak extra memory of one chunked forward (RSS, fresh process per T)")
+    print(f"{'T':>6} {'extra MiB':>10} {'bytes/token-head':>17} {'output MiB':>11} {'inputs MiB':>11}")
+    for m in memory:
+        print(f"{m['T']:>6} {m['extra_bytes'] / 2**20:>10.1f} {m['extra_bytes_per_token_head']:>17.0f} "
+              f"{m['output_bytes'] / 2**20:>11.1f} {m['input_bytes'] / 2**20:>11.1f}")
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(dict(
+        command="python benchmarks/cpu_ops.py" + (" --quick" if a.quick else ""),
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        cpu=_cpu_model(), cores=os.cpu_count(), torch=torch.__version__, load_average_before=load,
+        shape=dict(B=1, T=T, H=H, K=K, V=V, op="gdn2", dtype="float32"),
+        speed=speed, memory=memory,
+        memory_method="fresh subprocess per T; MALLOC_MMAP_THRESHOLD_=65536, MALLOC_ARENA_MAX=1; "
+                      "peak ru_maxrss during one forward minus RSS just before it (inputs built, warmed up)",
+    ), indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
