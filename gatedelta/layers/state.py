@@ -5,7 +5,7 @@ Layers read and replace these in place, so a layer never needs to know about the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -43,6 +43,10 @@ class RecurrentState:
 class KVState:
     """Key/value cache of an attention layer; rolling (bounded by ``window``) when ``window`` is set.
 
+    Full attention appends into buffers that grow by 1/8 (at least 256 tokens) when full, so a
+    decode step writes one token instead of copying the whole cache; ``key``/``value`` are views of
+    the filled part. A sliding window keeps only the last ``window`` tokens (a small copy per step).
+
     Attributes:
         window: sliding window in tokens, or ``None`` for full attention.
         key, value: ``[B, S, Hkv, D]``.
@@ -53,12 +57,16 @@ class KVState:
     key: torch.Tensor | None = None
     value: torch.Tensor | None = None
     mask: torch.Tensor | None = None
+    _key_buf: torch.Tensor | None = field(default=None, repr=False)
+    _value_buf: torch.Tensor | None = field(default=None, repr=False)
 
     def nbytes(self) -> int:
+        """Bytes of the cached tokens (a full-attention buffer's spare room is not counted)."""
         return _nbytes(self.key, self.value, self.mask)
 
     def select(self, index: torch.Tensor) -> None:
         self.key, self.value, self.mask = (_select(x, index) for x in (self.key, self.value, self.mask))
+        self._key_buf, self._value_buf = self.key, self.value
 
     def update(
         self, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None
@@ -70,18 +78,35 @@ class KVState:
         can see (the op masks a key that falls just outside).
         """
         B, T = key.shape[:2]
-        if self.key is not None:
-            past_mask = self.mask
-            if mask is not None and past_mask is None:
-                past_mask = torch.ones(B, self.key.shape[1], dtype=torch.bool, device=key.device)
-            if past_mask is not None and mask is None:
-                mask = torch.ones(B, T, dtype=torch.bool, device=key.device)
-            key = torch.cat([self.key, key], dim=1)
-            value = torch.cat([self.value, value], dim=1)
-            mask = None if mask is None else torch.cat([past_mask, mask], dim=1)
-        keep = key.shape[1] if self.window is None else min(key.shape[1], self.window)
-        self.key, self.value = key[:, key.shape[1] - keep:], value[:, key.shape[1] - keep:]
-        self.mask = None if mask is None else mask[:, mask.shape[1] - keep:]
+        S = 0 if self.key is None else self.key.shape[1]
+        if S and (mask is not None or self.mask is not None):
+            past = self.mask if self.mask is not None else key.new_ones(B, S, dtype=torch.bool)
+            new = mask if mask is not None else key.new_ones(B, T, dtype=torch.bool)
+            mask = torch.cat([past, new], dim=1)
+        if self.window is None:
+            self._append(key, value)
+            key, value = self.key, self.value
+            self.mask = mask
+        else:
+            if S:
+                key, value = torch.cat([self.key, key], dim=1), torch.cat([self.value, value], dim=1)
+            keep = min(key.shape[1], self.window)
+            self.key, self.value = key[:, key.shape[1] - keep:], value[:, key.shape[1] - keep:]
+            self.mask = None if mask is None else mask[:, mask.shape[1] - keep:]
         if self.mask is not None and bool(self.mask.all()):
             self.mask = None  # padding has rolled out of the window: back to the fast path
         return key, value, mask
+
+    def _append(self, key: torch.Tensor, value: torch.Tensor) -> None:
+        S = 0 if self.key is None else self.key.shape[1]
+        need = S + key.shape[1]
+        if self._key_buf is None or self._key_buf.shape[1] < need:
+            capacity = need + max(256, need // 8)
+            shape = (key.shape[0], capacity, *key.shape[2:])
+            kbuf, vbuf = key.new_empty(shape), value.new_empty(shape)
+            if S:
+                kbuf[:, :S], vbuf[:, :S] = self.key, self.value
+            self._key_buf, self._value_buf = kbuf, vbuf
+        self._key_buf[:, S:need] = key
+        self._value_buf[:, S:need] = value
+        self.key, self.value = self._key_buf[:, :need], self._value_buf[:, :need]
