@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..layers import (
@@ -68,8 +69,12 @@ def build_mixer(config: GatedDeltaConfig, kind: str, layer_idx: int) -> nn.Modul
     )
 
 
-class Block(nn.Module):
-    """``x + mixer(norm(x))`` then ``x + mlp(norm(x))``."""
+class Block(GradientCheckpointingLayer):
+    """``x + mixer(norm(x))`` then ``x + mlp(norm(x))``.
+
+    ``model.gradient_checkpointing_enable()`` recomputes each block in the backward pass
+    (``GradientCheckpointingLayer``; ``x`` is positional so the checkpoint sees it).
+    """
 
     def __init__(self, config: GatedDeltaConfig, layer_idx: int) -> None:
         super().__init__()
@@ -106,7 +111,7 @@ class Block(nn.Module):
 class GatedDeltaPreTrainedModel(PreTrainedModel):
     config_class = GatedDeltaConfig
     base_model_prefix = "model"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["Block"]
     # Recurrent states cannot be rolled back (no assisted generation), and generate() must not build
     # its own DynamicCache: see ``_prepare_cache_for_generation``.

@@ -261,3 +261,16 @@ def test_diagnostic_outputs_and_logits_to_keep():
             assert probs is None
     assert all(h.shape == (3, 8, 64) for h in out.hidden_states)
     torch.testing.assert_close(last, out.logits[:, -1:])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = tiny_model("gdn-h1").train()
+    ids = torch.randint(0, 256, (2, 12))
+    model(ids, labels=ids).loss.backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    assert all(b.gradient_checkpointing for b in model.model.layers)
+    model(ids, labels=ids).loss.backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain[n], atol=1e-6, rtol=1e-5, msg=n)
