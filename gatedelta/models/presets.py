@@ -7,13 +7,26 @@ preset is set so that its parameter count matches the Transformer baseline's (Ll
 write projections, a Mamba2 layer an expanded inner width), and comparisons at equal parameters
 are the fair ones. Pass ``intermediate_size=`` to override.
 
-Parameter counts (embeddings included; ``print_param_counts()`` recomputes them):
+Parameter counts (embeddings and the untied head included; ``print_param_counts()`` recomputes
+them) and the matched MLP widths at 125m / 350m / 1.3b:
 
-===================  ========  ========  ========
-preset               125m      350m      1.3b
-===================  ========  ========  ========
-(all presets)        ~134M     ~374M     ~1.36B (within 0.5% of the Transformer)
-===================  ========  ========  ========
+==================  =======  ============  ============  ==============  ===================
+preset              tiny     125m          350m          1.3b            MLP width
+==================  =======  ============  ============  ==============  ===================
+gdn2-hybrid         132,386  136,532,004   367,752,800   1,364,646,592   1792 / 2304 / 4864
+gdn2                149,636  131,877,192   380,506,304   1,364,989,312   1280 / 2048 / 4096
+kda                 133,508  131,932,488   368,120,000   1,353,192,832   1792 / 2560 / 5376
+gdn                 125,320  134,328,720   380,850,560   1,353,881,344   1792 / 2560 / 4864
+mamba2              138,096  136,791,648   374,926,592   1,355,381,248   1536 / 2048 / 4096
+gdn-h1              120,228  130,679,880   367,924,928   1,377,966,976   1792 / 2560 / 5376
+gdn-h2              172,860  135,076,432   382,841,728   1,357,855,488   1792 / 2560 / 4864
+qwen3-next          216,812  134,273,772   380,679,200   1,353,341,248   1792 / 2560 / 4864
+kimi-linear         224,998  130,707,126   364,839,824   1,346,533,408   1792 / 2560 / 5376
+transformer         115,136  134,108,928   373,873,664   1,364,303,872   2048 / 2816 / 5632
+transformer-gated   123,328  134,108,928   380,165,120   1,351,720,960   1792 / 2560 / 4864
+==================  =======  ============  ============  ==============  ===================
+
+The 1.3b Transformer is Hugging Face's 1.36B Llama of the anchor plus QK-norm gains.
 """
 
 from __future__ import annotations
