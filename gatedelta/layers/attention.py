@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .gates import residual_out
 from .norm import RMSNorm
 from .state import KVState
 
@@ -96,7 +97,7 @@ class GatedAttention(nn.Module):
             self.gate_proj = nn.Linear(hidden_size, width, bias=False)
         self.q_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
-        self.o_proj = nn.Linear(num_heads * head_dim, hidden_size, bias=False)
+        self.o_proj = residual_out(nn.Linear(num_heads * head_dim, hidden_size, bias=False))
 
     def forward(
         self,
@@ -160,9 +161,23 @@ class GatedAttention(nn.Module):
         """
         B, T = q.shape[:2]
         S = k.shape[1]
+        real = key_mask.sum(dim=1)
+        lead = (~key_mask).long().cumprod(dim=1).sum(dim=1)  # leading pads per row
+        trail = (~key_mask).flip(1).long().cumprod(dim=1).sum(dim=1)
+        if bool(((lead + real + trail != S) & (real > 0)).any()):
+            raise ValueError(
+                "attention_mask must pad only at the start (left padding) or the end of each row; "
+                "for several sequences in one row, pack them with cu_seqlens instead"
+            )
+        first = lead.tolist()
+        if max(first) == 0:  # right padding only: causality already hides the pads
+            o = ops.gated_attention(q, k, v, gate, causal=True, window=self.window)
+            probs = None
+            if output_attentions:
+                probs = _attention_weights(q, k, causal=True, window=self.window, cu_seqlens=None)
+            return o, probs
         o = torch.zeros_like(q)
         probs = q.new_zeros(B, self.num_heads, T, S, dtype=torch.float32) if output_attentions else None
-        first = (~key_mask).long().cumprod(dim=1).sum(dim=1).tolist()  # leading pads per row
         for b, s0 in enumerate(first):
             n_keys = S - s0
             t0 = max(0, T - n_keys)  # queries before t0 are themselves padding

@@ -32,7 +32,7 @@ from torch import nn
 
 from .. import ops
 from .conv import ShortConvolution
-from .gates import CopyFn, a_log_init, dt_bias_init, no_weight_decay, plain_copy
+from .gates import CopyFn, a_log_init, dt_bias_init, no_weight_decay, plain_copy, residual_out
 from .norm import GatedRMSNorm
 from .state import RecurrentState
 
@@ -95,7 +95,7 @@ class DeltaLayer(nn.Module):
         else:
             self.out_gate = nn.Linear(hidden_size, self.value_dim, bias=False)
         self.o_norm = GatedRMSNorm(head_dim, activation=self.out_activation, eps=norm_eps)
-        self.o_proj = nn.Linear(self.value_dim, hidden_size, bias=False)
+        self.o_proj = residual_out(nn.Linear(self.value_dim, hidden_size, bias=False))
         self.reset_parameters()
 
     # -- variant hooks ----------------------------------------------------------------------------

@@ -22,6 +22,12 @@ def no_weight_decay(p: nn.Parameter) -> nn.Parameter:
     return p
 
 
+def residual_out(layer: nn.Linear) -> nn.Linear:
+    """Tag a projection that writes into the residual stream; the model scales its init by depth."""
+    layer.residual_out = True
+    return layer
+
+
 def a_log_init(n: int, *, low: float = 1.0, high: float = 16.0) -> torch.Tensor:
     """``log U(low, high)``, ``[n]`` float32."""
     return torch.empty(n, dtype=torch.float32).uniform_(low, high).log()

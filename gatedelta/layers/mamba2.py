@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import ops
 from .conv import ShortConvolution
-from .gates import CopyFn, a_log_init, dt_bias_init, no_weight_decay, plain_copy
+from .gates import CopyFn, a_log_init, dt_bias_init, no_weight_decay, plain_copy, residual_out
 from .norm import GatedRMSNorm
 from .state import RecurrentState
 
@@ -69,7 +69,7 @@ class Mamba2(nn.Module):
         self.dt_bias = no_weight_decay(nn.Parameter(torch.zeros(num_heads)))
         self.D = no_weight_decay(nn.Parameter(torch.ones(num_heads)))
         self.norm = GatedRMSNorm(self.inner, activation="silu", norm_before_gate=False, eps=norm_eps)
-        self.out_proj = nn.Linear(self.inner, hidden_size, bias=False)
+        self.out_proj = residual_out(nn.Linear(self.inner, hidden_size, bias=False))
         self.reset_parameters()
 
     def reset_parameters(self, *, copy: CopyFn = plain_copy) -> None:

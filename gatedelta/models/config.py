@@ -157,6 +157,12 @@ class GatedDeltaConfig(PretrainedConfig):
                 f"head_dim={self.head_dim} and mamba_state_size={self.mamba_state_size} must be <= 256 "
                 "(the largest head the kernels support)"
             )
+        for name in ("rope_theta", "norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.neg_eigval, bool):
+            raise ValueError(f"neg_eigval must be True or False, got {self.neg_eigval!r}")
         if self.attn_gate not in ATTN_GATES:
             raise ValueError(f"attn_gate must be one of {ATTN_GATES}, got {self.attn_gate!r}")
         if "swa" in self.layer_pattern:

@@ -29,9 +29,11 @@ from ..layers import (
     GatedDeltaNet,
     GatedDeltaNet2,
     GatedLinearAttention,
+    GatedRMSNorm,
     KimiDeltaAttention,
     Mamba2,
     RMSNorm,
+    ShortConvolution,
 )
 from .cache import HybridCache
 from .config import GatedDeltaConfig
@@ -123,29 +125,29 @@ class GatedDeltaPreTrainedModel(PreTrainedModel):
 
         * ``nn.Linear`` and ``nn.Embedding`` weights: normal(0, ``initializer_range``); biases 0
           (the low-rank output-gate bias of GDN-2/KDA included: gate sigmoid(0) = 0.5 at init).
-        * Output projections of mixers and MLPs (``o_proj``, ``out_proj``, ``down_proj``): normal with
-          std ``initializer_range / sqrt(2 · num_layers)`` (GPT-2 / nanoGPT): each block adds two
-          residual branches, so the residual stream's variance stays O(1) with depth.
+        * Projections back into the residual stream (tagged ``residual_out`` by the layers: mixers'
+          ``o_proj`` / ``out_proj``, the MLP's ``down_proj``): std ``initializer_range /
+          sqrt(2 · num_layers)`` (GPT-2 / nanoGPT): each block adds two residual branches, so the
+          residual stream's variance stays O(1) with depth.
         * RMSNorm gains (plain and gated): 1.
         * ``A_log ~ log U(1, 16)`` and ``dt_bias = softplus⁻¹(log-uniform [1e-3, 0.1])``
           (Mamba2 / Gated DeltaNet papers); Mamba2's skip ``D = 1``. No weight decay on these.
         * Short-conv kernels: U(±1/sqrt(W)), PyTorch's Conv1d default for a depthwise kernel.
         """
+        # Called by Hugging Face once per module that owns parameters directly (leaves first).
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
+            if getattr(module, "residual_out", False):
+                std = std / (2 * self.config.num_layers) ** 0.5
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, RMSNorm) or type(module).__name__ == "GatedRMSNorm":
+        elif isinstance(module, (RMSNorm, GatedRMSNorm)):
             init.ones_(module.weight)
-        if isinstance(module, (Mamba2, DeltaLayer)):
+        elif isinstance(module, (Mamba2, DeltaLayer, ShortConvolution)):
             module.reset_parameters(copy=init.copy_)
-        for name in ("o_proj", "out_proj", "down_proj"):
-            proj = getattr(module, name, None)
-            if isinstance(proj, nn.Linear):
-                init.normal_(proj.weight, mean=0.0, std=std / (2 * self.config.num_layers) ** 0.5)
 
 
 class GatedDeltaModel(GatedDeltaPreTrainedModel):

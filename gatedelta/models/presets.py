@@ -31,6 +31,7 @@ The 1.3b Transformer is Hugging Face's 1.36B Llama of the anchor plus QK-norm ga
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -99,6 +100,12 @@ def preset_config(name: str, size: str = "tiny", **overrides) -> GatedDeltaConfi
         raise ValueError(f"unknown preset {name!r}; valid choices: {tuple(PRESETS)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; valid choices: {SIZES}")
+    known = [p for p in inspect.signature(GatedDeltaConfig.__init__).parameters
+             if p not in ("self", "kwargs")]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        # a typo (num_layer=...) would otherwise become a silent extra attribute of the config
+        raise ValueError(f"unknown config field(s) {unknown}; valid fields: {known}")
     fields = _fields(name, size)
     if size != "tiny" and "intermediate_size" not in overrides and name not in ("transformer",):
         target = count_parameters(GatedDeltaConfig(**_fields("transformer", size)))

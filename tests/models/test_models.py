@@ -179,6 +179,7 @@ def test_swa_cache_bounded_by_window():
         ({"layer_pattern": []}, r"layer_pattern must list at least one mixer"),
         ({"backend": "cuda"}, r"backend must be one of"),
         ({"head_dim": 512}, r"head_dim=512"),
+        ({"rope_theta": -1.0}, r"rope_theta must be a positive number"),
     ],
 )
 def test_bad_configs_name_the_field_and_choices(fields, match):
@@ -195,6 +196,8 @@ def test_presets_unknown_names_and_param_counts():
     c = preset_config("gdn2-hybrid", "1.3b")
     assert (c.hidden_size, c.num_heads, c.head_dim, c.window) == (2048, 16, 128, 2048)
     assert preset_config("gdn2", "tiny", neg_eigval=True).neg_eigval
+    with pytest.raises(ValueError, match=r"unknown config field\(s\) \['num_layer'\]; valid fields: .*"):
+        preset_config("gdn2", num_layer=4)
     # 1.3B presets land within 6% of 1.3B parameters (MLP width matched to the Transformer's)
     for name in ("gdn2-hybrid", "transformer", "mamba2"):
         assert abs(count_parameters(preset_config(name, "1.3b")) / 1.3e9 - 1) < 0.06, name
@@ -274,3 +277,20 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     model(ids, labels=ids).loss.backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, plain[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+def test_init_scales_residual_branches_and_pads_only_at_the_ends():
+    model = tiny_model("transformer", num_layers=8, hidden_size=256, num_heads=4, head_dim=64)
+    std = model.config.initializer_range
+    block = model.model.layers[0]
+    assert abs(block.mlp.gate_up_proj.weight.std().item() / std - 1) < 0.05
+    assert abs(block.mlp.down_proj.weight.std().item() / (std / 4) - 1) < 0.05  # std / sqrt(2 · 8)
+    assert abs(block.mixer.o_proj.weight.std().item() / (std / 4) - 1) < 0.05
+    ids = torch.randint(0, 256, (2, 6))
+    holes = torch.tensor([[1, 1, 0, 1, 1, 1], [1] * 6])
+    with pytest.raises(ValueError, match="pad only at the start"):
+        model(ids, attention_mask=holes)
+    right = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, attention_mask=right).logits[0, :4],
+                                   model(ids[:1, :4]).logits[0], atol=1e-5, rtol=0)
