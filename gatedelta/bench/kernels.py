@@ -91,7 +91,7 @@ def check(out: dict, B=2, T=300, H=2, HV=4, K=64, V=128) -> None:
         "ssd": lambda x: ("ssd", (x["g"][..., 0], x["beta"])),
         "linear_attn": lambda x: ("linear_attn", ()),
     }
-    res = {}
+    res = out.setdefault("check", {})
     for name, make in cases.items():
         try:
             x = _inputs(B, T, H, HV, K, V)
@@ -134,27 +134,29 @@ def check(out: dict, B=2, T=300, H=2, HV=4, K=64, V=128) -> None:
             traceback.print_exc()
             res[name] = {"error": repr(e)}
         print(f"check {name}: " + json.dumps(res[name]), flush=True)
-    out["check"] = res
+        SAVE()
 
 
 # --------------------------------------------------------------------------------------------
 # 2. accuracy: the acceptance test, with FLA on the same inputs
 
 
-def accuracy(out: dict, fla) -> None:
-    H, K, V = 4, 128, 128
+def accuracy(out: dict, fla, who=("ours", "fla")) -> None:
+    H, K, V = 16, 128, 128
     scen = {"normal": {}, "strong_decay_x8": {"gate_scale": 8.0}, "resets_-30": {"resets": -30.0},
             "resets_-inf": {"resets": -math.inf}}
     res = {}
-    for T, B in ((512, 4), (4096, 1)):
+    res = out.setdefault("accuracy", {})
+    for T, B in ((512, 2), (4096, 1)):
         for sname, kw in scen.items():
             x = _inputs(B, T, H, H, K, V, seed=T, **kw)
             o_ref, _ = ops.gdn2(x["q"], x["k"], x["v"], x["g"], x["b"], x["w"], backend="reference")
             bf = {n: x[n].to(torch.bfloat16) for n in ("q", "k", "v", "b", "w")}
             g32 = x["g"].float()
-            o, _ = ops.gdn2(bf["q"], bf["k"], bf["v"], g32, bf["b"], bf["w"], backend="triton")
-            res[f"ours_gdn2_fwd_T{T}_{sname}"] = _rel(o, o_ref)
-            if fla is not None:
+            if "ours" in who:
+                o, _ = ops.gdn2(bf["q"], bf["k"], bf["v"], g32, bf["b"], bf["w"], backend="triton")
+                res[f"ours_gdn2_fwd_T{T}_{sname}"] = _rel(o, o_ref)
+            if fla is not None and "fla" in who:
                 for tag, safe in (("fla", False), ("fla_safe", True)):
                     try:
                         of, _ = fla["chunk_gdn2"](bf["q"], bf["k"], bf["v"], g32, bf["b"], bf["w"],
@@ -164,15 +166,16 @@ def accuracy(out: dict, fla) -> None:
                         res[f"{tag}_gdn2_fwd_T{T}_{sname}"] = repr(e)
             now = {k_: v_ for k_, v_ in res.items() if f"T{T}_{sname}" in k_}
             print(f"accuracy T={T} {sname}: " + json.dumps(now), flush=True)
+            SAVE()
     # gradients at T = 512
     for sname, kw in (("normal", {}), ("resets_-inf", {"resets": -math.inf})):
-        x = _inputs(4, 512, H, H, K, V, seed=7, **kw)
+        x = _inputs(2, 512, H, H, K, V, seed=7, **kw)
         names = ("q", "k", "v", "g", "b", "w")
         ref_in = [x[n].clone().requires_grad_() for n in names]
         o_ref, _ = ops.gdn2(*ref_in, backend="reference")
         do = torch.randn_like(o_ref)
         o_ref.backward(do)
-        for tag in ("ours", "fla"):
+        for tag in who:
             if tag == "fla" and fla is None:
                 continue
             lo = [(x[n].float() if n == "g" else x[n].to(torch.bfloat16)).requires_grad_() for n in names]
@@ -188,7 +191,7 @@ def accuracy(out: dict, fla) -> None:
                 res[f"{tag}_gdn2_grad_T512_{sname}"] = repr(e)
         now = {k_: v_ for k_, v_ in res.items() if "grad" in k_ and sname in k_}
         print("accuracy grads " + sname + ": " + json.dumps(now), flush=True)
-    out["accuracy"] = res
+        SAVE()
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,16 +248,16 @@ def _time_op(call, inputs) -> dict:
     return r
 
 
-def speed(out: dict, fla, Ts=(2048, 8192, 32768)) -> None:
+def speed(out: dict, fla, Ts=(2048, 8192, 32768), who=("ours", "fla", "sdpa")) -> None:
     H, K, V, tokens = 16, 128, 128, 32768
-    rows = []
+    rows = out.setdefault("rows", [])
     for T in Ts:
         B = tokens // T
         for op in ("gdn2", "kda", "gdn"):
             inputs = _speed_inputs(B, T, H, K, V, op)
             ours = lambda *a, _op=op: getattr(ops, _op)(*a, backend="triton")[0]
-            cands = [("ours_" + op, ours)]
-            if fla is not None:
+            cands = [("ours_" + op, ours)] if "ours" in who else []
+            if fla is not None and "fla" in who:
                 fn = fla[{"gdn2": "chunk_gdn2", "kda": "chunk_kda", "gdn": "chunk_gdn"}[op]]
                 cands.append(("fla_" + op, lambda *a, _fn=fn: _fn(*a)[0]))
             for name, call in cands:
@@ -266,7 +269,10 @@ def speed(out: dict, fla, Ts=(2048, 8192, 32768)) -> None:
                 r.update(op=name, B=B, T=T)
                 rows.append(r)
                 print("speed " + json.dumps(r), flush=True)
+                SAVE()
             del inputs
+        if "sdpa" not in who:
+            continue
         # SDPA causal (flash) on the same tokens: [B, H, T, D]
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -277,13 +283,12 @@ def speed(out: dict, fla, Ts=(2048, 8192, 32768)) -> None:
         r["fwd_tflops"] = 4 * B * H * T * T / 2 * K / (r["fwd_ms"] * 1e-3) / 1e12
         rows.append(r)
         print("speed " + json.dumps(r), flush=True)
+        SAVE()
         del qs, ks, vs
         torch.cuda.empty_cache()
-    out["rows"] = rows
-    out["decode"] = decode(fla)
 
 
-def decode(fla) -> dict:
+def decode(out: dict, fla) -> None:
     """One-token gdn2 step at B = 64, H = 16, K = V = 128 with a fp32 state (read + written)."""
     import triton.testing
 
@@ -308,7 +313,8 @@ def decode(fla) -> dict:
         res[f"{name}_state_TBps_graph"] = state_bytes / (us_graph * 1e-6) / 1e12
         res[f"{name}_state_TBps"] = state_bytes / (us * 1e-6) / 1e12
     print("decode " + json.dumps(res), flush=True)
-    return res
+    out["decode"] = res
+    SAVE()
 
 
 def _env() -> dict:
@@ -332,37 +338,50 @@ def _env() -> dict:
     return env
 
 
+def SAVE() -> None:  # replaced by main(): writes the current part's JSON as results come in
+    pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    global SAVE
     p = argparse.ArgumentParser(prog="gatedelta bench kernels", description=__doc__.split("\n")[0])
-    p.add_argument("--check", action="store_true", help="every op, fwd+bwd, varlen, decode vs fp64")
-    p.add_argument("--accuracy", action="store_true", help="the gdn2 acceptance test, with FLA")
-    p.add_argument("--speed", action="store_true", help="DESIGN §5 timings, with FLA and SDPA")
-    p.add_argument("--T", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths for --speed")
+    p.add_argument("steps", nargs="*", default=["accuracy", "speed", "decode", "check"],
+                   help="any of: accuracy speed decode check fla-accuracy fla-speed (in this order)")
+    p.add_argument("--T", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths for speed")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"), help="output folder")
-    p.add_argument("--tag", default="h100", help="file name suffix: kernels_<part>_<tag>.json")
+    p.add_argument("--tag", default="h100", help="file name suffix: kernels_<step>_<tag>.json")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("gatedelta bench kernels needs a CUDA GPU")
         return 1
     os.makedirs(a.out, exist_ok=True)
-    fla = _fla()
+    fla = _fla() if any(s_.startswith("fla") or s_ == "decode" for s_ in a.steps) else None
     env = _env()
     print("env " + json.dumps(env), flush=True)
-    parts = [("check", a.check, lambda o: check(o)), ("accuracy", a.accuracy, lambda o: accuracy(o, fla)),
-             ("speed", a.speed, lambda o: speed(o, fla, tuple(a.T)))]
-    for name, on, run in parts:
-        if not on:
-            continue
-        res = {"env": env}
+    steps = {
+        "accuracy": lambda o: accuracy(o, fla, who=("ours",)),
+        "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa")),
+        "decode": lambda o: decode(o, fla),
+        "check": check,
+        "fla-accuracy": lambda o: accuracy(o, fla, who=("fla",)),
+        "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",)),
+    }
+    for name in a.steps:
+        res = {"env": env, "command": "gatedelta bench kernels " + " ".join(argv or [])}
+        path = os.path.join(a.out, f"kernels_{name}_{a.tag}.json")
         t0 = time.time()
+
+        def save(res=res, path=path, t0=t0):
+            res["wall_s"] = time.time() - t0
+            with open(path, "w") as f:
+                json.dump(res, f, indent=1)
+
+        SAVE = save
         try:
-            run(res)
+            steps[name](res)
         except Exception as e:  # noqa: BLE001 — keep what was measured
             traceback.print_exc()
             res["error"] = repr(e)
-        res["wall_s"] = time.time() - t0
-        path = os.path.join(a.out, f"kernels_{name}_{a.tag}.json")
-        with open(path, "w") as f:
-            json.dump(res, f, indent=1)
+        save()
         print(f"wrote {path} ({res['wall_s']:.0f} s)", flush=True)
     return 0

@@ -292,7 +292,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     N = cu.numel() - 1
     f32 = dict(dtype=torch.float32, device=dev)
     PREC = dot_precision(q.dtype)
-    BK = min(64, _pow2(K))
+    BK = min(32, _pow2(K))  # the gradient kernel keeps ~8 [BT, BK] fp32 tiles live
     NK = triton.cdiv(K, BK)
     dq = empty((Ttot, HV, K), **f32)
     dk = empty((Ttot, HV, K), **f32)
@@ -311,15 +311,15 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             q, k, q if b is None else b, M if G is None else G, M, M if A is None else A, do, dY, dh,
             dh if dht is None else dht, dh if dh0 is None else dh0, cu, chunk_offsets, scale,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=_pow2(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
-            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC, num_warps=4,
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC, num_warps=8,
         )
         chunk_grad_kernel[(NK, NT, HV)](
             q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
             M if G is None else G, R, h, do, dY, dh,
             dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw,
             cu, chunk_indices, scale, Ttot,
-            H=H, HV=HV, K=K, V=V, BT=CHUNK, BC=min(SUB_CHUNK, CHUNK), BK=BK, BV=min(64, _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PREC=PREC, num_warps=4,
+            H=H, HV=HV, K=K, V=V, BT=CHUNK, BC=SUB_CHUNK, BK=BK, BV=min(32, _pow2(V)),
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PREC=PREC, num_warps=8,
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)

@@ -24,9 +24,10 @@ import triton.language as tl
 
 # A log-decay below this is a hard reset: exp(G_MIN) is 0 in float32, so clamping g changes no
 # product, while keeping every chunk-local cumulative sum finite (−inf − (−inf) would be NaN).
-G_MIN = -110.0
-# Chunk length and sub-chunk length of the per-channel pairwise split (BC divides BT).
-CHUNK = int(os.environ.get("GATEDELTA_TRITON_CHUNK", "64"))
+G_MIN = tl.constexpr(-110.0)
+# Chunk length (the (I + T)⁻¹ solve is written for 4 blocks of 16) and sub-chunk length of the
+# per-channel pairwise split.
+CHUNK = 64
 SUB_CHUNK = 16
 # Debug mode (tests): fill every kernel output with NaN before the kernels write it, so an element
 # a kernel forgets to write cannot pass.

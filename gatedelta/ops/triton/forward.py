@@ -33,34 +33,64 @@ from .common import (
 
 
 @triton.jit
-def unit_lower_inverse(b_T, o_t, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
-    """``(I + T)⁻¹`` for a strictly lower-triangular ``T [BT, BT]`` (fp32).
-
-    The BC×BC diagonal blocks ``D`` are inverted by forward substitution, all blocks at once; the
-    rest follows from ``(I + T)⁻¹ = (I + X)⁻¹ D⁻¹`` with ``X = D⁻¹ N`` (N: the blocks below the
-    diagonal), and X is nilpotent with ``X⁴ = 0`` for up to 4 blocks: ``(I − X)(I + X²) D⁻¹``.
-    """
-    NC: tl.constexpr = BT // BC
-    o_c = tl.arange(0, NC)
-    o_i = tl.arange(0, BC)
-    m_blk = o_c[:, None, None, None] == o_c[None, None, :, None]
-    b_Td = tl.sum(tl.where(m_blk, tl.reshape(b_T, [NC, BC, NC, BC]), 0.0), 2)  # [NC, BC, BC]
-    b_Di = tl.where((o_i[:, None] == o_i[None, :])[None, :, :], 1.0, tl.zeros([NC, BC, BC], tl.float32))
-    for i in range(1, BC):
-        # row i of each block: e_i − Σ_{j<i} T[i, j] D⁻¹[j, :]
-        b_ti = tl.sum(tl.where((o_i == i)[None, :, None], b_Td, 0.0), 1)  # [NC, BC]
-        b_a = tl.where((o_i == i)[None, :], 1.0, 0.0) - tl.sum(b_ti[:, :, None] * b_Di, 1)
-        b_Di = tl.where((o_i == i)[None, :, None], b_a[:, None, :], b_Di)
-    b_D = tl.reshape(tl.where(m_blk, b_Di[:, :, None, :], 0.0), [BT, BT])
-    if NC > 1:
-        b_N = tl.where((o_t[:, None] // BC) > (o_t[None, :] // BC), b_T, 0.0)
-        b_X = tl.dot(b_D, b_N, input_precision=PREC)
-        b_X2 = tl.dot(b_X, b_X, input_precision=PREC)
-        b_Y = b_D + tl.dot(b_X2, b_D, input_precision=PREC)
-        b_A = b_Y - tl.dot(b_X, b_Y, input_precision=PREC)
-    else:
-        b_A = b_D
+def invert_unit_lower(b_T, o_i, PREC: tl.constexpr):
+    """``(I + T)⁻¹`` of one strictly lower-triangular ``[16, 16]`` block, by forward substitution."""
+    b_A = tl.where(o_i[:, None] == o_i[None, :], 1.0, 0.0)
+    for i in range(1, 16):
+        # row i: e_i − Σ_{j<i} T[i, j] A[j, :]   (T[i, j] = 0 for j ≥ i)
+        b_t = tl.sum(tl.where(o_i[:, None] == i, b_T, 0.0), 0)
+        b_a = tl.where(o_i == i, 1.0, 0.0) - tl.sum(b_t[:, None] * b_A, 0)
+        b_A = tl.where(o_i[:, None] == i, b_a[None, :], b_A)
     return b_A
+
+
+@triton.jit
+def solve_unit_lower(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    """Overwrite the strictly lower ``T [BT=64, BT]`` stored at A (rows row0 + 0..63, zeros above
+    the diagonal) with ``(I + T)⁻¹``, by 16×16 blocks: the diagonal blocks by substitution, then
+    ``A_ij = −A_ii Σ_{j≤k<i} T_ik A_kj``. Registers hold 16×16 tiles only (a 64×64 substitution
+    spills); the barriers order the global-memory round trip within the program."""
+    o_i = tl.arange(0, 16)
+    r0, r1, r2, r3 = row0 + o_i, row0 + 16 + o_i, row0 + 32 + o_i, row0 + 48 + o_i
+    m0, m1, m2, m3 = (r0 < eos)[:, None], (r1 < eos)[:, None], (r2 < eos)[:, None], (r3 < eos)[:, None]
+    p0 = A + (r0[:, None] * HV + i_hv) * BT + o_i[None, :]
+    p1 = A + (r1[:, None] * HV + i_hv) * BT + o_i[None, :]
+    p2 = A + (r2[:, None] * HV + i_hv) * BT + o_i[None, :]
+    p3 = A + (r3[:, None] * HV + i_hv) * BT + o_i[None, :]
+    T00 = tl.load(p0, mask=m0, other=0)
+    T10 = tl.load(p1, mask=m1, other=0)
+    T11 = tl.load(p1 + 16, mask=m1, other=0)
+    T20 = tl.load(p2, mask=m2, other=0)
+    T21 = tl.load(p2 + 16, mask=m2, other=0)
+    T22 = tl.load(p2 + 32, mask=m2, other=0)
+    T30 = tl.load(p3, mask=m3, other=0)
+    T31 = tl.load(p3 + 16, mask=m3, other=0)
+    T32 = tl.load(p3 + 32, mask=m3, other=0)
+    T33 = tl.load(p3 + 48, mask=m3, other=0)
+    tl.debug_barrier()  # every T block is read before any A block overwrites it
+    A00 = invert_unit_lower(T00, o_i, PREC)
+    A11 = invert_unit_lower(T11, o_i, PREC)
+    A22 = invert_unit_lower(T22, o_i, PREC)
+    A33 = invert_unit_lower(T33, o_i, PREC)
+    A10 = -tl.dot(A11, tl.dot(T10, A00, input_precision=PREC), input_precision=PREC)
+    A21 = -tl.dot(A22, tl.dot(T21, A11, input_precision=PREC), input_precision=PREC)
+    A20 = -tl.dot(A22, tl.dot(T20, A00, input_precision=PREC) + tl.dot(T21, A10, input_precision=PREC),
+                  input_precision=PREC)
+    A32 = -tl.dot(A33, tl.dot(T32, A22, input_precision=PREC), input_precision=PREC)
+    A31 = -tl.dot(A33, tl.dot(T31, A11, input_precision=PREC) + tl.dot(T32, A21, input_precision=PREC),
+                  input_precision=PREC)
+    A30 = -tl.dot(A33, tl.dot(T30, A00, input_precision=PREC) + tl.dot(T31, A10, input_precision=PREC)
+                  + tl.dot(T32, A20, input_precision=PREC), input_precision=PREC)
+    tl.store(p0, A00, mask=m0)
+    tl.store(p1, A10, mask=m1)
+    tl.store(p1 + 16, A11, mask=m1)
+    tl.store(p2, A20, mask=m2)
+    tl.store(p2 + 16, A21, mask=m2)
+    tl.store(p2 + 32, A22, mask=m2)
+    tl.store(p3, A30, mask=m3)
+    tl.store(p3 + 16, A31, mask=m3)
+    tl.store(p3 + 32, A32, mask=m3)
+    tl.store(p3 + 48, A33, mask=m3)
 
 
 @triton.jit
@@ -107,7 +137,7 @@ def chunk_intra_kernel(
     q, k, v, g, b, w, G, M, A, W, U, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, STORE_A: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr,
     PREC: tl.constexpr, PREC_INV: tl.constexpr,
 ):
     """One program per (chunk, value head). Writes G ``[Ttot, HV(, K)]``, M ``[Ttot, HV, BT]``,
@@ -150,9 +180,12 @@ def chunk_intra_kernel(
     p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
     tl.store(M + p_tt, b_M, mask=m_tt)
     if ERASE > 0:
-        b_A = unit_lower_inverse(tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0), o_t, BT, BC, PREC_INV)
-        if STORE_A:
-            tl.store(A + p_tt, b_A, mask=m_tt)
+        # A = (I + T)⁻¹ through the A buffer (block rows of 16 need 16 rows' masks per block)
+        tl.store(A + p_tt, tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0), mask=m_tt)
+        tl.debug_barrier()
+        solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC_INV)
+        tl.debug_barrier()
+        b_A = tl.load(A + p_tt, mask=m_tt, other=0)
         # W = A Ē, Ē rows γ_r ⊙ e_r (≤ 1 factors only)
         for i_k in range(tl.cdiv(K, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
@@ -298,16 +331,17 @@ def chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, *, store_a: bool
     f32 = dict(dtype=torch.float32, device=dev)
     G = None if g is None else empty(g.shape, **f32)
     M = empty((Ttot, HV, BT), **f32)
-    A = empty((Ttot, HV, BT), **f32) if (store_a and ERASE) else None
+    A = empty((Ttot, HV, BT), **f32) if ERASE else None  # also the scratch of the inverse
     W = empty((Ttot, HV, K), **f32) if ERASE else None
     U = empty((Ttot, HV, V), **f32) if ERASE else None
     chunk_intra_kernel[(NT, HV)](
         q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
         M if G is None else G, M, M if A is None else A, M if W is None else W, M if U is None else U,
         cu, chunk_indices, scale,
-        H=H, HV=HV, K=K, V=V, BT=BT, BC=min(SUB_CHUNK, BT), BK=min(64, _pow2(K)), BV=min(64, _pow2(V)),
-        DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, STORE_A=A is not None,
-        PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype), num_warps=4,
+        # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split: BK = 32
+        H=H, HV=HV, K=K, V=V, BT=BT, BC=SUB_CHUNK, BK=min(32 if DECAY == 2 else 64, _pow2(K)),
+        BV=min(64, _pow2(V)), DECAY=DECAY, ERASE=ERASE, WRITE=WRITE,
+        PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype), num_warps=8,
     )
     return G, M, A, W, U
 
@@ -326,7 +360,7 @@ def chunk_state(k, v, w, G, W, U, h0, cu, chunk_offsets, NT, N, *, erase: int, d
         R, h, ht if h0 is None else h0, ht, cu, chunk_offsets,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=_pow2(K), BV=BV, DECAY=decay, ERASE=erase,
         WRITE=gate_form(w), USE_H0=h0 is not None, STORE_HT=True, PREC=dot_precision(k.dtype),
-        num_warps=4,
+        num_warps=8,
     )
     return h, R, ht
 
@@ -356,6 +390,6 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
         q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=BV, DECAY=gate_form(g),
-        PREC=dot_precision(q.dtype), num_warps=4,
+        PREC=dot_precision(q.dtype), num_warps=8,
     )
     return o, ht
