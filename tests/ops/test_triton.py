@@ -1,0 +1,161 @@
+"""The Triton backend against the float64 reference (CPU: under ``TRITON_INTERPRET=1``, float32).
+
+Shapes are tiny (the interpreter is slow) but every case crosses a chunk boundary (T > 64, not a
+multiple of it), uses grouped value heads (HV = 2·H) and a random initial state. Kernel outputs are
+NaN-poisoned before the kernels write them, so an unwritten element fails.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gatedelta import ops
+
+from .helpers import OP_NAMES, make_inputs, rel_err, run, to64
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+    reason="Triton kernels need CUDA or TRITON_INTERPRET=1",
+)
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 1e-5
+# Hard resets put ~|G_MIN| = 110 into the chunk-local cumulative log-decay; a float32 sum of that
+# size carries ~110·2⁻²⁴ ≈ 7e-6 absolute error into every later decay ratio.
+TOL_EXTREME = 5e-5
+
+
+@pytest.fixture(autouse=True)
+def _poison(monkeypatch):
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setattr(common, "POISON", True)
+
+
+def _dev(args):
+    return tuple(a.to(DEV) for a in args)
+
+
+def _compare(op, args, s0, *, tol=TOL, grads=True, cu_seqlens=None):
+    """Forward (o, final state) and gradients of every input vs autograd through the reference."""
+    args, s0 = _dev(args), s0.to(DEV)
+    leaves = [a.clone().requires_grad_() for a in (*args, s0)]
+    o, s = run(op, tuple(leaves[:-1]), "triton", initial_state=leaves[-1], output_final_state=True,
+               cu_seqlens=cu_seqlens)
+    assert rel_err(o.detach(), o.detach()) == 0.0, "NaN left in the output: an element was not written"
+    ref_leaves = [a.detach().double().requires_grad_() for a in leaves]
+    o_ref, s_ref = run(op, tuple(ref_leaves[:-1]), "reference", initial_state=ref_leaves[-1],
+                       output_final_state=True, cu_seqlens=cu_seqlens)
+    e_o, e_s = rel_err(o.detach(), o_ref.detach()), rel_err(s.detach(), s_ref.detach())
+    assert e_o < tol, f"{op} o: {e_o:.2e}"
+    assert e_s < tol, f"{op} final state: {e_s:.2e}"
+    if not grads:
+        return
+    do, ds = torch.randn_like(o_ref), torch.randn_like(s_ref)
+    torch.autograd.backward((o, s), (do.to(o.dtype), ds.to(s.dtype)))
+    torch.autograd.backward((o_ref, s_ref), (do, ds))
+    for i, (a, r) in enumerate(zip(leaves, ref_leaves)):
+        assert rel_err(a.grad, r.grad) < tol, f"{op} grad of input {i}: {rel_err(a.grad, r.grad):.2e}"
+
+
+@pytest.mark.parametrize("op", OP_NAMES)
+def test_forward_backward_every_op(op):
+    args, s0 = make_inputs(op, B=2, T=75, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    _compare(op, args, s0)
+
+
+def test_head_dims_not_powers_of_two():
+    args, s0 = make_inputs("gdn2", B=1, T=70, H=1, G=2, K=24, V=40, dtype=torch.float32)
+    _compare("gdn2", args, s0)
+
+
+def test_varlen_matches_reference():
+    args, s0 = make_inputs("gdn2", B=1, T=170, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    cu = torch.tensor([0, 30, 100, 170], dtype=torch.int32, device=DEV)
+    s0 = torch.randn(3, *s0.shape[1:])
+    _compare("gdn2", args, s0, cu_seqlens=cu)
+
+
+@pytest.mark.parametrize("value", [float("-inf"), -50.0])
+def test_extreme_gates_are_finite_and_exact(value):
+    args, s0 = make_inputs("gdn2", B=1, T=100, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    q, k, v, g, b, w = args
+    g, b, w = g.clone(), b.clone(), w.clone()
+    g[:, 5::17] = value
+    b[:, 3::11] = 0.0
+    b[:, 7::13] = 2.0
+    w[:, 9::19] = 0.0
+    _compare("gdn2", (q, k, v, g, b, w), s0, tol=TOL_EXTREME)
+
+
+def test_prefill_then_decode_equals_full_forward():
+    """Chunked prefill + token-by-token decode (the decode kernel) == one full forward."""
+    args, s0 = make_inputs("kda", B=2, T=72, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    args, s0 = _dev(args), s0.to(DEV)
+    o_full, s_full = ops.kda(*args, initial_state=s0, output_final_state=True, backend="reference")
+    o_pre, s = ops.kda(*(a[:, :69] for a in args), initial_state=s0, output_final_state=True,
+                       backend="triton")
+    outs = [o_pre]
+    for t0, t1 in ((69, 70), (70, 72)):  # one token, then two
+        o_t, s = ops.kda(*(a[:, t0:t1] for a in args), initial_state=s, output_final_state=True,
+                         backend="triton")
+        outs.append(o_t)
+    assert rel_err(torch.cat(outs, 1), o_full) < TOL
+    assert rel_err(s, s_full) < TOL
+
+
+def test_decode_kernel_every_form_and_varlen():
+    from gatedelta.ops.triton.decode import recurrent_step
+
+    for op in ("gdn2", "gdn", "gla", "linear_attn"):
+        args, s0 = make_inputs(op, B=1, T=5, H=1, G=2, K=16, V=16, dtype=torch.float32)
+        cu = torch.tensor([0, 2, 3, 5], dtype=torch.int32, device=DEV)
+        s0 = torch.randn(3, *s0.shape[1:], device=DEV)
+        args = _dev(args)
+        o_ref, s_ref = run(op, to64(args), "reference", initial_state=s0.double(), output_final_state=True,
+                           cu_seqlens=cu)
+        r = ops.spec.validate(*args[:3], **_gates(op, args[3:]), initial_state=s0, cu_seqlens=cu)
+        flat = [None if x is None else x.reshape(5, *x.shape[2:]) for x in (r.q, r.k, r.v, r.g, r.b, r.w)]
+        o, s = recurrent_step(*flat, r.scale, s0, cu, 1, 5)
+        assert rel_err(o.view_as(o_ref), o_ref) < TOL and rel_err(s, s_ref) < TOL, op
+
+
+def _gates(op, gates):
+    from .helpers import gate_kwargs
+
+    return gate_kwargs(op, gates)
+
+
+@settings(max_examples=4, deadline=None)
+@given(T=st.integers(1, 140), H=st.integers(1, 2), G=st.integers(1, 2), seed=st.integers(0, 2**16))
+def test_property_lengths_and_groups(T, H, G, seed):
+    """Any length (1 token to a few chunks) and head grouping: forward and state vs the reference."""
+    args, s0 = make_inputs("gdn", B=1, T=T, H=H, G=G, K=16, V=16, dtype=torch.float32, seed=seed)
+    _compare("gdn", args, s0, grads=False)
+
+
+def test_torch_compile_fullgraph_and_opcheck():
+    args, s0 = make_inputs("kda", B=1, T=20, H=1, G=1, K=16, V=16, dtype=torch.float32)
+    args, s0 = _dev(args), s0.to(DEV)
+
+    def f(q, k, v, g, beta, s0):
+        o, s = ops.kda(q, k, v, g, beta, initial_state=s0, output_final_state=True, backend="triton")
+        return o.sum() + s.sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    leaves = [a.clone().requires_grad_() for a in (*args, s0)]
+    compiled(*leaves).backward()
+    ref = [a.clone().requires_grad_() for a in (*args, s0)]
+    f(*ref).backward()
+    for a, r in zip(leaves, ref):
+        assert rel_err(a.grad, r.grad) < TOL
+
+    from gatedelta.ops.triton.op import recurrence_fwd
+
+    q, k, v, g, beta = (a.clone().requires_grad_() for a in args)
+    torch.library.opcheck(recurrence_fwd, (q, k, v, g, beta, beta, 0.25, s0.clone().requires_grad_(), None),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
