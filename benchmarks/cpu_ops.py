@@ -11,9 +11,10 @@
 2. Memory: peak extra memory of one chunked forward at T = 1024 … 8192. Each T runs in a fresh
    subprocess with glibc's mmap threshold pinned (MALLOC_MMAP_THRESHOLD_=65536, so every tensor
    above 64 KiB is its own mapping, returned to the OS when freed; RSS then follows the live
-   tensors). Extra memory = peak RSS during the forward (``ru_maxrss``) − RSS just before it,
-   with inputs already built and the code path warmed up on a tiny input. It includes the output
-   ``o`` (T·HV·V·4 bytes) and everything the forward allocates on the way.
+   tensors). Just before the forward, with inputs built and the code path warmed up on a tiny
+   input, the kernel's peak-RSS mark is reset (``echo 5 > /proc/self/clear_refs``); extra memory =
+   ``VmHWM`` after the forward − ``VmRSS`` before it. It includes the output ``o`` (T·HV·V·4
+   bytes) and everything the forward allocates on the way.
 
 Prints a table and writes ``benchmarks/results/cpu_ops.json``.
 """
@@ -25,7 +26,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -77,30 +77,34 @@ def time_speed(T: int, threads: int, repeats: int) -> dict:
                 reference_s=ref_s, speedup=ref_s / chunked_s, rel_err_fp32_vs_reference=err)
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak since the last reset) of this process, in bytes."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
 
 
 def memory_child(T: int) -> None:
     """Run in the subprocess: print the peak extra bytes of one chunked forward at length T."""
     torch.set_num_threads(1)  # one arena, one code path: a steady measurement
-    forward(inputs(64, seed=1), "torch")  # warm-up: imports, lazy init, allocator pools
+    forward(inputs(16, seed=1), "torch")  # warm-up on a tiny input: lazy init, allocator pools
     x = inputs(T)
-    before = _rss_bytes()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    before = _status_bytes("VmRSS")
     o = forward(x, "torch")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    assert peak > peak_before, "the warm-up's peak hides this run's peak"
+    peak = _status_bytes("VmHWM")
     print(json.dumps(dict(T=T, extra_bytes=peak - before, output_bytes=o.numel() * o.element_size(),
                           input_bytes=sum(t.numel() * t.element_size() for t in x))))
 
 
 def measure_memory(T: int) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_ARENA_MAX="1")
-    out = subprocess.run([sys.executable, __file__, "--memory-child", str(T)], env=env, check=True,
-                         capture_output=True, text=True).stdout
-    m = json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, __file__, "--memory-child", str(T)], env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory measurement at T={T} failed:\n{done.stderr}")
+    m = json.loads(done.stdout.strip().splitlines()[-1])
     m["extra_bytes_per_token_head"] = m["extra_bytes"] / (T * H)
     return m
 
@@ -134,8 +138,8 @@ def main() -> None:
           f"load average before: {load[0]:.2f}")
     print(f"{'threads':>7} {'chunked median':>15} {'chunked min':>12} {'reference':>10} {'speedup':>8}")
     for s in speed:
-        print(f"{s['threads']:>7} {s['chunked_median_s'] * 1e3:>12.1f} ms {s['chunked_min_s'] * 1e3:>9.1f} ms "
-              f"{s['reference_s']:>8.2f} s {s['speedup']:>7.1f}x")
+        med, best, ref = s["chunked_median_s"] * 1e3, s["chunked_min_s"] * 1e3, s["reference_s"]
+        print(f"{s['threads']:>7} {med:>12.1f} ms {best:>9.1f} ms {ref:>8.2f} s {s['speedup']:>7.1f}x")
     print("\npeak extra memory of one chunked forward (RSS, fresh process per T)")
     print(f"{'T':>6} {'extra MiB':>10} {'bytes/token-head':>17} {'output MiB':>11} {'inputs MiB':>11}")
     for m in memory:
@@ -150,7 +154,8 @@ def main() -> None:
         shape=dict(B=1, T=T, H=H, K=K, V=V, op="gdn2", dtype="float32"),
         speed=speed, memory=memory,
         memory_method="fresh subprocess per T; MALLOC_MMAP_THRESHOLD_=65536, MALLOC_ARENA_MAX=1; "
-                      "peak ru_maxrss during one forward minus RSS just before it (inputs built, warmed up)",
+                      "peak RSS (VmHWM, reset via /proc/self/clear_refs just before) during one forward "
+                      "minus VmRSS just before it (inputs built, code warmed up)",
     ), indent=2) + "\n")
     print(f"\nwrote {RESULTS}")
 

@@ -74,6 +74,17 @@ def _segsum(x: Tensor) -> Tensor:
     return torch.where(incl, rows.cumsum(-3), float("-inf"))
 
 
+def _segsum_exp_lower(x: Tensor) -> Tensor:
+    """``exp(Σ_{s<l≤r} x[..., l, :])`` at ``[..., r, s, :]`` for ``s ≤ r``; 1 above the diagonal.
+
+    x: ``[..., L, D]`` -> ``[..., L, L, D]``. Like :func:`_segsum` but cheaper, for callers that
+    mask the upper triangle of what they build from it.
+    """
+    L = x.shape[-2]
+    strict = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)[:, :, None]
+    return torch.where(strict, x[..., :, None, :], 0.0).cumsum(-3).exp()
+
+
 def _rev_excl_cumsum(x: Tensor, dim: int) -> Tensor:
     """``out[s] = Σ_{l>s} x[l]`` along ``dim`` (0 at the last position), without subtraction."""
     L = x.shape[dim]
@@ -86,7 +97,8 @@ def _rev_excl_cumsum(x: Tensor, dim: int) -> Tensor:
 # [rows, H, G, chunks]):
 #   rows(x)    γ_r ⊙ x_r                      [..., C, D] -> [..., C, D]
 #   tails(k)   (γ_C/γ_s) ⊙ k_s                [..., C, K] -> [..., C, K]
-#   pair(x, k) tril([x_rᵀ Diag(γ_r/γ_s) k_s])  [..., C, K] x2 -> [..., C, C] (diagonal included)
+#   pairs(xs, k)  for each x: tril([x_rᵀ Diag(γ_r/γ_s) k_s]_{r,s})  [..., C, K] -> [..., C, C]
+#                 (diagonal included); the k side is shared by the xs
 #   last       γ_C, [..., 1] or [..., K], or None for no decay
 
 
@@ -99,8 +111,8 @@ class _NoDecay:
     def tails(self, k: Tensor) -> Tensor:
         return k
 
-    def pair(self, x: Tensor, k: Tensor) -> Tensor:
-        return (x @ k.mT).tril()
+    def pairs(self, xs: list[Tensor], k: Tensor) -> list[Tensor]:
+        return [(x @ k.mT).tril() for x in xs]
 
 
 class _HeadDecay:
@@ -119,8 +131,8 @@ class _HeadDecay:
     def tails(self, k: Tensor) -> Tensor:
         return k * self.tail
 
-    def pair(self, x: Tensor, k: Tensor) -> Tensor:
-        return (x @ k.mT) * self.decay
+    def pairs(self, xs: list[Tensor], k: Tensor) -> list[Tensor]:
+        return [(x @ k.mT) * self.decay for x in xs]
 
 
 class _ChannelDecay:
@@ -150,8 +162,8 @@ class _ChannelDecay:
         # between[i, j] = Σ over sub-chunks strictly between j and i = seg[i-1, j]; row 0 has none.
         no_row = torch.full_like(seg[..., :1, :, :], float("-inf"))
         self.between = torch.cat([no_row, seg[..., :-1, :, :]], dim=-3).exp()  # 0 where j ≥ i
-        self.diag = _segsum(gs).exp()  # [..., n, c, c, K], 0 where s > r
-        self.eye = torch.eye(self.n, dtype=torch.bool, device=g.device)[:, :, None, None]
+        self.diag = _segsum_exp_lower(gs)  # [..., n, c, c, K]
+        self.eye = torch.eye(self.n, dtype=torch.bool, device=g.device)[:, None, :, None]
 
     def rows(self, x: Tensor) -> Tensor:
         return x * self.gamma
@@ -159,16 +171,22 @@ class _ChannelDecay:
     def tails(self, k: Tensor) -> Tensor:
         return k * self.tail
 
-    def pair(self, x: Tensor, k: Tensor) -> Tensor:
+    def pairs(self, xs: list[Tensor], k: Tensor) -> list[Tensor]:
         n, c = self.n, self.c
-        xs, ks = x.unflatten(-2, (n, c)), k.unflatten(-2, (n, c))  # [..., n, c, K]
-        # diagonal blocks: exact pairwise factors
-        diag = (xs[..., :, None, :] * ks[..., None, :, :] * self.diag).sum(-1)  # [..., n, c, c]
-        # off-diagonal blocks (i > j): x side to the boundary before i, k side to the end of j
-        xb = (xs * self.in_sub)[..., :, None, :, :] * self.between[..., :, :, None, :]  # [..., n, n, c, K]
-        off = xb @ (ks * self.to_end)[..., None, :, :, :].mT  # [..., n_i, n_j, c, c]
-        blocks = torch.where(self.eye, diag[..., :, None, :, :], off)
-        return blocks.transpose(-3, -2).reshape(*blocks.shape[:-4], n * c, n * c)
+        ks = k.unflatten(-2, (n, c))  # [..., n, c, K]
+        # k side of the off-diagonal blocks: sub-chunk j carried to the start of each later i
+        k_to = (ks * self.to_end)[..., None, :, :, :] * self.between[..., :, :, None, :]
+        k_to = k_to.flatten(-3, -2).mT  # [..., n_i, K, n_j·c]
+        # k side of the diagonal blocks, with the exact pairwise factors
+        dk = self.diag * ks[..., None, :, :]  # [..., n, c_r, c_s, K]
+        out = []
+        for x in xs:
+            x = x.unflatten(-2, (n, c))
+            off = ((x * self.in_sub) @ k_to).unflatten(-1, (n, c))  # [..., n_i, c_r, n_j, c_s]
+            diag = (dk @ x[..., None]).squeeze(-1)  # [..., n, c_r, c_s]
+            blocks = torch.where(self.eye, diag[..., :, :, None, :], off)
+            out.append(blocks.flatten(-4, -3).flatten(-2, -1).tril())
+        return out
 
 
 def _decay_plan(g: Tensor | None, q: Tensor, sub: int) -> _NoDecay | _HeadDecay | _ChannelDecay:
@@ -212,23 +230,24 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
     """
     decay = _decay_plan(g, q, sub)
     z = _gate(v, w)
-    m = decay.pair(q, k)
     q_gamma = decay.rows(q)
     k_tail_t = decay.tails(k).mT  # K̃ᵀ [..., K, C]
     if b is None:
         # No erase: U = Z, the state only decays and accumulates.
+        (m,) = decay.pairs([q], k)
         return _Intra(q_gamma, m @ z, None, decay.last, k_tail_t @ z)
     e = _gate(k, b)
-    t = decay.pair(e, k).tril(-1)
+    m, t = decay.pairs([q, e], k)
     K = k.shape[-1]
     e_bar = decay.rows(e)
-    # Forward substitution of the unit-lower-triangular system (the WY representation).
+    # Forward substitution of the unit-lower-triangular system (the WY representation); the
+    # solver reads only the strict lower triangle of t.
     rhs = torch.cat([e_bar, z.expand(*e_bar.shape[:-1], z.shape[-1])], dim=-1)
-    wr = torch.linalg.solve_triangular(t, rhs, upper=False, unitriangular=True)
-    w_mat, r_mat = wr[..., :K], wr[..., K:]
+    wr = torch.linalg.solve_triangular(t, rhs, upper=False, unitriangular=True)  # [W | R]
+    m_wr, kt_wr = m @ wr, k_tail_t @ wr
     last = torch.ones_like(k[..., 0, :]) if decay.last is None else decay.last
-    phi = torch.diag_embed(last.expand(*last.shape[:-1], K)) - k_tail_t @ w_mat
-    return _Intra(q_gamma - m @ w_mat, m @ r_mat, phi, None, k_tail_t @ r_mat)
+    phi = torch.diag_embed(last.expand(*last.shape[:-1], K)) - kt_wr[..., :K]
+    return _Intra(q_gamma - m_wr[..., :K], m_wr[..., K:], phi, None, kt_wr[..., K:])
 
 
 def _step(s: Tensor, it: _Intra, j: int) -> Tensor:
@@ -372,7 +391,7 @@ def recurrence(
     for j0 in range(0, n_chunks, block):
         j1 = min(j0 + block, n_chunks)
         # 1. this block's tokens in the chunked layout [R, H, G, chunks, C, ...]
-        x = [_to_chunks(lay.take(None if t is None else t.to(dt), j0 * C, j1 * C), H, C)
+        x = [None if t is None else _to_chunks(lay.take(t.to(dt), j0 * C, j1 * C), H, C).contiguous()
              for t in (r.q, r.k, r.v, r.g, r.b, r.w)]
         x[0] = x[0] * r.scale
         # 2. intra-chunk terms of the block
