@@ -95,6 +95,7 @@ class RuntimeConfig:
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block in backward (saves memory)
     seed: int = 0
+    threads: int = 0  # CPU intra-op threads per process (0: PyTorch's default, one per core)
     distributed: str = "none"  # none | ddp | fsdp2 (launch with torchrun)
 
 
@@ -335,7 +336,8 @@ def validate(cfg: TrainConfig) -> None:
     for name, value in {"checkpoint.every": cfg.checkpoint.every, "eval.every": cfg.eval.every,
                         "schedule.warmup_steps": cfg.schedule.warmup_steps,
                         "checkpoint.keep_last": cfg.checkpoint.keep_last,
-                        "schedule.stop_at": cfg.schedule.stop_at}.items():
+                        "schedule.stop_at": cfg.schedule.stop_at,
+                        "runtime.threads": cfg.runtime.threads}.items():
         if value < 0:
             raise ConfigError(f"{name} must be >= 0, got {value}")
     if not 0.0 <= cfg.data.heldout_fraction < 1.0:

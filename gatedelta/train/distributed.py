@@ -93,7 +93,12 @@ def wrap(model: nn.Module, d: Dist) -> nn.Module:
 
         return DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        raise ConfigError(f"runtime.distributed=fsdp2 needs torch >= 2.6 (this is {torch.__version__}); "
+                          "use ddp") from None
 
     mesh = init_device_mesh(d.device.type, (d.world_size,))
     for block in _blocks(model):  # one all-gather per block keeps peak memory at one block

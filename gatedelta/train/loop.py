@@ -265,6 +265,8 @@ def train(cfg: TrainConfig, *, model_factory: ModelFactory | None = None) -> Tra
 
 def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -> TrainResult:
     rc = cfg.runtime
+    if rc.threads:
+        torch.set_num_threads(rc.threads)
     use_bf16 = rc.dtype == "bfloat16" or (rc.dtype == "auto" and d.device.type == "cuda")
     autocast = lambda: torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     # The same seed on every rank: identical initial weights (FSDP2 shards each rank's copy).
