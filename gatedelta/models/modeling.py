@@ -118,6 +118,9 @@ class GatedDeltaPreTrainedModel(PreTrainedModel):
     # Recurrent states cannot be rolled back (no assisted generation), and generate() must not build
     # its own DynamicCache: see ``_prepare_cache_for_generation``.
     _is_stateful = True
+    # Decay parameters stay float32 when a checkpoint is loaded in bf16/fp16: dt_bias ≈ −4.6 has a
+    # bf16 step of 0.03, which would move every head's time scale by ~3%.
+    _keep_in_fp32_modules_strict = ["A_log", "dt_bias"]
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
