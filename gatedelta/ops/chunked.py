@@ -74,15 +74,24 @@ def _segsum(x: Tensor) -> Tensor:
     return torch.where(incl, rows.cumsum(-3), float("-inf"))
 
 
+G_FLOOR = -1.0e4
+"""Log-decays below this are raised to it where segment sums are formed by a matmul: any segment
+that holds one then sums to ≤ −1e4, whose exp is 0 in every float type, exactly as it would be
+unclamped; segments without one are untouched. The clamp keeps −inf out of ``0 · g`` products."""
+
+
 def _segsum_exp_lower(x: Tensor) -> Tensor:
     """``exp(Σ_{s<l≤r} x[..., l, :])`` at ``[..., r, s, :]`` for ``s ≤ r``; 1 above the diagonal.
 
-    x: ``[..., L, D]`` -> ``[..., L, L, D]``. Like :func:`_segsum` but cheaper, for callers that
-    mask the upper triangle of what they build from it.
+    x: ``[..., L, D]`` (log-decays) -> ``[..., L, L, D]``, for callers that mask the upper
+    triangle. The segment sums are one matmul with a 0/1 matrix (far cheaper than a masked
+    cumulative sum over the large ``[L, L, D]`` tensor), on x clamped to :data:`G_FLOOR`.
     """
     L = x.shape[-2]
-    strict = torch.ones(L, L, dtype=torch.bool, device=x.device).tril(-1)[:, :, None]
-    return torch.where(strict, x[..., :, None, :], 0.0).cumsum(-3).exp()
+    idx = torch.arange(L, device=x.device)
+    r, s, l = idx[:, None, None], idx[None, :, None], idx[None, None, :]
+    segment = ((s < l) & (l <= r)).to(x.dtype).reshape(L * L, L)  # [(r, s), l]
+    return (segment @ x.clamp(min=G_FLOOR)).unflatten(-2, (L, L)).exp()
 
 
 def _rev_excl_cumsum(x: Tensor, dim: int) -> Tensor:
