@@ -32,3 +32,7 @@ def test_bench_models_records_errors_per_point(tmp_path):
     result = json.loads(out.read_text())
     assert "unknown preset" in result["train"][0]["error"]
     assert "unknown preset" in result["decode"][0]["error"]
+    # a spent time budget skips the points left instead of overrunning
+    assert main(["--tiny", "--max-seconds", "0", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert all(r["error"].startswith("skipped") for r in result["train"] + result["decode"])
