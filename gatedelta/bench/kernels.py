@@ -248,12 +248,13 @@ def _time_op(call, inputs) -> dict:
     return r
 
 
-def speed(out: dict, fla, Ts=(2048, 8192, 32768), who=("ours", "fla", "sdpa")) -> None:
+def speed(out: dict, fla, Ts=(2048, 8192, 32768), who=("ours", "fla", "sdpa"),
+          op_names=("gdn2", "kda", "gdn")) -> None:
     H, K, V, tokens = 16, 128, 128, 32768
     rows = out.setdefault("rows", [])
     for T in Ts:
         B = tokens // T
-        for op in ("gdn2", "kda", "gdn"):
+        for op in (o_ for o_ in op_names if o_ != "sdpa"):
             inputs = _speed_inputs(B, T, H, K, V, op)
             ours = lambda *a, _op=op: getattr(ops, _op)(*a, backend="triton")[0]
             cands = [("ours_" + op, ours)] if "ours" in who else []
@@ -271,7 +272,7 @@ def speed(out: dict, fla, Ts=(2048, 8192, 32768), who=("ours", "fla", "sdpa")) -
                 print("speed " + json.dumps(r), flush=True)
                 SAVE()
             del inputs
-        if "sdpa" not in who:
+        if "sdpa" not in who or "sdpa" not in op_names:
             continue
         # SDPA causal (flash) on the same tokens: [B, H, T, D]
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -317,13 +318,14 @@ def decode(out: dict, fla) -> None:
     SAVE()
 
 
-def _env() -> dict:
+def _env(ceilings: bool = True) -> dict:
     import triton
 
     env = {"torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if torch.cuda.is_available():
         env["device"] = torch.cuda.get_device_name()
+    if torch.cuda.is_available() and ceilings:
         x = torch.randn(8192, 8192, device=DEVICE, dtype=torch.bfloat16)
         env["matmul_tflops"] = 2 * 8192**3 / (_bench(lambda: x @ x) * 1e-3) / 1e12
         y = torch.empty(1 << 28, device=DEVICE, dtype=torch.float32)
@@ -350,25 +352,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--T", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths for speed")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"), help="output folder")
     p.add_argument("--tag", default="h100", help="file name suffix: kernels_<step>_<tag>.json")
+    p.add_argument("--ops", nargs="*", default=["gdn2", "kda", "gdn", "sdpa"], help="ops for speed")
+    p.add_argument("--no-ceilings", action="store_true", help="skip the matmul / copy ceilings")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("gatedelta bench kernels needs a CUDA GPU")
         return 1
     os.makedirs(a.out, exist_ok=True)
     fla = _fla() if any(s_.startswith("fla") or s_ == "decode" for s_ in a.steps) else None
-    env = _env()
+    env = _env(not a.no_ceilings)
     print("env " + json.dumps(env), flush=True)
     steps = {
         "accuracy": lambda o: accuracy(o, fla, who=("ours",)),
-        "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa")),
+        "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa"), op_names=tuple(a.ops)),
         "decode": lambda o: decode(o, fla),
         "check": check,
         "fla-accuracy": lambda o: accuracy(o, fla, who=("fla",)),
-        "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",)),
+        "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",), op_names=tuple(a.ops)),
     }
     for name in a.steps:
         res = {"env": env, "command": "gatedelta bench kernels " + " ".join(argv or [])}
-        path = os.path.join(a.out, f"kernels_{name}_{a.tag}.json")
+        path = os.path.join(a.out, f"kernels_{name}_{a.tag}.json" if name != "speed" else
+                            f"kernels_speed_{'_'.join(a.ops)}_{a.tag}.json")
         t0 = time.time()
 
         def save(res=res, path=path, t0=t0):

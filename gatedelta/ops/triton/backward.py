@@ -191,15 +191,18 @@ def chunk_grad_kernel(
     if DECAY == 2:
         b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
         b_gam = tl.exp(b_G)
-        b_dq = pair_left(b_dM, b_k, b_G, o_t, BT, BC, PREC) * scale
-        b_dk = pair_right(b_dM, b_q, b_G, o_t, BT, BC, PREC) * scale
+        row0 = bos + i_c * BT
+        b_dq = pair_left(b_dM, b_G, k, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H, HV, K, BT, BC, PREC) * scale
+        b_dk = pair_right(b_dM, b_G, q, b, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H, HV, K, BT, BC, 0,
+                          PREC) * scale
         b_dG = b_q * b_dq - b_k * b_dk
         b_dq0 = scale * b_gam * b_dqs
         b_dq += b_dq0
         b_dG += b_q * b_dq0
         if ERASE > 0:
-            b_de = pair_left(b_dT, b_k, b_G, o_t, BT, BC, PREC)
-            b_dk1 = pair_right(b_dT, b_e, b_G, o_t, BT, BC, PREC)
+            b_de = pair_left(b_dT, b_G, k, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H, HV, K, BT, BC, PREC)
+            b_dk1 = pair_right(b_dT, b_G, k, b, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H, HV, K, BT, BC,
+                               ERASE, PREC)
             b_dG += b_e * b_de - b_k * b_dk1
             b_dk += b_dk1
             b_de0 = -b_gam * b_dEb

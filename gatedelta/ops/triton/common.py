@@ -95,12 +95,34 @@ def prepare_chunks(
 
 
 @triton.jit
-def pair_matrix(b_x, b_y, b_G, o_t, BT: tl.constexpr, BC: tl.constexpr, STRICT: tl.constexpr,
+def load_rows(x, b, G, rows, m_r, i_h, i_hv, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
+              K: tl.constexpr, ERASE: tl.constexpr):
+    """Rows ``rows`` of an input x ``[Ttot, H, K]`` (times the erase gate b when ERASE, i.e.
+    ``e = b ⊙ k``) and of the cumulative log-decay G ``[Ttot, HV, K]``, one K block, fp32.
+
+    The sub-chunk-diagonal loops read their per-row partner rows this way, straight from memory
+    (L1/L2-resident), instead of permuting register tiles."""
+    m = m_r[:, None] & m_k[None, :]
+    b_x = tl.load(x + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m, other=0).to(tl.float32)
+    if ERASE == 2:
+        b_x *= tl.load(b + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m, other=0).to(tl.float32)
+    elif ERASE == 1:
+        b_x *= tl.load(b + rows * HV + i_hv, mask=m_r, other=0).to(tl.float32)[:, None]
+    b_g = tl.load(G + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m, other=0)
+    return b_x, b_g
+
+
+@triton.jit
+def pair_matrix(b_x, b_G, y, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
+                K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, STRICT: tl.constexpr,
                 PREC: tl.constexpr):
     """``P[r, s] = Σ_k x[r,k] y[s,k] exp(G[r,k] − G[s,k])`` for ``s < r`` (``s ≤ r`` unless STRICT).
 
-    b_x, b_y, b_G: ``[BT, BK]`` fp32 (per-channel decay). Returns ``[BT, BT]`` fp32, zero above.
+    b_x, b_G: ``[BT, BK]`` fp32 tiles of the chunk (per-channel decay); y ``[Ttot, H, K]`` and G are
+    read from memory (rows row0 + 0..BT-1, valid below eos). Returns ``[BT, BT]`` fp32, zero above.
     """
+    o_row = row0 + o_t
+    b_y, _ = load_rows(y, y, G, o_row, o_row < eos, i_h, i_hv, o_k, m_k, H, HV, K, 0)
     b_P = tl.zeros([BT, BT], dtype=tl.float32)
     # Pairs in different sub-chunks factor through the last row c of the column's sub-chunk.
     for j in tl.static_range(BT // BC - 1):
@@ -115,9 +137,7 @@ def pair_matrix(b_x, b_y, b_G, o_t, BT: tl.constexpr, BC: tl.constexpr, STRICT: 
     o_first = (o_t // BC) * BC
     for i in range(BC):
         o_s = o_first + i
-        i_s = tl.broadcast_to(o_s[:, None], b_y.shape)
-        b_ys = tl.gather(b_y, i_s, 0)
-        b_gs = tl.gather(b_G, i_s, 0)
+        b_ys, b_gs = load_rows(y, y, G, row0 + o_s, row0 + o_s < eos, i_h, i_hv, o_k, m_k, H, HV, K, 0)
         b_col = tl.sum(b_x * b_ys * tl.exp(tl.minimum(b_G - b_gs, 0.0)), 1)
         m_col = (o_s < o_t) if STRICT else (o_s <= o_t)
         b_P += tl.where((o_t[None, :] == o_s[:, None]) & m_col[:, None], b_col[:, None], 0.0)
@@ -125,9 +145,13 @@ def pair_matrix(b_x, b_y, b_G, o_t, BT: tl.constexpr, BC: tl.constexpr, STRICT: 
 
 
 @triton.jit
-def pair_left(b_D, b_y, b_G, o_t, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
-    """``out[r, k] = Σ_s D[r,s] y[s,k] exp(G[r,k] − G[s,k])``; D lower-triangular ``[BT, BT]``."""
-    b_o = tl.zeros(b_y.shape, dtype=tl.float32)
+def pair_left(b_D, b_G, y, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
+              K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
+    """``out[r, k] = Σ_s D[r,s] y[s,k] exp(G[r,k] − G[s,k])``; D lower-triangular ``[BT, BT]``,
+    y ``[Ttot, H, K]`` read from memory."""
+    o_row = row0 + o_t
+    b_y, _ = load_rows(y, y, G, o_row, o_row < eos, i_h, i_hv, o_k, m_k, H, HV, K, 0)
+    b_o = tl.zeros(b_G.shape, dtype=tl.float32)
     for j in tl.static_range(BT // BC - 1):
         c = j * BC + BC - 1
         b_gc = tl.sum(tl.where(o_t[:, None] == c, b_G, 0.0), 0)
@@ -138,18 +162,20 @@ def pair_left(b_D, b_y, b_G, o_t, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.c
     o_first = (o_t // BC) * BC
     for i in range(BC):
         o_s = o_first + i
-        i_s = tl.broadcast_to(o_s[:, None], b_y.shape)
-        b_ys = tl.gather(b_y, i_s, 0)
-        b_gs = tl.gather(b_G, i_s, 0)
+        b_ys, b_gs = load_rows(y, y, G, row0 + o_s, row0 + o_s < eos, i_h, i_hv, o_k, m_k, H, HV, K, 0)
         b_d = tl.sum(tl.where(o_t[None, :] == o_s[:, None], b_D, 0.0), 1)
         b_o += b_d[:, None] * b_ys * tl.exp(tl.minimum(b_G - b_gs, 0.0))
     return b_o
 
 
 @triton.jit
-def pair_right(b_D, b_x, b_G, o_t, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
-    """``out[s, k] = Σ_r D[r,s] x[r,k] exp(G[r,k] − G[s,k])``; D lower-triangular ``[BT, BT]``."""
-    b_o = tl.zeros(b_x.shape, dtype=tl.float32)
+def pair_right(b_D, b_G, x, b, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
+               K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr):
+    """``out[s, k] = Σ_r D[r,s] x[r,k] exp(G[r,k] − G[s,k])``; D lower-triangular ``[BT, BT]``,
+    x ``[Ttot, H, K]`` read from memory (times b when ERASE: x is then e = b ⊙ k)."""
+    o_row = row0 + o_t
+    b_x, _ = load_rows(x, b, G, o_row, o_row < eos, i_h, i_hv, o_k, m_k, H, HV, K, ERASE)
+    b_o = tl.zeros(b_G.shape, dtype=tl.float32)
     for j in tl.static_range(BT // BC - 1):
         c = j * BC + BC - 1
         b_gc = tl.sum(tl.where(o_t[:, None] == c, b_G, 0.0), 0)
@@ -160,9 +186,7 @@ def pair_right(b_D, b_x, b_G, o_t, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.
     o_first = (o_t // BC) * BC
     for i in range(BC):
         o_r = o_first + i
-        i_r = tl.broadcast_to(o_r[:, None], b_x.shape)
-        b_xr = tl.gather(b_x, i_r, 0)
-        b_gr = tl.gather(b_G, i_r, 0)
+        b_xr, b_gr = load_rows(x, b, G, row0 + o_r, row0 + o_r < eos, i_h, i_hv, o_k, m_k, H, HV, K, ERASE)
         b_d = tl.sum(tl.where(o_t[:, None] == o_r[None, :], b_D, 0.0), 0)
         b_o += b_d[:, None] * b_xr * tl.exp(tl.minimum(b_gr - b_G, 0.0))
     return b_o

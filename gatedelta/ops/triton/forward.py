@@ -133,6 +133,24 @@ def load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV: tl.constexpr, K: tl.conste
 
 
 @triton.jit
+def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl.constexpr,
+                        BT: tl.constexpr, BK: tl.constexpr):
+    """Chunk-local cumulative per-channel log-decay, G ``[Ttot, HV, K]`` fp32, for the stages that
+    read partner rows of G from memory. One program per (chunk, value head, K block)."""
+    i_t, i_hv, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
+    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_row = bos + i_c * BT + tl.arange(0, BT)
+    m_t = o_row < eos
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_tk = m_t[:, None] & (o_k < K)[None, :]
+    b_G = load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, 2)
+    tl.store(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], b_G, mask=m_tk)
+
+
+@triton.jit
 def chunk_intra_kernel(
     q, k, v, g, b, w, G, M, A, W, U, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -140,8 +158,9 @@ def chunk_intra_kernel(
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr,
     PREC: tl.constexpr, PREC_INV: tl.constexpr,
 ):
-    """One program per (chunk, value head). Writes G ``[Ttot, HV(, K)]``, M ``[Ttot, HV, BT]``,
-    and with an erase gate W ``[Ttot, HV, K]``, U ``[Ttot, HV, V]`` (and A ``[Ttot, HV, BT]``)."""
+    """One program per (chunk, value head). Reads G (per channel) or writes it (per head); writes
+    M ``[Ttot, HV, BT]`` and with an erase gate A ``[Ttot, HV, BT]``, W ``[Ttot, HV, K]``,
+    U ``[Ttot, HV, V]``."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
@@ -161,11 +180,13 @@ def chunk_intra_kernel(
         b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
         b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
         if DECAY == 2:
-            b_G = load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, DECAY)
-            tl.store(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], b_G, mask=m_tk)
-            b_M += pair_matrix(b_q, b_k, b_G, o_t, BT, BC, False, PREC)
+            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+            m_k = o_k < K
+            b_M += pair_matrix(b_q, b_G, k, G, bos + i_c * BT, eos, i_h, i_hv, o_t, o_k, m_k,
+                               H, HV, K, BT, BC, False, PREC)
             if ERASE > 0:
-                b_T += pair_matrix(b_e, b_k, b_G, o_t, BT, BC, True, PREC)
+                b_T += pair_matrix(b_e, b_G, k, G, bos + i_c * BT, eos, i_h, i_hv, o_t, o_k, m_k,
+                                   H, HV, K, BT, BC, True, PREC)
         else:
             b_M += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
             if ERASE > 0:
@@ -192,7 +213,8 @@ def chunk_intra_kernel(
             m_tk = m_t[:, None] & (o_k < K)[None, :]
             b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
             if DECAY == 2:
-                b_e *= tl.exp(load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, DECAY))
+                p_G = G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
+                b_e *= tl.exp(tl.load(p_G, mask=m_tk, other=0))
             elif DECAY == 1:
                 b_e *= tl.exp(b_G1)[:, None]
             b_W = tl.dot(b_A, b_e, input_precision=PREC)
@@ -323,7 +345,9 @@ def state_block_v(V: int, K: int, programs: int) -> int:
 
 
 def chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, *, store_a: bool):
-    """Stage 1 on packed inputs. Returns ``(G, M, A, W, U)`` (None where not needed)."""
+    """Stage 1 on packed inputs (cumulative decay, then the intra-chunk kernel).
+
+    Returns ``(G, M, A, W, U)`` (None where not needed)."""
     Ttot, H, K = q.shape
     HV, V = v.shape[1], v.shape[2]
     BT, dev = CHUNK, q.device
@@ -334,6 +358,9 @@ def chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, *, store_a: bool
     A = empty((Ttot, HV, BT), **f32) if ERASE else None  # also the scratch of the inverse
     W = empty((Ttot, HV, K), **f32) if ERASE else None
     U = empty((Ttot, HV, V), **f32) if ERASE else None
+    if DECAY == 2:
+        chunk_cumsum_kernel[(NT, HV, triton.cdiv(K, 64))](g, G, cu, chunk_indices, HV=HV, K=K, BT=BT,
+                                                          BK=min(64, _pow2(K)), num_warps=4)
     chunk_intra_kernel[(NT, HV)](
         q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
         M if G is None else G, M, M if A is None else A, M if W is None else W, M if U is None else U,
