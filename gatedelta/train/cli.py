@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    import torch
+
     from ..data.tokenizer import DataError
     from .config import UserError, load_config, to_yaml
 
@@ -69,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DataError) as e:
         if is_main:
             print(f"error: {e}", file=sys.stderr)
+        return 2
+    except torch.OutOfMemoryError:
+        if is_main:
+            print(f"error: out of GPU memory at data.seq_len={cfg.data.seq_len} x data.batch_size="
+                  f"{cfg.data.batch_size} on {cfg.model.preset}/{cfg.model.size}; lower data.batch_size "
+                  "(raise optim.accum_steps to keep the step size), set runtime.activation_checkpointing "
+                  "true, or shard with runtime.distributed fsdp2", file=sys.stderr)
         return 2
     return 130 if result.interrupted else 0
 

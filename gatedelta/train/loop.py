@@ -70,14 +70,6 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
     return GatedDeltaForCausalLM(config)
 
 
-def check_fits(model: nn.Module, seq_len: int) -> None:
-    """Refuse a sequence length the model cannot take (e.g. beyond its position limit)."""
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if limit and seq_len > limit:
-        raise ConfigError(f"data.seq_len={seq_len} does not fit the model: its max_position_embeddings is "
-                          f"{limit}; lower data.seq_len or set --model.overrides.max_position_embeddings")
-
-
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on matrices only: not on norms, biases (ndim < 2) or ``_no_weight_decay`` params
     (A_log, dt_bias), because decaying them pulls gates and scales toward zero for no benefit."""
@@ -253,20 +245,22 @@ class StopFlag:
 def train(cfg: TrainConfig, *, model_factory: ModelFactory | None = None) -> TrainResult:
     """Train as ``cfg`` says; returns per-step losses and evals (rank 0 has the full picture).
 
-    ``model_factory(cfg, vocab_size)`` replaces :func:`build_model` (tests use small stand-ins).
+    ``model_factory(cfg, vocab_size)`` replaces :func:`build_model` (e.g. to wrap or hook the model).
     """
     # 1. Processes and devices ------------------------------------------------------------------
     d = distributed.setup(cfg.runtime.distributed, cfg.runtime.device)
+    threads = torch.get_num_threads()
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
     try:
         return _train(cfg, d, model_factory or build_model)
     finally:
+        torch.set_num_threads(threads)  # train() may be one call in a longer program
         distributed.teardown(d)
 
 
 def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -> TrainResult:
     rc = cfg.runtime
-    if rc.threads:
-        torch.set_num_threads(rc.threads)
     use_bf16 = rc.dtype == "bfloat16" or (rc.dtype == "auto" and d.device.type == "cuda")
     autocast = lambda: torch.autocast(d.device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     # The same seed on every rank: identical initial weights (FSDP2 shards each rank's copy).
@@ -292,7 +286,6 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
     # 3. Model: build (same init everywhere), check the length fits, then wrap for many ranks ----
     model = model_factory(cfg, vocab_size)
     vocab_size = model.config.vocab_size
-    check_fits(model, cfg.data.seq_len)
     loader, heldout, tokenizer = make_data(cfg, d, vocab_size)
     if rc.activation_checkpointing:
         enable_activation_checkpointing(model)

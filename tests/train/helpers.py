@@ -18,6 +18,7 @@ def tiny_config(run_dir: Path, *overrides: tuple[str, str], **sections: dict) ->
         "checkpoint": {"dir": str(run_dir), "every": 0},
         "eval": {"every": 4, "batches": 2},
         "logging": {"every": 1, "progress": False, "tensorboard": False},
+        "runtime": {"threads": 1},  # tests run beside others on 2 cores: no thread oversubscription
     }
     for name, fields in sections.items():
         mapping.setdefault(name, {}).update(fields)

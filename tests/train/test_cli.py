@@ -28,16 +28,28 @@ def _one_error_line(capsys, *words: str) -> None:
     (["--data.source", "text", "--data.paths", "/no/such/dir"], ["data path not found", "/no/such/dir"]),
     (["--model.preset", "gdn9"], ["unknown preset 'gdn9'", "gdn2-hybrid"]),
     (["--model.size", "7b"], ["unknown size '7b'", "350m"]),
-    (["--data.seq_len", "128", "--model.overrides.max_position_embeddings", "64"],
-     ["data.seq_len=128 does not fit", "max_position_embeddings is 64"]),
+    # sequence lengths that do not fit: the task's content, the corpus, the device's memory (below)
     (["--data.source", "task", "--data.task", "mqar", "--data.seq_len", "16",
-      "--data.task_params", "{num_kv_pairs: 64}"], ["data.task"]),
+      "--data.task_params", "{num_kv_pairs: 64}"], ["data.task", "seq_len=16 is too short"]),
+    (["--data.seq_len", "1000000000"], ["fewer than one optimizer step", "smaller data.seq_len"]),
+    (["--data.seq_len", "1"], ["data.seq_len must be >= 2"]),
     (["--data.tokenizer", "/no/tokenizer"], ["tokenizer directory not found"]),
     (["--optim.lr", "-1"], ["optim.lr must be > 0"]),
 ])
 def test_bad_input_is_one_clear_line(cfg, capsys, args, words):
     assert gatedelta(["train", cfg, *args]) == 2
     _one_error_line(capsys, *words)
+
+
+def test_out_of_memory_is_one_clear_line(cfg, capsys, monkeypatch):
+    from gatedelta.train import loop
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(loop, "_train", oom)
+    assert gatedelta(["train", cfg, "--data.seq_len", "65536"]) == 2
+    _one_error_line(capsys, "out of GPU memory", "data.seq_len=65536", "activation_checkpointing")
 
 
 def test_empty_corpus(cfg, tmp_path, capsys):
