@@ -80,7 +80,7 @@ def _inputs(B, T, H, HV, K, V, *, decay="channel", gate_scale=1.0, resets=None, 
 # 1. check: every op, forward + backward, on this GPU
 
 
-def check(out: dict, B=2, T=300, H=2, HV=4, K=64, V=128) -> None:
+def check(out: dict, B=2, T=300, H=2, HV=4, K=64, V=128, op_names=None) -> None:
     """bf16 kernels vs the float64 reference for every op and form, small shapes."""
     cases = {
         "gdn2": lambda x: ("gdn2", (x["g"], x["b"], x["w"])),
@@ -93,6 +93,8 @@ def check(out: dict, B=2, T=300, H=2, HV=4, K=64, V=128) -> None:
     }
     res = out.setdefault("check", {})
     for name, make in cases.items():
+        if op_names and name not in op_names:
+            continue
         try:
             x = _inputs(B, T, H, HV, K, V)
             op, gates = make(x)
@@ -352,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--T", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths for speed")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"), help="output folder")
     p.add_argument("--tag", default="h100", help="file name suffix: kernels_<step>_<tag>.json")
-    p.add_argument("--ops", nargs="*", default=["gdn2", "kda", "gdn", "sdpa"], help="ops for speed")
+    p.add_argument("--ops", nargs="*", default=["gdn2", "kda", "gdn", "sdpa"], help="ops for speed / check")
     p.add_argument("--no-ceilings", action="store_true", help="skip the matmul / copy ceilings")
     a = p.parse_args(argv)
     if not torch.cuda.is_available():
@@ -366,14 +368,14 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": lambda o: accuracy(o, fla, who=("ours",)),
         "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa"), op_names=tuple(a.ops)),
         "decode": lambda o: decode(o, fla),
-        "check": check,
+        "check": lambda o: check(o, op_names=tuple(a.ops)),
         "fla-accuracy": lambda o: accuracy(o, fla, who=("fla",)),
         "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",), op_names=tuple(a.ops)),
     }
     for name in a.steps:
         res = {"env": env, "command": "gatedelta bench kernels " + " ".join(argv or [])}
-        path = os.path.join(a.out, f"kernels_{name}_{a.tag}.json" if name != "speed" else
-                            f"kernels_speed_{'_'.join(a.ops)}_{a.tag}.json")
+        path = os.path.join(a.out, f"kernels_{name}_{a.tag}.json" if name not in ("speed", "check") else
+                            f"kernels_{name}_{'_'.join(a.ops)}_{a.tag}.json")
         t0 = time.time()
 
         def save(res=res, path=path, t0=t0):
