@@ -85,6 +85,8 @@ class GatedAttention(nn.Module):
             raise ValueError(f"num_heads={num_heads} must be a multiple of num_kv_heads={num_kv_heads}")
         if gate not in GATES:
             raise ValueError(f"gate must be one of {GATES}, got {gate!r}")
+        if head_dim % 2 != 0:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {head_dim}")
         if window is not None and window < 1:
             raise ValueError(f"window must be a positive number of tokens or None, got {window}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim

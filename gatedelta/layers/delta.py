@@ -92,6 +92,7 @@ class DeltaLayer(nn.Module):
             self.out_gate = nn.Sequential(
                 nn.Linear(hidden_size, head_dim, bias=False), nn.Linear(head_dim, self.value_dim, bias=True)
             )
+            no_weight_decay(self.out_gate[1].bias)
         else:
             self.out_gate = nn.Linear(hidden_size, self.value_dim, bias=False)
         self.o_norm = GatedRMSNorm(head_dim, activation=self.out_activation, eps=norm_eps)

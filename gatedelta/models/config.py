@@ -163,6 +163,8 @@ class GatedDeltaConfig(PretrainedConfig):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         if not isinstance(self.neg_eigval, bool):
             raise ValueError(f"neg_eigval must be True or False, got {self.neg_eigval!r}")
+        if self.head_dim % 2 != 0 and {"attn", "swa"} & set(self.layer_pattern):
+            raise ValueError(f"head_dim={self.head_dim} must be even: attention layers apply RoPE")
         if self.attn_gate not in ATTN_GATES:
             raise ValueError(f"attn_gate must be one of {ATTN_GATES}, got {self.attn_gate!r}")
         if "swa" in self.layer_pattern:
