@@ -342,6 +342,38 @@ def _env(ceilings: bool = True) -> dict:
     return env
 
 
+def report(folder: str, tag: str = "h100") -> str:
+    """Markdown tables from the JSON files of one run (ours, FLA, SDPA side by side)."""
+    import glob
+
+    def load(pattern):
+        out = {}
+        for f in sorted(glob.glob(os.path.join(folder, pattern))):
+            with open(f) as fh:
+                out[os.path.basename(f)] = json.load(fh)
+        return out
+
+    rows = [r for d in load(f"kernels_*speed*_{tag}.json").values() for r in d.get("rows", [])]
+    fmt = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
+    by = {(r["op"], r["T"]): r for r in rows if "op" in r}
+    lines = ["| op (ms, B·T = 32k) | T | fwd ours | fwd FLA | f+b ours | f+b FLA | fwd FLA/ours "
+             "| f+b FLA/ours | SDPA fwd | SDPA f+b | held B/token-head (ours, FLA) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for op in ("gdn2", "kda", "gdn"):
+        for T in (2048, 8192, 32768):
+            o, f = by.get((f"ours_{op}", T), {}), by.get((f"fla_{op}", T), {})
+            sd = by.get(("sdpa_causal", T), {})
+            ratio = lambda a, b: fmt(a / b) if a and b and not (math.isnan(a) or math.isnan(b)) else "—"
+            lines.append(
+                f"| {op} | {T} | {fmt(o.get('fwd_ms'))} | {fmt(f.get('fwd_ms'))} | "
+                f"{fmt(o.get('fwdbwd_ms'))} | "
+                f"{fmt(f.get('fwdbwd_ms'))} | {ratio(f.get('fwd_ms'), o.get('fwd_ms'))} | "
+                f"{ratio(f.get('fwdbwd_ms'), o.get('fwdbwd_ms'))} | {fmt(sd.get('fwd_ms'))} | "
+                f"{fmt(sd.get('fwdbwd_ms'))} | {fmt(o.get('saved_bytes_per_token_head'))}, "
+                f"{fmt(f.get('saved_bytes_per_token_head'))} |")
+    return "\n".join(lines)
+
+
 def SAVE() -> None:  # replaced by main(): writes the current part's JSON as results come in
     pass
 
