@@ -6,8 +6,13 @@
 1. Speed: ``ops.gdn2`` forward, fp32, B=1, T=4096, H=4, K=V=64 (per-channel g, b, w), backend
    "torch" (chunked) vs "reference" (token by token). Both are timed in full at the same T (no
    extrapolation): chunked as the median of several runs after a warm-up, the reference once
-   (it takes seconds). Measured with torch's default thread count and again with one thread,
-   since a shared machine's other jobs hurt multi-threaded small ops most.
+   (it takes seconds). Each setting runs in a fresh subprocess:
+   - ``default``: torch's default thread count and OpenMP settings (what a user gets);
+   - ``passive``: the same threads with ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep
+     instead of spinning. On a machine shared with other jobs, spinning threads steal the cores
+     the working threads need, and every small op pays for it; the reference runs ~80k small ops;
+   - ``1 thread``: ``torch.set_num_threads(1)``.
+   CPU seconds of the process are reported beside wall seconds.
 2. Memory: peak extra memory of one chunked forward at T = 1024 … 8192. Each T runs in a fresh
    subprocess with glibc's mmap threshold pinned (MALLOC_MMAP_THRESHOLD_=65536, so every tensor
    above 64 KiB is its own mapping, returned to the OS when freed; RSS then follows the live
@@ -58,23 +63,55 @@ def forward(x: tuple[torch.Tensor, ...], backend: str) -> torch.Tensor:
         return ops.gdn2(*x, backend=backend)[0]
 
 
+def _timed(x: tuple[torch.Tensor, ...], backend: str) -> tuple[torch.Tensor, float, float]:
+    """One forward: output, wall seconds, CPU seconds of this process (all threads)."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    o = forward(x, backend)
+    return o, time.perf_counter() - t0, time.process_time() - c0
+
+
 def time_speed(T: int, threads: int, repeats: int) -> dict:
-    """Seconds per forward: chunked (median and min of ``repeats``) and reference (one run)."""
+    """Seconds per forward: chunked (median and min of ``repeats``) and reference (one run).
+
+    CPU seconds are reported beside wall seconds: with one thread they are the compute time even
+    when other jobs share the machine.
+    """
     torch.set_num_threads(threads)
     x = inputs(T)
     forward(x, "torch")  # warm-up
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        o = forward(x, "torch")
-        runs.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    o_ref = forward(x, "reference")
-    ref_s = time.perf_counter() - t0
+    runs = [_timed(x, "torch") for _ in range(repeats)]
+    o = runs[0][0]
+    o_ref, ref_s, ref_cpu = _timed(x, "reference")
     err = float((o.double() - o_ref.double()).norm() / o_ref.double().norm())
-    chunked_s = statistics.median(runs)
-    return dict(threads=threads, T=T, chunked_median_s=chunked_s, chunked_min_s=min(runs),
-                reference_s=ref_s, speedup=ref_s / chunked_s, rel_err_fp32_vs_reference=err)
+    chunked_s = statistics.median(r[1] for r in runs)
+    chunked_cpu = statistics.median(r[2] for r in runs)
+    return dict(threads=threads, T=T, chunked_median_s=chunked_s, chunked_min_s=min(r[1] for r in runs),
+                chunked_cpu_median_s=chunked_cpu, reference_s=ref_s, reference_cpu_s=ref_cpu,
+                speedup=ref_s / chunked_s, speedup_cpu_time=ref_cpu / chunked_cpu,
+                rel_err_fp32_vs_reference=err)
+
+
+def speed_child(threads: int, T: int, repeats: int) -> None:
+    """Run in the subprocess: print the speed figures as JSON."""
+    print(json.dumps(time_speed(T, threads, repeats)))
+
+
+def measure_speed(setting: str, T: int, repeats: int) -> dict:
+    threads = 1 if setting == "1 thread" else torch.get_num_threads()
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if setting == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
+    m = _child(["--speed-child", str(threads), "--T", str(T), "--repeats", str(repeats)], env)
+    m["setting"] = setting
+    return m
+
+
+def _child(args: list[str], env: dict[str, str]) -> dict:
+    done = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _status_bytes(field: str) -> int:
@@ -100,11 +137,7 @@ def memory_child(T: int) -> None:
 
 def measure_memory(T: int) -> dict:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_ARENA_MAX="1")
-    done = subprocess.run([sys.executable, __file__, "--memory-child", str(T)], env=env,
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"memory measurement at T={T} failed:\n{done.stderr}")
-    m = json.loads(done.stdout.strip().splitlines()[-1])
+    m = _child(["--memory-child", str(T)], env)
     m["extra_bytes_per_token_head"] = m["extra_bytes"] / (T * H)
     return m
 
@@ -122,24 +155,31 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="T = 512 speed, T up to 2048 memory")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--speed-child", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--T", type=int, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.memory_child:
         memory_child(a.memory_child)
         return
+    if a.speed_child:
+        speed_child(a.speed_child, a.T, a.repeats)
+        return
 
     T = 512 if a.quick else 4096
     lengths = [256, 512, 1024, 2048] if a.quick else [1024, 2048, 4096, 8192]
-    default_threads = torch.get_num_threads()
     load = os.getloadavg()
-    speed = [time_speed(T, th, a.repeats) for th in sorted({default_threads, 1}, reverse=True)]
+    speed = [measure_speed(setting, T, a.repeats) for setting in ("default", "passive", "1 thread")]
     memory = [measure_memory(t) for t in lengths]
 
     print(f"gdn2 forward fp32, B=1, T={T}, H={H}, K=V={K}; CPU: {_cpu_model()}, {os.cpu_count()} cores; "
           f"load average before: {load[0]:.2f}")
-    print(f"{'threads':>7} {'chunked median':>15} {'chunked min':>12} {'reference':>10} {'speedup':>8}")
+    print(f"{'setting':>8} {'threads':>7} | {'chunked median':>14} {'min':>9} {'reference':>9} {'speedup':>7} | "
+          f"CPU time: {'chunked':>9} {'reference':>9} {'speedup':>7}")
     for s in speed:
         med, best, ref = s["chunked_median_s"] * 1e3, s["chunked_min_s"] * 1e3, s["reference_s"]
-        print(f"{s['threads']:>7} {med:>12.1f} ms {best:>9.1f} ms {ref:>8.2f} s {s['speedup']:>7.1f}x")
+        cpu, ref_cpu = s["chunked_cpu_median_s"] * 1e3, s["reference_cpu_s"]
+        print(f"{s['setting']:>8} {s['threads']:>7} | {med:>11.1f} ms {best:>6.1f} ms {ref:>7.2f} s "
+              f"{s['speedup']:>6.1f}x | {'':>9}{cpu:>7.1f} ms {ref_cpu:>7.2f} s {s['speedup_cpu_time']:>6.1f}x")
     print("\npeak extra memory of one chunked forward (RSS, fresh process per T)")
     print(f"{'T':>6} {'extra MiB':>10} {'bytes/token-head':>17} {'output MiB':>11} {'inputs MiB':>11}")
     for m in memory:

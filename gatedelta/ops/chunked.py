@@ -25,11 +25,14 @@ Stages of :func:`recurrence`, one block of chunks at a time:
 Blocks bound the working memory: besides the output only per-block tensors exist (O(T·HV·V) in
 all), never a ``[T, T]`` matrix, a per-token state or a padded copy of the inputs.
 
-Numerics: every decay factor is ``exp`` of a sum of g over a segment ``(s, r]``, built from
-cumulative sums of g alone — never a difference of two cumulative sums (after a hard reset that is
-``−inf − (−inf) = NaN``) and never ``1/γ``. Each factor is ≤ 1, so nothing overflows, and every
-``g ∈ [−inf, 0]`` gives finite values and finite gradients. Masked entries are chosen with
-``torch.where`` (never multiplied by a 0/1 mask), so ``−inf`` never meets a ``0·``.
+Numerics: every decay factor is ``exp`` of a sum of g over a segment ``(s, r]``, never a
+difference of two cumulative sums (after a hard reset that is ``−inf − (−inf) = NaN``) and never
+``1/γ``. Each factor is ≤ 1, so nothing overflows, and every ``g ∈ [−inf, 0]`` gives finite
+values and finite gradients. Segment sums come from cumulative sums of g, masked cumulative sums
+(:func:`_segsum`), or matmuls with 0/1 matrices on g clamped to :data:`G_FLOOR` (exact: any
+segment holding a clamped value has a factor that underflows to 0 either way). Masked entries
+are chosen with ``torch.where`` or ``tril`` (never multiplied by a 0/1 mask), so ``−inf`` never
+meets a ``0·``.
 
 GVA: ``q`` and ``k`` keep their H heads; value heads are laid out as ``[H, G]`` with
 ``G = HV // H`` and ``q``/``k`` broadcast over ``G`` (never repeated).
@@ -52,8 +55,9 @@ CHUNK = 64
 SUB_CHUNK = 8
 """Sub-chunk length for per-channel decay: exact pairwise factors only inside a sub-chunk.
 (8 measured fastest on the CPU for C = 64: the exact part costs ∝ c, the factored part ∝ C/c.)"""
-BLOCK_TOKENS = 1024
-"""Token-heads whose intra-chunk terms are formed together; bounds the working memory."""
+BLOCK_TOKENS = 512
+"""Token-heads whose intra-chunk terms are formed together; bounds the working memory.
+(512-1024 measured fastest on the CPU: blocks stay in cache.)"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,18 +84,26 @@ that holds one then sums to ≤ −1e4, whose exp is 0 in every float type, exac
 unclamped; segments without one are untouched. The clamp keeps −inf out of ``0 · g`` products."""
 
 
-def _segsum_exp_lower(x: Tensor) -> Tensor:
-    """``exp(Σ_{s<l≤r} x[..., l, :])`` at ``[..., r, s, :]`` for ``s ≤ r``; 1 above the diagonal.
+def _members(rule, L: int, like: Tensor) -> Tensor:
+    """0/1 matrix ``[r, l]``: ``rule(r, l)`` on index grids of size L (one segment per row r)."""
+    idx = torch.arange(L, device=like.device)
+    return rule(idx[:, None], idx[None, :]).to(like.dtype)
 
-    x: ``[..., L, D]`` (log-decays) -> ``[..., L, L, D]``, for callers that mask the upper
-    triangle. The segment sums are one matmul with a 0/1 matrix (far cheaper than a masked
-    cumulative sum over the large ``[L, L, D]`` tensor), on x clamped to :data:`G_FLOOR`.
-    """
-    L = x.shape[-2]
-    idx = torch.arange(L, device=x.device)
+
+def _pair_members(rule, L: int, like: Tensor) -> Tensor:
+    """0/1 matrix ``[(r, s), l]``: ``rule(r, s, l)`` on index grids of size L (a segment per pair)."""
+    idx = torch.arange(L, device=like.device)
     r, s, l = idx[:, None, None], idx[None, :, None], idx[None, None, :]
-    segment = ((s < l) & (l <= r)).to(x.dtype).reshape(L * L, L)  # [(r, s), l]
-    return (segment @ x.clamp(min=G_FLOOR)).unflatten(-2, (L, L)).exp()
+    return rule(r, s, l).to(like.dtype).reshape(L * L, L)
+
+
+def _segment_exp(segments: Tensor, x_floored: Tensor) -> Tensor:
+    """``exp(segments @ x)``: exp of segment sums of log-decays already clamped to ``G_FLOOR``.
+
+    segments: ``[S, L]`` 0/1; x_floored: ``[..., L, D]`` -> ``[..., S, D]``. Every segment sum is
+    ≤ 0, so every factor is ≤ 1.
+    """
+    return (segments @ x_floored).exp()
 
 
 def _rev_excl_cumsum(x: Tensor, dim: int) -> Tensor:
@@ -159,20 +171,26 @@ class _ChannelDecay:
 
     def __init__(self, g: Tensor, sub: int) -> None:  # g: [..., C, K]
         C, K = g.shape[-2:]
-        self.n, self.c = C // sub, sub
+        n, c = self.n, self.c = C // sub, sub
+        # Segment sums are matmuls with 0/1 matrices (see G_FLOOR): one op each, no scans.
+        gf = g.clamp(min=G_FLOOR)
         G = g.cumsum(-2)
-        self.gamma = G.exp()
-        self.tail = _rev_excl_cumsum(g, -2).exp()
-        self.last = G[..., -1, :].exp()  # [..., K]
-        gs = g.unflatten(-2, (self.n, self.c))  # [..., n, c, K]
-        self.in_sub = gs.cumsum(-2).exp()
-        self.to_end = _rev_excl_cumsum(gs, -2).exp()
-        seg = _segsum(gs.sum(-2))  # [..., n, n, K]: Σ over sub-chunks (j, i]
-        # between[i, j] = Σ over sub-chunks strictly between j and i = seg[i-1, j]; row 0 has none.
-        no_row = torch.full_like(seg[..., :1, :, :], float("-inf"))
-        self.between = torch.cat([no_row, seg[..., :-1, :, :]], dim=-3).exp()  # 0 where j ≥ i
-        self.diag = _segsum_exp_lower(gs)  # [..., n, c, c, K]
-        self.eye = torch.eye(self.n, dtype=torch.bool, device=g.device)[:, None, :, None]
+        self.gamma = G.exp()  # γ_r
+        self.last = G[..., -1, :].exp()  # γ_C, [..., K]
+        self.tail = _segment_exp(_members(lambda s, l: l > s, C, g), gf)  # γ_C/γ_s
+        gs = gf.unflatten(-2, (n, c))  # [..., n, c, K]
+        to_start = _members(lambda r, l: l <= r, c, g)  # Σ_{start ≤ l ≤ r}
+        to_end = _members(lambda s, l: l > s, c, g)  # Σ_{s < l ≤ end}
+        local = _segment_exp(torch.cat([to_start, to_end]), gs)  # [..., n, 2c, K]
+        self.in_sub, self.to_end = local[..., :c, :], local[..., c:, :]
+        # between[i, j] = Σ over the sub-chunks strictly between j and i (1 where j ≥ i: those
+        # blocks are above the diagonal or replaced by the exact ones, and masked in pairs())
+        strictly_between = _pair_members(lambda i, j, l: (j < l) & (l < i), n, g)
+        self.between = _segment_exp(strictly_between, gs.sum(-2)).unflatten(-2, (n, n))  # [..., n, n, K]
+        # exact pairwise factors inside a sub-chunk (1 above the diagonal, masked in pairs())
+        in_segment = _pair_members(lambda r, s, l: (s < l) & (l <= r), c, g)
+        self.diag = _segment_exp(in_segment, gs).unflatten(-2, (c, c))  # [..., n, c, c, K]
+        self.eye = torch.eye(n, dtype=torch.bool, device=g.device)[:, None, :, None]
 
     def rows(self, x: Tensor) -> Tensor:
         return x * self.gamma
