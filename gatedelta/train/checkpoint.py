@@ -282,11 +282,16 @@ def load_model_for_inference(path: str | Path, *, device: str | torch.device = "
     with (``None`` for synthetic-task runs, whose ids are the task's own).
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     import gatedelta  # noqa: F401  (registers the model with the transformers Auto classes)
 
     ckpt = resolve_checkpoint(path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(str(ckpt), local_files_only=True, **kwargs)
+    hf_logging.disable_progress_bar()  # "Loading weights" would interleave with streamed output
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(ckpt), local_files_only=True, **kwargs)
+    finally:
+        hf_logging.enable_progress_bar()
     model.to(device).eval()
     return model, read_tokenizer(ckpt)

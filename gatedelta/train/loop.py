@@ -283,7 +283,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
         if vocab_size < tok_vocab:
             raise ConfigError(f"model vocab_size {vocab_size} is smaller than the tokenizer's {tok_vocab}")
 
-    # 3. Model: build (same init everywhere), check the length fits, then wrap for many ranks ----
+    # 3. Model: build (same init on every rank), then wrap it for many ranks ------------------------
     model = model_factory(cfg, vocab_size)
     vocab_size = model.config.vocab_size
     loader, heldout, tokenizer = make_data(cfg, d, vocab_size)
@@ -322,10 +322,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     log = Logger(cfg, run_dir, d, start)
-    rows_tokens = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps * d.world_size
+    tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps * d.world_size
     log.print(f"model {cfg.model.preset}/{cfg.model.size}: {n_params / 1e6:.2f}M parameters, vocab "
               f"{vocab_size}; {d.world_size} rank(s) on {d.device.type}, "
-              f"{'bf16 autocast' if use_bf16 else 'fp32'}; {rows_tokens:,} tokens per step; "
+              f"{'bf16 autocast' if use_bf16 else 'fp32'}; {tokens_per_step:,} tokens per step; "
               + (f"resumed from step {start}" if start else "starting at step 0"))
 
     # 7. The loop ---------------------------------------------------------------------------------
@@ -376,7 +376,8 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
             loss = float(flags[0]) / n_step  # a CPU-GPU sync point, once per step
             gnorm = float(grad_norm)
 
-            # 7d. Guard: a non-finite loss or gradient skips the update instead of poisoning weights.
+            # 7d. Guard: a non-finite loss or gradient skips the update instead of poisoning weights
+            # and Adam's moments; the step still counts (its data is consumed, the lr moves on).
             if math.isfinite(loss) and math.isfinite(gnorm):
                 optimizer.step()
                 consecutive_skips = 0
@@ -395,7 +396,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
             result.step = step
 
             # 7e. Log: tokens/s over the window since the last log line.
-            tokens_window += rows_tokens
+            tokens_window += tokens_per_step
             log.progress(loss, tokens_window / max(1e-9, time.perf_counter() - t_window))
             if step % cfg.logging.every == 0 or step == cfg.schedule.steps:
                 dt = time.perf_counter() - t_window
@@ -431,7 +432,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
     # 8. The end: final evaluation and checkpoint --------------------------------------------------
     result.seconds = time.perf_counter() - t_start
     done = result.step - start
-    result.tokens_per_s = done * rows_tokens / max(result.seconds, 1e-9)
+    result.tokens_per_s = done * tokens_per_step / max(result.seconds, 1e-9)
     if result.step == cfg.schedule.steps:
         if heldout and result.step not in result.evals and result.step > start:
             ev = evaluate(train_model, heldout, d, autocast)

@@ -57,7 +57,8 @@ def test_ddp_matches_one_process_on_the_global_batch(tmp_path, single):
 def test_fsdp2_trains_and_its_checkpoint_resumes_on_one_process(tmp_path, single):
     run = tmp_path / "fsdp"
     cfg = tiny_yaml(tmp_path / "c.yaml", run, schedule={"steps": STEPS + 2, "stop_at": STEPS})
-    _torchrun(cfg, "--runtime.distributed", "fsdp2")
+    # 1 row x 2 micro-batches per rank: the same 4 rows per step, and FSDP2's no-sync accumulation
+    _torchrun(cfg, "--runtime.distributed", "fsdp2", "--data.batch_size", "1", "--optim.accum_steps", "2")
     fsdp = _losses(run)
     assert max(abs(fsdp[s] - single.losses[s]) for s in fsdp) < 1e-5
     assert (run / f"step_{STEPS:06d}" / "model.safetensors").is_file()
