@@ -217,10 +217,15 @@ class Logger:
 
 
 class StopFlag:
-    """First Ctrl-C (SIGINT) or SIGTERM asks for a checkpoint and a clean exit; a second one aborts."""
+    """Ctrl-C (SIGINT) or SIGTERM asks for a checkpoint and a clean exit after the current step.
+
+    Another Ctrl-C at least a second later aborts at once. (A single Ctrl-C under torchrun reaches
+    each worker twice — from the terminal and forwarded by the launcher — and must not abort.)
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self._first = 0.0
         self._old = {}
 
     def __enter__(self) -> StopFlag:
@@ -229,9 +234,10 @@ class StopFlag:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
+        if self.requested and signum == signal.SIGINT and time.monotonic() - self._first > 1.0:
             raise KeyboardInterrupt
-        self.requested = True
+        if not self.requested:
+            self.requested, self._first = True, time.monotonic()
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():

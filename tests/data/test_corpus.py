@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -118,3 +119,43 @@ def test_builtin_corpus_is_deterministic_real_text(tmp_path, capsys):
     docs = corpus.read_documents("builtin", [], corpus_dir=str(tmp_path / "a"))
     assert any("def " in d for d in docs) and any("statement" in d for d in docs)  # code and prose
     assert not list(tmp_path.glob(".*tmp*"))  # built atomically: no leftovers
+
+
+def test_parquet_through_datasets(tmp_path):
+    pytest.importorskip("datasets")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"body": ["first", "", "second"]}), tmp_path / "a.parquet")
+    assert corpus.read_documents("parquet", [str(tmp_path)], text_field="body") == ["first", "second"]
+    with pytest.raises(DataError, match="no column 'text'"):
+        corpus.read_documents("parquet", [str(tmp_path / "a.parquet")])
+
+
+def test_parquet_without_datasets_says_how_to_install(tmp_path, monkeypatch):
+    (tmp_path / "a.parquet").write_bytes(b"PAR1")
+    for name in ("datasets", "pyarrow", "pyarrow.parquet"):
+        monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
+    with pytest.raises(DataError, match="pip install datasets"):
+        corpus.read_documents("parquet", [str(tmp_path / "a.parquet")])
+
+
+def test_local_hugging_face_tokenizer(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers")
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<bos>", "<eos>", "<unk>", "alpha", "beta", "gamma"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.decoder = tokenizers.decoders.WordPiece()  # joins words with spaces
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   unk_token="<unk>")
+    fast.save_pretrained(str(tmp_path / "tok"))
+    hf = load_tokenizer(str(tmp_path / "tok"))
+    assert (hf.vocab_size, hf.bos_id, hf.eos_id) == (6, 0, 1)
+    stream = corpus.tokenize_documents(["alpha beta", "gamma"], hf)
+    assert stream.tokens.tolist() == [0, 3, 4, 1, 0, 5, 1] and stream.starts.tolist() == [0, 4]
+    save_tokenizer(hf, tmp_path / "ckpt")
+    again = read_tokenizer(tmp_path / "ckpt")  # from the copy inside the checkpoint
+    assert again.encode("beta gamma") == [4, 5] and again.decode([3, 4]) == "alpha beta"
