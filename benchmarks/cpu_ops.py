@@ -173,13 +173,14 @@ def main() -> None:
 
     print(f"gdn2 forward fp32, B=1, T={T}, H={H}, K=V={K}; CPU: {_cpu_model()}, {os.cpu_count()} cores; "
           f"load average before: {load[0]:.2f}")
-    print(f"{'setting':>8} {'threads':>7} | {'chunked median':>14} {'min':>9} {'reference':>9} {'speedup':>7} | "
-          f"CPU time: {'chunked':>9} {'reference':>9} {'speedup':>7}")
+    print(f"{'setting':>8} {'threads':>7} | {'chunked median':>14} {'min':>9} {'reference':>9} "
+          f"{'speedup':>7} | CPU time: {'chunked':>9} {'reference':>9} {'speedup':>7}")
     for s in speed:
         med, best, ref = s["chunked_median_s"] * 1e3, s["chunked_min_s"] * 1e3, s["reference_s"]
         cpu, ref_cpu = s["chunked_cpu_median_s"] * 1e3, s["reference_cpu_s"]
         print(f"{s['setting']:>8} {s['threads']:>7} | {med:>11.1f} ms {best:>6.1f} ms {ref:>7.2f} s "
-              f"{s['speedup']:>6.1f}x | {'':>9}{cpu:>7.1f} ms {ref_cpu:>7.2f} s {s['speedup_cpu_time']:>6.1f}x")
+              f"{s['speedup']:>6.1f}x | {'':>9}{cpu:>7.1f} ms {ref_cpu:>7.2f} s "
+              f"{s['speedup_cpu_time']:>6.1f}x")
     print("\npeak extra memory of one chunked forward (RSS, fresh process per T)")
     print(f"{'T':>6} {'extra MiB':>10} {'bytes/token-head':>17} {'output MiB':>11} {'inputs MiB':>11}")
     for m in memory:
