@@ -320,6 +320,31 @@ def decode(out: dict, fla) -> None:
     SAVE()
 
 
+def profile(out: dict) -> None:
+    """CUDA time per kernel of one gdn2 / gdn forward + backward (T = 2k, B = 16, H = 16)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for op in ("gdn2", "gdn"):
+        x = [t.requires_grad_() for t in _speed_inputs(16, 2048, 16, 128, 128, op)]
+
+        def fn(op=op, x=x):
+            getattr(ops, op)(*x, backend="triton")[0].backward(torch.ones_like(x[2]))
+
+        fn()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        per = {}
+        for e in prof.key_averages():
+            if e.device_time_total > 0:
+                per[e.key[:60]] = e.device_time_total / 1e3
+        out[op] = dict(sorted(per.items(), key=lambda kv: -kv[1])[:12])
+        print(f"profile {op} (ms): " + json.dumps(out[op]), flush=True)
+        SAVE()
+
+
 def _env(ceilings: bool = True) -> dict:
     import triton
 
@@ -382,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     global SAVE
     p = argparse.ArgumentParser(prog="gatedelta bench kernels", description=__doc__.split("\n")[0])
     p.add_argument("steps", nargs="*", default=["accuracy", "speed", "decode", "check"],
-                   help="any of: accuracy speed decode check fla-accuracy fla-speed (in this order)")
+                   help="any of: accuracy speed decode check profile fla-accuracy fla-speed")
     p.add_argument("--T", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths for speed")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"), help="output folder")
     p.add_argument("--tag", default="h100", help="file name suffix: kernels_<step>_<tag>.json")
@@ -401,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
         "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa"), op_names=tuple(a.ops)),
         "decode": lambda o: decode(o, fla),
         "check": lambda o: check(o, op_names=tuple(a.ops)),
+        "profile": profile,
         "fla-accuracy": lambda o: accuracy(o, fla, who=("fla",)),
         "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",), op_names=tuple(a.ops)),
     }
