@@ -67,3 +67,30 @@ def test_fsdp2_trains_and_its_checkpoint_resumes_on_one_process(tmp_path, single
                              schedule={"steps": STEPS + 2}))
     assert sorted(rest.losses) == [STEPS + 1, STEPS + 2]
     assert max(abs(rest.losses[s] - single.losses[s]) for s in rest.losses) < 1e-5
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_saves_a_checkpoint(tmp_path):
+    """The terminal's SIGINT reaches the workers and, forwarded by torchrun, again: save, then exit."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cfg = tiny_yaml(tmp_path / "c.yaml", run, schedule={"steps": 100_000})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "gatedelta.train", str(cfg), "--runtime.distributed", "ddp", "--logging.every", "5"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not ((run / "log.jsonl").is_file() and (run / "log.jsonl").read_text().count("loss") >= 2):
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "interrupted: stopped after step" in out, out[-3000:]
+    ckpts = sorted(run.glob("step_*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "meta.json").is_file()

@@ -96,3 +96,21 @@ def test_progress_bar_jsonl_and_tensorboard_logs(tmp_path, capsys):
     assert math.isclose(records[-1]["tok_per_s"], res.tokens_per_s) and records[-1]["event"] == "end"
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert "4/4" in capsys.readouterr().err  # tqdm's bar, with ETA, on stderr
+
+
+def test_stop_flag_ignores_the_forwarded_copy_of_one_ctrl_c(monkeypatch):
+    import signal
+
+    from gatedelta.train import loop
+
+    now = [100.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: now[0])
+    flag = loop.StopFlag()
+    flag._handle(signal.SIGINT, None)
+    assert flag.requested
+    now[0] += 0.2
+    flag._handle(signal.SIGINT, None)  # torchrun forwarding the same Ctrl-C: keep saving
+    flag._handle(signal.SIGTERM, None)
+    now[0] += 2.0
+    with pytest.raises(KeyboardInterrupt):  # a deliberate second Ctrl-C: abort now
+        flag._handle(signal.SIGINT, None)
