@@ -355,15 +355,12 @@ def heldout_batches(rows: PackedRows, *, batches: int, batch_size: int, rank: in
                     world_size: int = 1) -> list[dict[str, torch.Tensor]]:
     """The first ``batches`` micro-batches of held-out rows for this rank, in order (fixed every eval).
 
-    Fewer rows than asked for shrink the set; it is empty only if no rank gets a full batch.
+    Fewer rows than asked for shrink the set, by the same count on every rank (evaluation is a
+    collective: a rank with nothing to evaluate while others evaluate would hang them).
     """
-    out = []
-    for i in range(batches):
-        a = (i * world_size + rank) * batch_size
-        if a + batch_size > len(rows):
-            break
-        out.append(rows.batch(np.arange(a, a + batch_size)))
-    return out
+    n = min(batches, len(rows) // (batch_size * world_size))
+    return [rows.batch(np.arange(a, a + batch_size))
+            for a in ((i * world_size + rank) * batch_size for i in range(n))]
 
 
 class TaskLoader:

@@ -159,3 +159,12 @@ def test_local_hugging_face_tokenizer(tmp_path):
     save_tokenizer(hf, tmp_path / "ckpt")
     again = read_tokenizer(tmp_path / "ckpt")  # from the copy inside the checkpoint
     assert again.encode("beta gamma") == [4, 5] and again.decode([3, 4]) == "alpha beta"
+
+
+def test_heldout_batches_are_equal_in_number_on_every_rank():
+    rows = corpus.PackedRows(corpus.tokenize_documents(_docs(20), ByteTokenizer()), 16)
+    per_rank = [corpus.heldout_batches(rows, batches=1000, batch_size=3, rank=r, world_size=3)
+                for r in range(3)]
+    assert len({len(b) for b in per_rank}) == 1 and len(per_rank[0]) == len(rows) // 9
+    seen = [b["input_ids"] for r in range(3) for b in per_rank[r]]
+    assert len({tuple(x[0].tolist()) for x in seen}) == len(seen)  # disjoint rows
