@@ -190,7 +190,7 @@ class _ChannelDecay:
         # exact pairwise factors inside a sub-chunk (1 above the diagonal, masked in pairs())
         in_segment = _pair_members(lambda r, s, l: (s < l) & (l <= r), c, g)
         self.diag = _segment_exp(in_segment, gs).unflatten(-2, (c, c))  # [..., n, c, c, K]
-        self.eye = torch.eye(n, dtype=torch.bool, device=g.device)[:, None, :, None]
+        self.eye = torch.eye(n, dtype=torch.bool, device=g.device)[:, None, None, :, None]
 
     def rows(self, x: Tensor) -> Tensor:
         return x * self.gamma
@@ -206,14 +206,16 @@ class _ChannelDecay:
         k_to = k_to.flatten(-3, -2).mT  # [..., n_i, K, n_j·c]
         # k side of the diagonal blocks, with the exact pairwise factors
         dk = self.diag * ks[..., None, :, :]  # [..., n, c_r, c_s, K]
-        out = []
-        for x in xs:
-            x = x.unflatten(-2, (n, c))
-            off = ((x * self.in_sub) @ k_to).unflatten(-1, (n, c))  # [..., n_i, c_r, n_j, c_s]
-            diag = (dk @ x[..., None]).squeeze(-1)  # [..., n, c_r, c_s]
-            blocks = torch.where(self.eye, diag[..., :, :, None, :], off)
-            out.append(blocks.flatten(-4, -3).flatten(-2, -1).tril())
-        return out
+        # All xs go through each matmul together (m = len(xs)), so dk and k_to are read once.
+        shape = torch.broadcast_shapes(*(x.shape for x in xs))
+        x = torch.stack([x.expand(shape).unflatten(-2, (n, c)) for x in xs], dim=-3)  # [..., n, m, c, K]
+        off = (x * self.in_sub[..., None, :, :]).flatten(-3, -2) @ k_to  # [..., n_i, m·c_r, n_j·c_s]
+        off = off.unflatten(-2, (len(xs), c)).unflatten(-1, (n, c))  # [..., n_i, m, c_r, n_j, c_s]
+        diag = dk @ x.permute(*range(x.ndim - 3), -2, -1, -3)  # [..., n, c_r, c_s, m]
+        diag = diag.movedim(-1, -3)  # [..., n, m, c_r, c_s]
+        blocks = torch.where(self.eye, diag[..., :, :, :, None, :], off)  # [..., n_i, m, c_r, n_j, c_s]
+        blocks = blocks.movedim(-4, 0)  # [m, ..., n_i, c_r, n_j, c_s]
+        return list(blocks.flatten(-4, -3).flatten(-2, -1).tril().unbind(0))
 
 
 def _decay_plan(g: Tensor | None, q: Tensor, sub: int) -> _NoDecay | _HeadDecay | _ChannelDecay:
