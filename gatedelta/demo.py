@@ -290,8 +290,8 @@ def write_report(records: list[dict[str, Any]], cfg: DemoConfig, out: Path, wall
         md += ["## Attention sinks and massive activations (Gated Attention paper diagnostics)", "",
                f"Measured on {cfg.diag_len}-token MK-NIAH inputs: the mean attention probability that "
                "queries (after the first) put on token 0, per layer, and the largest |hidden| per layer. "
-               f"Uniform causal attention would give {uniform_sink_share(cfg.diag_len):.3f}; a sink is a share "
-               "well above that.",
+               f"Uniform causal attention would give {uniform_sink_share(cfg.diag_len):.3f}; a sink is a "
+               "share well above that.",
                "", _sink_table(records), "", "![sink share](sink_share.png)", "",
                "![max activation](max_activation.png)", ""]
     md += ["Reproduce: `make demo` (or `gatedelta demo --help` for the knobs). Raw numbers: "
