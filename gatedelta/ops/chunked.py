@@ -60,7 +60,6 @@ BLOCK_TOKENS = 512
 (512-1024 measured fastest on the CPU: blocks stay in cache.)"""
 
 
-# ---------------------------------------------------------------------------------------------
 # Segment sums of g: the only way decay factors are formed.
 
 
@@ -113,7 +112,6 @@ def _rev_excl_cumsum(x: Tensor, dim: int) -> Tensor:
     return torch.cat([rev.narrow(dim, 1, L - 1), torch.zeros_like(rev.narrow(dim, 0, 1))], dim)
 
 
-# ---------------------------------------------------------------------------------------------
 # Decay plans: one per gate form. Each gives, for one block of chunks (leading dims ``...`` =
 # [rows, H, G, chunks]):
 #   rows(x)    γ_r ⊙ x_r                      [..., C, D] -> [..., C, D]
@@ -233,7 +231,6 @@ def _gate(x: Tensor, gate: Tensor | None) -> Tensor:
     return x * (gate[..., None] if gate.ndim == x.ndim - 1 else gate)
 
 
-# ---------------------------------------------------------------------------------------------
 # Stage 2: intra-chunk terms.
 
 
@@ -289,7 +286,6 @@ def _step(s: Tensor, it: _Intra, j: int) -> Tensor:
     return s + psi
 
 
-# ---------------------------------------------------------------------------------------------
 # Stages 1 and 5: layout.
 
 
@@ -377,7 +373,6 @@ def _from_chunks(o: Tensor) -> Tensor:
     return o.permute(0, 3, 4, 1, 2, 5).reshape(R, n * C, H * G, V)
 
 
-# ---------------------------------------------------------------------------------------------
 
 
 def recurrence(

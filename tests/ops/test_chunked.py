@@ -107,6 +107,21 @@ def test_state_carry(op):
     assert rel_err(s2, s) < 1e-12
 
 
+@pytest.mark.parametrize("op", ["gdn2", "gdn", "ssd"])
+def test_prefill_then_decode_equals_full(op):
+    # Chunked prefill of 37 tokens, then 8 one-token steps carrying the state: the full forward.
+    args, s0 = make_inputs(op, T=45)
+    o, s = run(op, args, "torch", initial_state=s0, output_final_state=True)
+    outs = []
+    o_t, state = run(op, tuple(x[:, :37] for x in args), "torch", initial_state=s0, output_final_state=True)
+    outs.append(o_t)
+    for t in range(37, 45):
+        o_t, state = run(op, tuple(x[:, t : t + 1] for x in args), "torch", initial_state=state,
+                         output_final_state=True)
+        outs.append(o_t)
+    assert rel_err(torch.cat(outs, 1), o) < 1e-12 and rel_err(state, s) < 1e-12
+
+
 @pytest.mark.parametrize("op", OP_NAMES)
 def test_gva_equals_explicit_repeat(op):
     args, s0 = make_inputs(op, T=40, H=2, G=3)
