@@ -375,8 +375,48 @@ def _from_chunks(o: Tensor) -> Tensor:
 
 
 
+SHORT_T = 8
+"""Inputs this short (decode steps, tiny prefills) run token by token: padding one token to a
+whole chunk costs ~C× the work, and a decode loop calls this once per generated token."""
+
+
+def _stepwise(r: Recurrence) -> tuple[Tensor, Tensor | None]:
+    """The recurrence token by token, batched over rows and heads (no chunk padding).
+
+    Same math as :func:`gatedelta.ops.reference.recurrence` (decay, erase, write, read), laid out
+    as ``[B, H, G, ...]`` so the q/k heads broadcast over their value-head group.
+    """
+    B, T, H, K = r.q.shape
+    HV, V = r.v.shape[2:]
+    G, dt = HV // H, r.state_dtype
+    q = r.q.to(dt).view(B, T, H, 1, K) * r.scale
+    k = r.k.to(dt).view(B, T, H, 1, K)
+    v = r.v.to(dt).view(B, T, H, G, V)
+    # gates as [B, T, H, G, ...] with trailing dims that broadcast against [K, V] / [K] / [V]
+    g = None if r.g is None else r.g.to(dt).view(B, T, H, G, -1, 1)
+    b = None if r.b is None else r.b.to(dt).view(B, T, H, G, -1)
+    w = None if r.w is None else r.w.to(dt).view(B, T, H, G, -1)
+    if r.initial_state is None:
+        s = torch.zeros(B, H, G, K, V, dtype=dt, device=r.v.device)
+    else:
+        s = r.initial_state.to(dt).view(B, H, G, K, V)
+    outs = []
+    for t in range(T):
+        k_t = k[:, t]  # [B, H, 1, K]
+        if g is not None:
+            s = s * torch.exp(g[:, t])
+        if b is not None:
+            e_t = b[:, t] * k_t  # [B, H, G, K]
+            s = s - k_t[..., None] * torch.einsum("bhgk,bhgkv->bhgv", e_t, s)[..., None, :]
+        z_t = v[:, t] if w is None else w[:, t] * v[:, t]
+        s = s + k_t[..., None] * z_t[..., None, :]
+        outs.append(torch.einsum("bhgk,bhgkv->bhgv", q[:, t].expand(B, H, G, K), s))
+    o = torch.stack(outs, dim=1).reshape(B, T, HV, V).to(r.v.dtype)
+    return o, (s.reshape(B, HV, K, V) if r.output_final_state else None)
+
+
 def recurrence(
-    r: Recurrence, chunk_size: int = CHUNK, sub_chunk: int = SUB_CHUNK
+    r: Recurrence, chunk_size: int = CHUNK, sub_chunk: int = SUB_CHUNK, short_t: int = SHORT_T
 ) -> tuple[Tensor, Tensor | None]:
     """Run the general recurrence chunkwise on normalised inputs (see :mod:`gatedelta.ops.spec`).
 
@@ -385,6 +425,7 @@ def recurrence(
         chunk_size: tokens per chunk C (any positive int; T need not be a multiple).
         sub_chunk: per-channel decay splits each chunk into sub-chunks of ``gcd(C, sub_chunk)``
             tokens.
+        short_t: inputs of at most this many tokens (and no ``cu_seqlens``) run token by token.
 
     Returns:
         ``o`` ``[B, T, HV, V]`` in ``v``'s dtype and, if ``r.output_final_state``, the final state
@@ -393,6 +434,8 @@ def recurrence(
     if not (isinstance(chunk_size, int) and chunk_size > 0 and isinstance(sub_chunk, int) and sub_chunk > 0):
         raise ValueError(f"chunk_size and sub_chunk must be positive ints, got {chunk_size!r}, {sub_chunk!r}")
     B, T, H, K = r.q.shape
+    if T <= short_t and r.cu_seqlens is None:
+        return _stepwise(r)
     HV, V = r.v.shape[2:]
     G, C, N = HV // H, chunk_size, r.num_sequences
     dt = r.state_dtype
