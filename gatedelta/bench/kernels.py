@@ -380,7 +380,7 @@ def report(folder: str, tag: str = "h100") -> str:
 
     rows = [r for d in load(f"kernels_*speed*_{tag}.json").values() for r in d.get("rows", [])]
     fmt = lambda x: "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.2f}"
-    by = {(r["op"], r["T"]): r for r in rows if "op" in r}
+    by = {(r["op"], r["T"]): r for r in rows if "op" in r and "fwd_ms" in r}
     lines = ["| op (ms, B·T = 32k) | T | fwd ours | fwd FLA | f+b ours | f+b FLA | fwd FLA/ours "
              "| f+b FLA/ours | SDPA fwd | SDPA f+b | held B/token-head (ours, FLA) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
