@@ -416,7 +416,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
 
             # 7f. Held-out evaluation.
             if heldout and cfg.eval.every and step % cfg.eval.every == 0:
-                ev = evaluate(train_model, heldout, d, autocast)
+                ev = evaluate(model, heldout, d, autocast)  # eager: no recompiles for eval mode
                 if ev is not None:
                     result.evals[step] = ev
                     log.record(step, eval_loss=ev, eval_ppl=math.exp(min(ev, 50.0)))
@@ -441,7 +441,7 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
     result.tokens_per_s = done * tokens_per_step / max(result.seconds, 1e-9)
     if result.step == cfg.schedule.steps:
         if heldout and result.step not in result.evals and result.step > start:
-            ev = evaluate(train_model, heldout, d, autocast)
+            ev = evaluate(model, heldout, d, autocast)  # eager: no recompiles for eval mode
             if ev is not None:
                 result.evals[result.step] = ev
                 log.record(result.step, eval_loss=ev, eval_ppl=math.exp(min(ev, 50.0)))
