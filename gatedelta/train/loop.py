@@ -329,6 +329,10 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
         (run_dir / "config.yaml").write_text(to_yaml(cfg))
     log = Logger(cfg, run_dir, d, start)
     tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.optim.accum_steps * d.world_size
+    existing = ckpt.latest_checkpoint(run_dir) if not start else None
+    if existing is not None:
+        log.print(f"note: {run_dir} already has checkpoints up to {existing.name}; starting fresh will "
+                  "overwrite them as it goes (use --resume to continue that run)")
     log.print(f"model {cfg.model.preset}/{cfg.model.size}: {n_params / 1e6:.2f}M parameters, vocab "
               f"{vocab_size}; {d.world_size} rank(s) on {d.device.type}, "
               f"{'bf16 autocast' if use_bf16 else 'fp32'}; {tokens_per_step:,} tokens per step; "
