@@ -1,6 +1,6 @@
-"""DESIGN §5 kernel benchmark: ``python benchmarks/kernels.py --check --accuracy --speed``.
+"""DESIGN §5 kernel benchmark: ``python benchmarks/kernels.py accuracy speed decode check``.
 
-Same as ``gatedelta bench kernels``; see :mod:`gatedelta.bench.kernels`.
+Same as ``gatedelta bench kernels``; see :mod:`gatedelta.bench.kernels` for the steps.
 """
 
 import sys

@@ -1,21 +1,26 @@
 """``gatedelta bench kernels``: the Triton kernels against FLA 0.6.0 and SDPA (DESIGN §5), on a GPU.
 
-Three parts, each writing one JSON under ``--out``:
+Steps (positional, run in the order given, each writing ``kernels_<step>_<tag>.json`` under
+``--out`` as results come in, so a step cut short keeps what it measured):
 
-* ``--check``: every op of DESIGN §1 (forward + backward, varlen, GVA, decode) in bf16 against
-  the float64 reference — a smoke test of each compile-time flag combination on this GPU.
-* ``--accuracy``: the issue's acceptance test. gdn2 with bf16 inputs (fp32 g) against the float64
+* ``accuracy``: the issue's acceptance test. gdn2 with bf16 inputs (fp32 g) against the float64
   reference fed the *unrounded* inputs, ‖x − ref‖/‖ref‖, at T = 512 and 4096 for normal gates,
-  8× stronger decay, 1% hard resets at g = −30 and at g = −inf; gradients at T = 512. FLA's
-  ``chunk_gdn2`` (default and ``safe_gate`` paths) on the very same inputs.
-* ``--speed``: ``triton.testing.do_bench`` medians, H = 16, K = V = 128, bf16, 32,768 tokens per
-  batch at T ∈ {2k, 8k, 32k}, forward and forward + backward, for ours (gdn2, kda, gdn), FLA
-  (``chunk_gdn2``, ``chunk_kda``, ``chunk_gated_delta_rule``) and SDPA causal (flash); memory held
-  for backward; the one-token decode step at B = 64 (ours vs ``fused_recurrent_gdn2``).
+  8× stronger decay, 1% hard resets at g = −30 and at g = −inf; gradients at T = 512.
+  ``fla-accuracy``: FLA's ``chunk_gdn2`` (default and ``safe_gate``) on the very same inputs.
+* ``speed``: ``triton.testing.do_bench`` medians, H = 16, K = V = 128, bf16, 32,768 tokens per
+  batch at ``--T`` (default 2k, 8k, 32k), forward and forward + backward, memory held after the
+  forward, for ``--ops`` (ours: gdn2, kda, gdn; ``sdpa``: causal flash attention).
+  ``fla-speed``: FLA's ``chunk_gdn2``, ``chunk_kda``, ``chunk_gated_delta_rule`` likewise (their
+  first calls autotune for minutes).
+* ``decode``: the one-token gdn2 step at B = 64 (ours vs ``fused_recurrent_gdn2``), eager and
+  CUDA graph, as state traffic (fp32 state read + written).
+* ``check``: every op of DESIGN §1 in ``--ops`` (forward + backward, GVA, varlen, decode) in bf16
+  against the float64 reference — a smoke test of each compile-time flag combination on this GPU.
+* ``profile``: CUDA time per kernel of one gdn2 / gdn forward + backward.
 
-FLA is optional: without it its rows are skipped. Usage::
+FLA is optional: without it its rows are skipped. Example (what docs/benchmarks.md ran)::
 
-    gatedelta bench kernels --check --accuracy --speed --out benchmarks/results
+    python3 benchmarks/kernels.py accuracy speed decode --out benchmarks/results --tag h100
 """
 
 from __future__ import annotations
@@ -405,7 +410,8 @@ def SAVE() -> None:  # replaced by main(): writes the current part's JSON as res
 
 def main(argv: list[str] | None = None) -> int:
     global SAVE
-    p = argparse.ArgumentParser(prog="gatedelta bench kernels", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="gatedelta bench kernels", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("steps", nargs="*", default=["accuracy", "speed", "decode", "check"],
                    help="any of: accuracy speed decode check profile fla-accuracy fla-speed")
     p.add_argument("--T", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths for speed")

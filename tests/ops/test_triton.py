@@ -159,3 +159,20 @@ def test_torch_compile_fullgraph_and_opcheck():
     q, k, v, g, beta = (a.clone().requires_grad_() for a in args)
     torch.library.opcheck(recurrence_fwd, (q, k, v, g, beta, beta, 0.25, s0.clone().requires_grad_(), None),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_state_carry_and_kda_identity():
+    """f(x₁‖x₂) == f(x₂, init = f(x₁).state) across a split inside a chunk; gdn2(b = w = β) == kda."""
+    args, s0 = make_inputs("kda", B=1, T=100, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    q, k, v, g, beta = _dev(args)
+    s0 = s0.to(DEV)
+    o, s = ops.kda(q, k, v, g, beta, initial_state=s0, output_final_state=True, backend="triton")
+    o1, s1 = ops.kda(*(a[:, :37] for a in (q, k, v, g, beta)), initial_state=s0, output_final_state=True,
+                     backend="triton")
+    o2, s2 = ops.kda(*(a[:, 37:] for a in (q, k, v, g, beta)), initial_state=s1, output_final_state=True,
+                     backend="triton")
+    assert rel_err(torch.cat([o1, o2], 1), o) < TOL and rel_err(s2, s) < TOL
+    b = beta[..., None].expand(*beta.shape, k.shape[-1]).contiguous()
+    w = beta[..., None].expand(*beta.shape, v.shape[-1]).contiguous()
+    o3, s3 = ops.gdn2(q, k, v, g, b, w, initial_state=s0, output_final_state=True, backend="triton")
+    assert rel_err(o3, o) < TOL and rel_err(s3, s) < TOL
