@@ -50,7 +50,9 @@ class ShortConvolution(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Returns ``(y [B, T, D], final_state [N, D, W-1] or None)``."""
+        # Under autocast x arrives in bf16 while the master weights stay fp32; the op wants one dtype.
+        bias = None if self.bias is None else self.bias.to(x.dtype)
         return ops.short_conv(
-            x, self.weight, self.bias, activation=self.activation, initial_state=initial_state,
+            x, self.weight.to(x.dtype), bias, activation=self.activation, initial_state=initial_state,
             output_final_state=output_final_state, cu_seqlens=cu_seqlens,
         )

@@ -58,15 +58,18 @@ def _run(r: Recurrence, qk_l2norm: bool, backend: str | None) -> tuple[Tensor, T
             )
     if qk_l2norm:
         r.q, r.k = l2norm(r.q), l2norm(r.k)
-    if name == "reference":
-        return reference.recurrence(r)
-    if name == "torch":
-        from . import chunked
+    # The backends choose their own precision (fp32 states, fp32 or better products); autocast
+    # would otherwise run the chunked path's matmuls and triangular solve in bf16.
+    with torch.autocast(r.q.device.type, enabled=False):
+        if name == "reference":
+            return reference.recurrence(r)
+        if name == "torch":
+            from . import chunked
 
-        return chunked.recurrence(r)
-    from . import triton as triton_backend
+            return chunked.recurrence(r)
+        from . import triton as triton_backend
 
-    return triton_backend.recurrence(r)
+        return triton_backend.recurrence(r)
 
 
 def recurrence(

@@ -292,3 +292,12 @@ def test_short_inputs_run_token_by_token_and_match(op, T):
     o2, s2, grads2 = forward_backward(0)
     for a, b_ in zip(grads, grads2):
         assert rel_err(a, b_) < 1e-10
+
+
+def test_autocast_does_not_lower_the_backend_precision():
+    # Layers call the ops under bf16 autocast; the chunked products must still run in fp32.
+    args, s0 = make_inputs("gdn2", T=40, dtype=torch.float32)
+    ref, _ = run("gdn2", args, "reference", initial_state=s0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        o, _ = run("gdn2", args, "torch", initial_state=s0)
+    assert o.dtype == torch.float32 and rel_err(o, ref) < 1e-5
