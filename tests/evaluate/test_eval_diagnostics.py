@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from gatedelta.data.tasks import make_task
+from gatedelta.demo import uniform_sink_share
 from gatedelta.evaluate.diagnostics import diagnose, max_activation, sink_share
 
 
@@ -82,4 +83,5 @@ def test_sink_share_with_and_without_g1_gate(make_tiny, capsys: pytest.CaptureFi
         assert all(math.isfinite(v) for v in d["max_activation"])
     with capsys.disabled():  # the numbers themselves are the point of this test: show them
         print("\nsink share per layer after 30 steps:",
-              {k: {i: round(v, 3) for i, v in s.items()} for k, s in shares.items()})
+              {k: {i: round(v, 3) for i, v in s.items()} for k, s in shares.items()},
+              f"(uniform causal attention: {uniform_sink_share(64):.3f})")
