@@ -8,31 +8,27 @@ state travels. Per chunk, rows are tokens, ``γ_r = exp(Σ_{i≤r} g_i)`` and ``
     (I + T) [W | R] = [Ē | Z]                     Ē rows γ_r⊙e_r,  Z rows w_r⊙v_r
     U = R − W S₀,   O = Q_γ S₀ + M U,   S_C = Diag(γ_C) S₀ + K̃ᵀ U,   K̃ rows (γ_C/γ_s)⊙k_s
 
-regrouped so that the sequential part is one small matmul per chunk:
-
-    O   = M R + (Q_γ − M W) S₀            = O₀ + Q̂ S₀
-    S_C = (Diag(γ_C) − K̃ᵀ W) S₀ + K̃ᵀ R   = Φ S₀ + Ψ
-
 Stages of :func:`recurrence`, one block of chunks at a time:
 
 1. layout: the block's tokens become ``[rows, H, G, chunks, C, ...]``; with ``cu_seqlens`` each
    sequence is padded to whole chunks and the sequences follow each other, so no chunk straddles
    two sequences;
-2. the intra-chunk terms ``O₀, Q̂, Φ, Ψ`` of all the block's chunks at once;
-3. a loop over the block's chunks carries the state (reset where a packed sequence starts);
-4. ``O = O₀ + Q̂ S₀`` for the block; 5. written straight into the output ``[B, T, HV, V]``.
+2. the intra-chunk terms ``Q_γ, M, W, R, K̃`` of all the block's chunks at once;
+3. a loop over the block's chunks carries the state (reset where a packed sequence starts):
+   two small matmuls per chunk, ``U = R − W S₀`` and ``S_C = Diag(γ_C) S₀ + K̃ᵀ U``;
+4. ``O = Q_γ S₀ + M U`` for the block; 5. written straight into the output ``[B, T, HV, V]``.
 
 Blocks bound the working memory: besides the output only per-block tensors exist (O(T·HV·V) in
 all), never a ``[T, T]`` matrix, a per-token state or a padded copy of the inputs.
 
-Numerics: every decay factor is ``exp`` of a sum of g over a segment ``(s, r]``, never a
-difference of two cumulative sums (after a hard reset that is ``−inf − (−inf) = NaN``) and never
-``1/γ``. Each factor is ≤ 1, so nothing overflows, and every ``g ∈ [−inf, 0]`` gives finite
-values and finite gradients. Segment sums come from cumulative sums of g, masked cumulative sums
-(:func:`_segsum`), or matmuls with 0/1 matrices on g clamped to :data:`G_FLOOR` (exact: any
-segment holding a clamped value has a factor that underflows to 0 either way). Masked entries
-are chosen with ``torch.where`` or ``tril`` (never multiplied by a 0/1 mask), so ``−inf`` never
-meets a ``0·``.
+Numerics: every decay factor is ``exp`` of a sum of g over a segment ``(s, r]`` or a product of
+such factors (each ≤ 1), never a difference of two cumulative sums (after a hard reset that is
+``−inf − (−inf) = NaN``) and never ``1/γ``. Nothing overflows, and every ``g ∈ [−inf, 0]`` gives
+finite values and finite gradients. Segment sums come from cumulative sums of g, masked
+cumulative sums (:func:`_segsum`), or matmuls with 0/1 matrices on g clamped to :data:`G_FLOOR`
+(exact: any segment holding a clamped value has a factor that underflows to 0 either way).
+Masked entries are chosen with ``torch.where`` or ``tril`` (never multiplied by a 0/1 mask), so
+``−inf`` never meets a ``0·``.
 
 GVA: ``q`` and ``k`` keep their H heads; value heads are laid out as ``[H, G]`` with
 ``G = HV // H`` and ``q``/``k`` broadcast over ``G`` (never repeated).
@@ -52,12 +48,13 @@ Tensor = torch.Tensor
 
 CHUNK = 64
 """Default chunk length C."""
-SUB_CHUNK = 8
-"""Sub-chunk length for per-channel decay: exact pairwise factors only inside a sub-chunk.
-(8 measured fastest on the CPU for C = 64: the exact part costs ∝ c, the factored part ∝ C/c.)"""
-BLOCK_TOKENS = 512
+SUB_CHUNK = 1
+"""Leaf size for per-channel decay: pairs inside a leaf use exact pairwise factors, pairs across
+leaves factor through a binary hierarchy (see :class:`_ChannelDecay`). 1 (no pairwise factors at
+all) measured fastest on the CPU for C = 64, then 2, 4, 8."""
+BLOCK_TOKENS = 1024
 """Token-heads whose intra-chunk terms are formed together; bounds the working memory.
-(512-1024 measured fastest on the CPU: blocks stay in cache.)"""
+(1024 measured fastest on the CPU: a block's tensors stay in the 2 MiB L2 cache.)"""
 
 
 # Segment sums of g: the only way decay factors are formed.
@@ -155,40 +152,85 @@ class _HeadDecay:
 
 
 class _ChannelDecay:
-    """One log-decay per token, value head and key channel.
+    """One log-decay per token, value head and key channel: a binary hierarchy over the chunk.
 
-    The chunk is split into n sub-chunks of c tokens. A pair (r, s) in sub-chunks i > j factors
-    through the two boundaries between them, each factor ≤ 1:
+    The chunk is cut into leaves of c tokens, padded (a = exp(g) = 1, x = k = 0 at the end) to
+    ``c · 2^L`` tokens. Level h = c, 2c, … splits each aligned segment of 2h tokens into halves;
+    a pair (r, s) with r in the second half and s in the first factors through the split point,
+    each factor a product of per-token decays ``a_l = exp(g_l) ≤ 1``:
 
-        γ_r/γ_s = exp(Σ_{start_i ≤ l ≤ r} g) · exp(Σ_{end_j < l < start_i} g) · exp(Σ_{s < l ≤ end_j} g)
-                  └─ in_sub[i, r] ──────────┘   └─ between[i, j] ──────────┘   └─ to_end[j, s] ───┘
+        γ_r/γ_s = Π_{mid ≤ l ≤ r} a_l · Π_{s < l < mid} a_l = P_h[r] · Q_h[s]
 
-    so those blocks are matmuls. Pairs inside one sub-chunk use the exact pairwise factor
-    ``[c, c, K]`` (only c·C·K numbers per chunk instead of C·C·K).
+    with P_h the inclusive prefix product and Q_h the exclusive suffix product within each h-segment,
+    so each level is one batched matmul ``(x ⊙ P_h) (k ⊙ Q_h)ᵀ`` of its [h, h] blocks. From one level
+    to the next, P and Q extend by the product of the neighbouring half (two products ≤ 1; nothing is
+    divided, nothing subtracted). Pairs inside a leaf use the exact pairwise factor ``[c, c, K]``
+    (exp of segment sums); c = 1 needs none. After the last level P = γ_r and Q = γ_C/γ_s.
     """
 
     def __init__(self, g: Tensor, sub: int) -> None:  # g: [..., C, K]
-        C, K = g.shape[-2:]
-        n, c = self.n, self.c = C // sub, sub
-        # Segment sums are matmuls with 0/1 matrices (see G_FLOOR): one op each, no scans.
-        gf = g.clamp(min=G_FLOOR)
-        G = g.cumsum(-2)
-        self.gamma = G.exp()  # γ_r
-        self.last = G[..., -1, :].exp()  # γ_C, [..., K]
-        self.tail = _segment_exp(_members(lambda s, l: l > s, C, g), gf)  # γ_C/γ_s
-        gs = gf.unflatten(-2, (n, c))  # [..., n, c, K]
-        to_start = _members(lambda r, l: l <= r, c, g)  # Σ_{start ≤ l ≤ r}
-        to_end = _members(lambda s, l: l > s, c, g)  # Σ_{s < l ≤ end}
-        local = _segment_exp(torch.cat([to_start, to_end]), gs)  # [..., n, 2c, K]
-        self.in_sub, self.to_end = local[..., :c, :], local[..., c:, :]
-        # between[i, j] = Σ over the sub-chunks strictly between j and i (1 where j ≥ i: those
-        # blocks are above the diagonal or replaced by the exact ones, and masked in pairs())
-        strictly_between = _pair_members(lambda i, j, l: (j < l) & (l < i), n, g)
-        self.between = _segment_exp(strictly_between, gs.sum(-2)).unflatten(-2, (n, n))  # [..., n, n, K]
-        # exact pairwise factors inside a sub-chunk (1 above the diagonal, masked in pairs())
-        in_segment = _pair_members(lambda r, s, l: (s < l) & (l <= r), c, g)
-        self.diag = _segment_exp(in_segment, gs).unflatten(-2, (c, c))  # [..., n, c, c, K]
-        self.eye = torch.eye(n, dtype=torch.bool, device=g.device)[:, None, None, :, None]
+        self.g, self.c = g, math.gcd(g.shape[-2], sub)
+
+    def pairs(self, xs: list[Tensor], k: Tensor) -> list[Tensor]:
+        g, c = self.g, self.c
+        C = g.shape[-2]
+        Cp = c << max(0, math.ceil(math.log2(C // c)))  # c · 2^L ≥ C
+        n, m = Cp // c, len(xs)
+        # The xs side by side, [..., Cp, m, K]: each level's products are then one plain bmm
+        # (its m·h rows against h columns), with no broadcast over m.
+        shape = torch.broadcast_shapes(g.shape, *(x.shape for x in xs))
+        x = torch.stack([x.expand(shape) for x in xs], dim=-2)
+        if Cp > C:
+            g, k = F.pad(g, (0, 0, 0, Cp - C)), F.pad(k, (0, 0, 0, Cp - C))
+            x = F.pad(x, (0, 0, 0, 0, 0, Cp - C))
+        # No autograd: P and Q are extended in place; else out of place.
+        inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (g, k, *xs)))
+        # All pairs land in one matrix [..., Cp (r), m, Cp (s)], block by block (the rest is 0).
+        out = x.new_zeros(*x.shape[:-1], Cp)
+        if c == 1:
+            P, Q = g.exp(), None  # prefix and (exclusive) suffix products within a token: a, 1
+            out.diagonal(dim1=-3, dim2=-1).copy_((x * k[..., None, :]).sum(-1).mT)
+        else:  # leaves of c tokens: exact pairwise factors
+            gf = g.clamp(min=G_FLOOR).unflatten(-2, (n, c))  # [..., n, c, K]
+            local = _segment_exp(_cached_members("leaf_ends", c, g), gf)  # [..., n, 2c, K]
+            P, Q = local[..., :c, :].flatten(-3, -2), local[..., c:, :].flatten(-3, -2)
+            f = _segment_exp(_cached_members("leaf_pairs", c, g), gf).unflatten(-2, (c, c))
+            dk = f * k.unflatten(-2, (n, c))[..., None, :, :]  # [..., n, c_r, c_s, K]
+            xl = x.unflatten(-3, (n, c))  # [..., n, c_r, m, K]
+            d = (xl[..., :, :, None, :] * dk[..., :, None, :, :]).sum(-1)  # [..., n, c_r, m, c_s]
+            d = torch.where(_cached_members("leaf_lower", c, g).bool()[:, None, :], d, 0.0)
+            leaf = out.unflatten(-1, (n, c)).unflatten(-4, (n, c)).diagonal(dim1=-5, dim2=-2)
+            leaf.copy_(d.movedim(-4, -1))  # [..., c_r, m, c_s, n]
+        h = c
+        while h < Cp:
+            n2 = Cp // (2 * h)
+            Pv = P.unflatten(-2, (n2, 2, h))  # [..., n2, 2, h, K]
+            xh = x.unflatten(-3, (n2, 2, h))[..., 1, :, :, :] * Pv[..., 1, :, None, :]  # [..., n2, h, m, K]
+            kh = k.unflatten(-2, (n2, 2, h))[..., 0, :, :]
+            if Q is not None:
+                kh = kh * Q.unflatten(-2, (n2, 2, h))[..., 0, :, :]  # [..., n2, h, K]
+            if h <= 2:  # tiny blocks: products and sums beat a bmm
+                blk = (xh[..., None, :] * kh[..., None, None, :, :]).sum(-1)
+            else:
+                blk = (xh.flatten(-3, -2) @ kh.mT).unflatten(-2, (h, m))  # [..., n2, h, m, h]
+            ov = out.unflatten(-1, (n2, 2, h)).unflatten(-5, (n2, 2, h)).diagonal(dim1=-7, dim2=-3)
+            ov[..., 1, :, :, 0, :, :].copy_(blk.movedim(-4, -1))  # [..., h, m, h, n2]
+            # extend P and Q by the neighbouring half's total product
+            t_even, t_odd = Pv[..., 0, -1:, :], Pv[..., 1, -1:, :]
+            if inplace:
+                t_odd = t_odd.clone()
+                Q = torch.ones_like(P) if Q is None else Q
+                Pv[..., 1, :, :].mul_(t_even)
+                Q.unflatten(-2, (n2, 2, h))[..., 0, :, :].mul_(t_odd)
+            else:
+                P = torch.stack([Pv[..., 0, :, :], Pv[..., 1, :, :] * t_even], -3).flatten(-4, -2)
+                Qv = (torch.ones_like(P) if Q is None else Q).unflatten(-2, (n2, 2, h))
+                Q = torch.stack([Qv[..., 0, :, :] * t_odd, Qv[..., 1, :, :]], -3).flatten(-4, -2)
+            h *= 2
+        self.gamma = P[..., :C, :]
+        self.tail = torch.ones_like(self.gamma) if Q is None else Q[..., :C, :]
+        self.last = P[..., C - 1, :]
+        return list(out[..., :C, :, :C].unbind(-2))
 
     def rows(self, x: Tensor) -> Tensor:
         return x * self.gamma
@@ -196,24 +238,22 @@ class _ChannelDecay:
     def tails(self, k: Tensor) -> Tensor:
         return k * self.tail
 
-    def pairs(self, xs: list[Tensor], k: Tensor) -> list[Tensor]:
-        n, c = self.n, self.c
-        ks = k.unflatten(-2, (n, c))  # [..., n, c, K]
-        # k side of the off-diagonal blocks: sub-chunk j carried to the start of each later i
-        k_to = (ks * self.to_end)[..., None, :, :, :] * self.between[..., :, :, None, :]
-        k_to = k_to.flatten(-3, -2).mT  # [..., n_i, K, n_j·c]
-        # k side of the diagonal blocks, with the exact pairwise factors
-        dk = self.diag * ks[..., None, :, :]  # [..., n, c_r, c_s, K]
-        # All xs go through each matmul together (m = len(xs)), so dk and k_to are read once.
-        shape = torch.broadcast_shapes(*(x.shape for x in xs))
-        x = torch.stack([x.expand(shape).unflatten(-2, (n, c)) for x in xs], dim=-3)  # [..., n, m, c, K]
-        off = (x * self.in_sub[..., None, :, :]).flatten(-3, -2) @ k_to  # [..., n_i, m·c_r, n_j·c_s]
-        off = off.unflatten(-2, (len(xs), c)).unflatten(-1, (n, c))  # [..., n_i, m, c_r, n_j, c_s]
-        diag = dk @ x.permute(*range(x.ndim - 3), -2, -1, -3)  # [..., n, c_r, c_s, m]
-        diag = diag.movedim(-1, -3)  # [..., n, m, c_r, c_s]
-        blocks = torch.where(self.eye, diag[..., :, :, :, None, :], off)  # [..., n_i, m, c_r, n_j, c_s]
-        blocks = blocks.movedim(-4, 0)  # [m, ..., n_i, c_r, n_j, c_s]
-        return list(blocks.flatten(-4, -3).flatten(-2, -1).tril().unbind(0))
+
+_MEMBERS: dict = {}
+
+
+def _cached_members(kind: str, c: int, like: Tensor) -> Tensor:
+    """0/1 matrices of a leaf of c tokens, built once per (kind, c, dtype, device)."""
+    key = (kind, c, like.dtype, like.device)
+    if key not in _MEMBERS:
+        if kind == "leaf_ends":  # [Σ_{start ≤ l ≤ r}; Σ_{s < l ≤ end}]
+            m = torch.cat([_members(lambda r, l: l <= r, c, like), _members(lambda s, l: l > s, c, like)])
+        elif kind == "leaf_pairs":  # Σ_{s < l ≤ r} for each (r, s)
+            m = _pair_members(lambda r, s, l: (s < l) & (l <= r), c, like)
+        else:  # "leaf_lower": s ≤ r
+            m = _members(lambda r, s: s <= r, c, like)
+        _MEMBERS[key] = m
+    return _MEMBERS[key]
 
 
 def _decay_plan(g: Tensor | None, q: Tensor, sub: int) -> _NoDecay | _HeadDecay | _ChannelDecay:
@@ -238,11 +278,13 @@ def _gate(x: Tensor, gate: Tensor | None) -> Tensor:
 class _Intra:
     """Per-chunk terms of one block. Leading dims ``[rows, H, G or 1, chunks]``."""
 
-    qhat: Tensor  # Q̂ = Q_γ − M W       [..., C, K]
-    o0: Tensor  # O₀ = M R                [..., C, V]
-    phi: Tensor | None  # Φ = Diag(γ_C) − K̃ᵀW  [..., K, K]; None without erase
-    last: Tensor | None  # γ_C, [..., 1] or [..., K]; used when phi is None; None = no decay
-    psi: Tensor  # Ψ = K̃ᵀ R              [..., K, V]
+    q_gamma: Tensor  # Q_γ                   [..., C, K]
+    m: Tensor  # M = tril(Q ⊛ K)             [..., C, C]
+    w: Tensor | None  # W = A Ē              [..., C, K]; None without erase
+    r: Tensor  # R = A Z (Z without erase)   [..., C, V]
+    kt: Tensor  # K̃ᵀ                        [..., K, C]
+    last: Tensor | None  # γ_C, [..., 1] or [..., K]; None = no decay
+    psi: Tensor | None = None  # K̃ᵀ Z without erase (the update does not depend on S₀)
 
 
 def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, w: Tensor | None,
@@ -256,34 +298,34 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
     """
     decay = _decay_plan(g, q, sub)
     z = _gate(v, w)
-    q_gamma = decay.rows(q)
-    k_tail_t = decay.tails(k).mT  # K̃ᵀ [..., K, C]
     if b is None:
         # No erase: U = Z, the state only decays and accumulates.
         (m,) = decay.pairs([q], k)
-        return _Intra(q_gamma, m @ z, None, decay.last, k_tail_t @ z)
+        kt = decay.tails(k).mT
+        return _Intra(decay.rows(q), m, None, z, kt, decay.last, kt @ z)
     e = _gate(k, b)
     m, t = decay.pairs([q, e], k)
-    K = k.shape[-1]
     e_bar = decay.rows(e)
+    K = k.shape[-1]
     # Forward substitution of the unit-lower-triangular system (the WY representation); the
     # solver reads only the strict lower triangle of t.
     rhs = torch.cat([e_bar, z.expand(*e_bar.shape[:-1], z.shape[-1])], dim=-1)
     wr = torch.linalg.solve_triangular(t, rhs, upper=False, unitriangular=True)  # [W | R]
-    m_wr, kt_wr = m @ wr, k_tail_t @ wr
-    last = torch.ones_like(k[..., 0, :]) if decay.last is None else decay.last
-    phi = torch.diag_embed(last.expand(*last.shape[:-1], K)) - kt_wr[..., :K]
-    return _Intra(q_gamma - m_wr[..., :K], m_wr[..., K:], phi, None, kt_wr[..., K:])
+    return _Intra(decay.rows(q), m, wr[..., :K], wr[..., K:], decay.tails(k).mT, decay.last)
 
 
-def _step(s: Tensor, it: _Intra, j: int) -> Tensor:
-    """State after chunk j of the block: ``Φ S₀ + Ψ``. s: ``[R, H, G, K, V]``."""
-    psi = it.psi.select(3, j)
-    if it.phi is not None:
-        return it.phi.select(3, j) @ s + psi
+def _step(s: Tensor, it: _Intra, j: int) -> tuple[Tensor, Tensor]:
+    """Chunk j of the block: ``U = R − W S₀`` and the state after it,
+    ``S_C = Diag(γ_C) S₀ + K̃ᵀ U``. s: ``[R, H, G, K, V]``."""
+    r = it.r.select(3, j)
+    if it.w is None:
+        u, upd = r, it.psi.select(3, j)
+    else:
+        u = r - it.w.select(3, j) @ s
+        upd = it.kt.select(3, j) @ u
     if it.last is not None:
-        return s * it.last.select(3, j)[..., :, None] + psi
-    return s + psi
+        s = s * it.last.select(3, j)[..., :, None]
+    return s + upd, u
 
 
 # Stages 1 and 5: layout.
@@ -315,6 +357,8 @@ class _Layout:
             return None
         if self.token is None:
             piece = x[:, s0 : min(s1, self.T)]
+            if piece.shape[1] == s1 - s0:
+                return piece  # a view: the chunked layout copies it once
             return F.pad(piece, [0, 0] * (x.ndim - 2) + [0, s1 - s0 - piece.shape[1]])
         token = self.token[s0:s1]
         real = (token < self.T).view(-1, *([1] * (x.ndim - 2)))
@@ -451,7 +495,8 @@ def recurrence(
         s = zero
     finals: list[Tensor | None] = [None] * N
     # With varlen, padded slots write to an extra row T that is dropped at the end.
-    o = torch.zeros(B, T + (lay.token is not None), HV, V, dtype=r.v.dtype, device=dev)
+    # (every slot of o is written below; only the varlen padding row needs no value)
+    o = torch.empty(B, T + (lay.token is not None), HV, V, dtype=r.v.dtype, device=dev)
 
     block = max(1, BLOCK_TOKENS // (lay.rows * HV * C))
     n_chunks = lay.slots // C
@@ -464,17 +509,20 @@ def recurrence(
         # 2. intra-chunk terms of the block
         it = _intra(*x, sub=sub)
         # 3. carry the state through the block's chunks
-        before = []
+        before, us = [], []
         for j in range(j0, j1):
             if j in lay.starts:
                 n = lay.starts[j]
                 s = zero if init is None else init[n : n + 1]
             before.append(s.expand(lay.rows, H, G, K, V))
-            s = _step(s, it, j - j0)
+            s, u = _step(s, it, j - j0)
+            us.append(u)
             if j in lay.ends:
                 finals[lay.ends[j]] = s[0]
-        # 4. outputs of the block, 5. written to their tokens
-        lay.put(o, _from_chunks(it.o0 + it.qhat @ torch.stack(before, dim=3)), j0 * C, j1 * C)
+        # 4. outputs of the block O = Q_γ S₀ + M U, 5. written to their tokens
+        u = it.r if it.w is None else torch.stack(us, dim=3)
+        o_blk = (it.q_gamma @ torch.stack(before, dim=3)).add_(it.m @ u)
+        lay.put(o, _from_chunks(o_blk), j0 * C, j1 * C)
 
     o = o[:, :T]
     if not r.output_final_state:
