@@ -5,8 +5,8 @@
 
 1. Speed: ``ops.gdn2`` forward, fp32, B=1, T=4096, H=4, K=V=64 (per-channel g, b, w), backend
    "torch" (chunked) vs "reference" (token by token). Both are timed in full at the same T (no
-   extrapolation): chunked as the median of several runs after a warm-up, the reference once
-   (it takes seconds). Each setting runs in a fresh subprocess:
+   extrapolation): chunked as the median of several runs after a warm-up, the reference as the
+   median of ``--ref-repeats`` runs (3). Each setting runs in a fresh subprocess:
    - ``default``: torch's default thread count and OpenMP settings (what a user gets);
    - ``passive``: the same threads with ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep
      instead of spinning. On a machine shared with other jobs, spinning threads steal the cores
@@ -70,8 +70,8 @@ def _timed(x: tuple[torch.Tensor, ...], backend: str) -> tuple[torch.Tensor, flo
     return o, time.perf_counter() - t0, time.process_time() - c0
 
 
-def time_speed(T: int, threads: int, repeats: int) -> dict:
-    """Seconds per forward: chunked (median and min of ``repeats``) and reference (one run).
+def time_speed(T: int, threads: int, repeats: int, ref_repeats: int = 3) -> dict:
+    """Seconds per forward: chunked (median and min of ``repeats``), reference (median of ``ref_repeats``).
 
     CPU seconds are reported beside wall seconds: with one thread they are the compute time even
     when other jobs share the machine.
@@ -81,28 +81,33 @@ def time_speed(T: int, threads: int, repeats: int) -> dict:
     forward(x, "torch")  # warm-up
     runs = [_timed(x, "torch") for _ in range(repeats)]
     o = runs[0][0]
-    o_ref, ref_s, ref_cpu = _timed(x, "reference")
+    refs = [_timed(x, "reference") for _ in range(ref_repeats)]
+    o_ref = refs[0][0]
+    ref_s, ref_cpu = statistics.median(r[1] for r in refs), statistics.median(r[2] for r in refs)
     err = float((o.double() - o_ref.double()).norm() / o_ref.double().norm())
     chunked_s = statistics.median(r[1] for r in runs)
     chunked_cpu = statistics.median(r[2] for r in runs)
     return dict(threads=threads, T=T, chunked_median_s=chunked_s, chunked_min_s=min(r[1] for r in runs),
-                chunked_cpu_median_s=chunked_cpu, reference_s=ref_s, reference_cpu_s=ref_cpu,
+                chunked_cpu_median_s=chunked_cpu, reference_s=ref_s, reference_min_s=min(r[1] for r in refs),
+                reference_cpu_s=ref_cpu, reference_runs=ref_repeats,
                 speedup=ref_s / chunked_s, speedup_cpu_time=ref_cpu / chunked_cpu,
                 rel_err_fp32_vs_reference=err)
 
 
-def speed_child(threads: int, T: int, repeats: int) -> None:
+def speed_child(threads: int, T: int, repeats: int, ref_repeats: int) -> None:
     """Run in the subprocess: print the speed figures as JSON."""
-    print(json.dumps(time_speed(T, threads, repeats)))
+    print(json.dumps(time_speed(T, threads, repeats, ref_repeats)))
 
 
-def measure_speed(setting: str, T: int, repeats: int) -> dict:
+def measure_speed(setting: str, T: int, repeats: int, ref_repeats: int) -> dict:
     threads = 1 if setting == "1 thread" else torch.get_num_threads()
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)
     if setting == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    m = _child(["--speed-child", str(threads), "--T", str(T), "--repeats", str(repeats)], env)
+    m = _child(["--speed-child", str(threads), "--T", str(T), "--repeats", str(repeats),
+                "--ref-repeats", str(ref_repeats)], env)
+    m["load_average_after"] = os.getloadavg()[0]
     m["setting"] = setting
     return m
 
@@ -154,6 +159,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="T = 512 speed, T up to 2048 memory")
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--ref-repeats", type=int, default=3)
     p.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--speed-child", type=int, help=argparse.SUPPRESS)
     p.add_argument("--T", type=int, help=argparse.SUPPRESS)
@@ -162,17 +168,20 @@ def main() -> None:
         memory_child(a.memory_child)
         return
     if a.speed_child:
-        speed_child(a.speed_child, a.T, a.repeats)
+        speed_child(a.speed_child, a.T, a.repeats, a.ref_repeats)
         return
 
     T = 512 if a.quick else 4096
     lengths = [256, 512, 1024, 2048] if a.quick else [1024, 2048, 4096, 8192]
     load = os.getloadavg()
-    speed = [measure_speed(setting, T, a.repeats) for setting in ("default", "passive", "1 thread")]
+    settings = ("default", "passive", "1 thread")
+    speed = [measure_speed(setting, T, a.repeats, a.ref_repeats) for setting in settings]
     memory = [measure_memory(t) for t in lengths]
 
     print(f"gdn2 forward fp32, B=1, T={T}, H={H}, K=V={K}; CPU: {_cpu_model()}, {os.cpu_count()} cores; "
           f"load average before: {load[0]:.2f}")
+    print("load average after each setting: "
+          + ", ".join(f"{m['setting']} {m['load_average_after']:.2f}" for m in speed))
     print(f"{'setting':>8} {'threads':>7} | {'chunked median':>14} {'min':>9} {'reference':>9} "
           f"{'speedup':>7} | CPU time: {'chunked':>9} {'reference':>9} {'speedup':>7}")
     for s in speed:
@@ -192,6 +201,7 @@ def main() -> None:
         command="python benchmarks/cpu_ops.py" + (" --quick" if a.quick else ""),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         cpu=_cpu_model(), cores=os.cpu_count(), torch=torch.__version__, load_average_before=load,
+        load_average_after=os.getloadavg(),
         shape=dict(B=1, T=T, H=H, K=K, V=V, op="gdn2", dtype="float32"),
         speed=speed, memory=memory,
         memory_method="fresh subprocess per T; MALLOC_MMAP_THRESHOLD_=65536, MALLOC_ARENA_MAX=1; "
