@@ -174,28 +174,36 @@ class _ChannelDecay:
         self.g, self.c = g, math.gcd(g.shape[-2], sub)
 
     def pairs(self, xs: list[Tensor], k: Tensor) -> list[Tensor]:
-        g, c = self.g, self.c
+        g, c, given = self.g, self.c, xs
         C = g.shape[-2]
         Cp = c << max(0, math.ceil(math.log2(C // c)))  # c · 2^L ≥ C
         n, m = Cp // c, len(xs)
-        # The xs side by side, [..., Cp, m, K]: each level's products are then one plain bmm
-        # (its m·h rows against h columns), with no broadcast over m.
         shape = _broadcast_shape(g.shape, *(x.shape for x in xs))
-        x = torch.stack([x.expand(shape) for x in xs], dim=-2)
         if Cp > C:
             g, k = F.pad(g, (0, 0, 0, Cp - C)), F.pad(k, (0, 0, 0, Cp - C))
-            x = F.pad(x, (0, 0, 0, 0, 0, Cp - C))
-        # No autograd: P and Q are extended in place; else out of place.
+            xs = [F.pad(x, (0, 0, 0, Cp - C)) for x in xs]
+            shape = (*shape[:-2], Cp, shape[-1])
+        # No autograd: the running products are extended in place; else out of place.
         inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (g, k, *xs)))
         # All pairs land in one matrix [..., Cp (r), m, Cp (s)], block by block (the rest is 0).
-        out = x.new_zeros(*x.shape[:-1], Cp)
+        out = k.new_zeros(*shape[:-1], m, Cp)
+        # Running products, kept as the products with x and k themselves:
+        #   xp = x ⊙ P_h  (prefix within the h-segment, xs side by side: [..., Cp, m, K]),
+        #   kq = k ⊙ Q_h  (exclusive suffix within the h-segment),  tot = Π over each h-segment.
         if c == 1:
-            P, Q = g.exp(), None  # prefix and (exclusive) suffix products within a token: a, 1
-            out.diagonal(dim1=-3, dim2=-1).copy_((x * k[..., None, :]).sum(-1).mT)
+            a = g.exp()
+            tot = a
+            xp = torch.stack([(x * a).expand(shape) for x in xs], dim=-2)
+            kq = k.expand(shape)
+            diag = torch.stack([(x * k).sum(-1).expand(shape[:-1]) for x in xs], dim=-2)  # [..., m, Cp]
+            out.diagonal(dim1=-3, dim2=-1).copy_(diag)
         else:  # leaves of c tokens: exact pairwise factors
             gf = g.clamp(min=G_FLOOR).unflatten(-2, (n, c))  # [..., n, c, K]
             local = _segment_exp(_cached_members("leaf_ends", c, g), gf)  # [..., n, 2c, K]
             P, Q = local[..., :c, :].flatten(-3, -2), local[..., c:, :].flatten(-3, -2)
+            tot = local[..., c - 1, :]  # [..., n, K]
+            x = torch.stack([x.expand(shape) for x in xs], dim=-2)  # [..., Cp, m, K]
+            xp, kq = x * P[..., None, :], (k * Q).expand(shape)
             f = _segment_exp(_cached_members("leaf_pairs", c, g), gf).unflatten(-2, (c, c))
             dk = f * k.unflatten(-2, (n, c))[..., None, :, :]  # [..., n, c_r, c_s, K]
             xl = x.unflatten(-3, (n, c))  # [..., n, c_r, m, K]
@@ -203,41 +211,43 @@ class _ChannelDecay:
             d = torch.where(_cached_members("leaf_lower", c, g).bool()[:, None, :], d, 0.0)
             leaf = out.unflatten(-1, (n, c)).unflatten(-4, (n, c)).diagonal(dim1=-5, dim2=-2)
             leaf.copy_(d.movedim(-4, -1))  # [..., c_r, m, c_s, n]
+        if inplace:
+            kq = kq.clone()  # k itself is not ours to change
         h = c
         while h < Cp:
             n2 = Cp // (2 * h)
-            Pv = P.unflatten(-2, (n2, 2, h))  # [..., n2, 2, h, K]
-            xh = x.unflatten(-3, (n2, 2, h))[..., 1, :, :, :] * Pv[..., 1, :, None, :]  # [..., n2, h, m, K]
-            kh = k.unflatten(-2, (n2, 2, h))[..., 0, :, :]
-            if Q is not None:
-                kh = kh * Q.unflatten(-2, (n2, 2, h))[..., 0, :, :]  # [..., n2, h, K]
+            xpv = xp.unflatten(-3, (n2, 2, h))  # [..., n2, 2, h, m, K]
+            kqv = kq.unflatten(-2, (n2, 2, h))  # [..., n2, 2, h, K]
+            xh, kh = xpv[..., 1, :, :, :], kqv[..., 0, :, :]
             if h <= 2:  # tiny blocks: products and sums beat a bmm
                 blk = (xh[..., None, :] * kh[..., None, None, :, :]).sum(-1)
             else:
                 blk = (xh.flatten(-3, -2) @ kh.mT).unflatten(-2, (h, m))  # [..., n2, h, m, h]
             ov = out.unflatten(-1, (n2, 2, h)).unflatten(-5, (n2, 2, h)).diagonal(dim1=-7, dim2=-3)
             ov[..., 1, :, :, 0, :, :].copy_(blk.movedim(-4, -1))  # [..., h, m, h, n2]
-            # extend P and Q by the neighbouring half's total product
-            t_even, t_odd = Pv[..., 0, -1:, :], Pv[..., 1, -1:, :]
-            if inplace:  # Q first: t_odd is a view of P's odd half
-                Q = torch.ones_like(P) if Q is None else Q
-                Q.unflatten(-2, (n2, 2, h))[..., 0, :, :].mul_(t_odd)
-                Pv[..., 1, :, :].mul_(t_even)
+            # extend the products over the neighbouring half: its total product (≤ 1)
+            totv = tot.unflatten(-2, (n2, 2))  # [..., n2, 2, K]
+            t_even, t_odd = totv[..., 0:1, :], totv[..., 1:2, :]
+            if inplace:
+                xpv[..., 1, :, :, :].mul_(t_even[..., None, :])
+                kqv[..., 0, :, :].mul_(t_odd)
             else:
-                P = torch.stack([Pv[..., 0, :, :], Pv[..., 1, :, :] * t_even], -3).flatten(-4, -2)
-                Qv = (torch.ones_like(P) if Q is None else Q).unflatten(-2, (n2, 2, h))
-                Q = torch.stack([Qv[..., 0, :, :] * t_odd, Qv[..., 1, :, :]], -3).flatten(-4, -2)
+                xp = torch.stack([xpv[..., 0, :, :, :], xpv[..., 1, :, :, :] * t_even[..., None, :]], -4)
+                xp = xp.flatten(-5, -3)
+                kq = torch.stack([kqv[..., 0, :, :] * t_odd, kqv[..., 1, :, :]], -3).flatten(-4, -2)
+            tot = totv[..., 0, :] * totv[..., 1, :]
             h *= 2
-        self.gamma = P[..., :C, :]
-        self.tail = torch.ones_like(self.gamma) if Q is None else Q[..., :C, :]
-        self.last = P[..., C - 1, :]
+        # now xp = x ⊙ γ, kq = k ⊙ γ_C/γ, tot = γ_C
+        self._rows = {id(x): xp[..., :C, i, :] for i, x in enumerate(given)}
+        self._tail = kq[..., :C, :]
+        self.last = tot[..., 0, :]
         return list(out[..., :C, :, :C].unbind(-2))
 
     def rows(self, x: Tensor) -> Tensor:
-        return x * self.gamma
+        return self._rows[id(x)]  # γ ⊙ x, formed by pairs() for each of its xs
 
     def tails(self, k: Tensor) -> Tensor:
-        return k * self.tail
+        return self._tail  # (γ_C/γ) ⊙ k, formed by pairs()
 
 
 def _broadcast_shape(*shapes: torch.Size) -> tuple[int, ...]:
