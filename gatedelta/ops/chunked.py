@@ -118,6 +118,8 @@ def _rev_excl_cumsum(x: Tensor, dim: int) -> Tensor:
 #   pairs(xs, k)  for each x: tril([x_rᵀ Diag(γ_r/γ_s) k_s]_{r,s})  [..., C, K] -> [..., C, C]
 #                 (diagonal included); the k side is shared by the xs
 #   last       γ_C, [..., 1] or [..., K], or None for no decay
+# pairs() is called first; rows() is asked only for the xs given to it and tails() for its k
+# (the per-channel plan forms those three along with the pairs).
 
 
 class _NoDecay:
@@ -163,11 +165,14 @@ class _ChannelDecay:
 
         γ_r/γ_s = Π_{mid ≤ l ≤ r} a_l · Π_{s < l < mid} a_l = P_h[r] · Q_h[s]
 
-    with P_h the inclusive prefix product and Q_h the exclusive suffix product within each h-segment,
-    so each level is one batched matmul ``(x ⊙ P_h) (k ⊙ Q_h)ᵀ`` of its [h, h] blocks. From one level
-    to the next, P and Q extend by the product of the neighbouring half (two products ≤ 1; nothing is
-    divided, nothing subtracted). Pairs inside a leaf use the exact pairwise factor ``[c, c, K]``
-    (exp of segment sums); c = 1 needs none. After the last level P = γ_r and Q = γ_C/γ_s.
+    with P_h the inclusive prefix product and Q_h the exclusive suffix product within each
+    h-segment, so each level is one batched matmul ``(x ⊙ P_h)(k ⊙ Q_h)ᵀ`` of its [h, h] blocks.
+    ``x ⊙ P`` and ``k ⊙ Q`` are carried themselves: from one level to the next the second half's
+    x side and the first half's k side are multiplied by the other half's total product (itself
+    a product of the two totals below it). Nothing is divided, nothing subtracted. Pairs inside
+    a leaf use the exact pairwise factor ``[c, c, K]`` (exp of segment sums); c = 1 needs none.
+    After the last level ``x ⊙ P = γ ⊙ x`` (rows), ``k ⊙ Q = (γ_C/γ) ⊙ k`` (tails) and the total
+    is γ_C, so they come with the pairs.
     """
 
     def __init__(self, g: Tensor, sub: int) -> None:  # g: [..., C, K]
