@@ -183,8 +183,8 @@ def validate(
         if g.device.type == "cpu" and not _compiling():
             # A value check needs a device sync on GPUs; on the CPU it is cheap and catches a sign
             # error (g > 0 grows the state without bound) before it becomes a NaN far away.
-            bad = torch.isnan(g) | (g > 0)
-            if bool(bad.any()):
+            # One pass: NaN compares False, so `g <= 0` everywhere rules out both NaN and g > 0.
+            if not bool((g <= 0).all()):
                 raise ValueError(
                     f"{g_name} must be a log-decay in [-inf, 0] with no NaN; got max {g.max().item():.4g}"
                     f" (did you pass a decay instead of its log, or forget a minus sign?)"
