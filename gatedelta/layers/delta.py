@@ -119,6 +119,17 @@ class DeltaLayer(nn.Module):
         self.conv.reset_parameters(copy=copy)
 
     # -- shared helpers ---------------------------------------------------------------------------
+    def _build_channel_decay(self) -> None:
+        """Per-key-channel log-decay parameters (GDN-2, KDA): a low-rank projection ``f`` (rank =
+        head_dim, as in KDA: the decay needs few degrees of freedom), ``A_log`` per q/k head and
+        ``dt_bias`` per key channel; read by :meth:`_decay`."""
+        self.f_proj = nn.Sequential(
+            nn.Linear(self.hidden_size, self.head_dim, bias=False),
+            nn.Linear(self.head_dim, self.key_dim, bias=False),
+        )
+        self.A_log = no_weight_decay(nn.Parameter(torch.zeros(self.num_heads)))
+        self.dt_bias = no_weight_decay(nn.Parameter(torch.zeros(self.key_dim)))
+
     def _decay(self, raw: Tensor, heads: int) -> Tensor:
         """``−exp(A_log) · softplus(raw + dt_bias)`` in float32.
 
@@ -199,15 +210,9 @@ class GatedDeltaNet2(DeltaLayer):
     low_rank_out_gate = True
 
     def build_gates(self) -> None:
-        # Low-rank decay projection (rank = head_dim), as in KDA: the decay needs few degrees of freedom.
-        self.f_proj = nn.Sequential(
-            nn.Linear(self.hidden_size, self.head_dim, bias=False),
-            nn.Linear(self.head_dim, self.key_dim, bias=False),
-        )
+        self._build_channel_decay()
         self.b_proj = nn.Linear(self.hidden_size, self.key_dim, bias=False)
         self.w_proj = nn.Linear(self.hidden_size, self.value_dim, bias=False)
-        self.A_log = no_weight_decay(nn.Parameter(torch.zeros(self.num_heads)))
-        self.dt_bias = no_weight_decay(nn.Parameter(torch.zeros(self.key_dim)))
 
     def gates(self, x: Tensor) -> dict[str, Tensor]:
         B, T, _ = x.shape
@@ -226,13 +231,8 @@ class KimiDeltaAttention(DeltaLayer):
     low_rank_out_gate = True
 
     def build_gates(self) -> None:
-        self.f_proj = nn.Sequential(
-            nn.Linear(self.hidden_size, self.head_dim, bias=False),
-            nn.Linear(self.head_dim, self.key_dim, bias=False),
-        )
+        self._build_channel_decay()
         self.beta_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
-        self.A_log = no_weight_decay(nn.Parameter(torch.zeros(self.num_heads)))
-        self.dt_bias = no_weight_decay(nn.Parameter(torch.zeros(self.key_dim)))
 
     def gates(self, x: Tensor) -> dict[str, Tensor]:
         g = self._decay(self.f_proj(x), self.num_heads)  # [B, T, H, K]
