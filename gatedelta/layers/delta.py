@@ -34,7 +34,7 @@ from .. import ops
 from .conv import ShortConvolution
 from .gates import CopyFn, a_log_init, dt_bias_init, no_weight_decay, plain_copy, residual_out
 from .norm import GatedRMSNorm
-from .state import RecurrentState
+from .state import RecurrentState, freeze_padding
 
 Tensor = torch.Tensor
 
@@ -179,12 +179,9 @@ class DeltaLayer(nn.Module):
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q, k, v = q.view(B, T, H, D), k.view(B, T, H, D), v.view(B, T, HV, D)
         gates = self.gates(x)
-        if token_mask is not None:
-            k = k * token_mask[..., None, None].to(k.dtype)
-            if "g" in gates:
-                g = gates["g"]
-                m = token_mask.view(B, T, *([1] * (g.ndim - 2)))
-                gates["g"] = torch.where(m, g, torch.zeros((), dtype=g.dtype, device=g.device))
+        k, g = freeze_padding(token_mask, k, gates.get("g"))
+        if g is not None:
+            gates["g"] = g
         o, state = type(self).op(
             q, k, v, **gates,
             initial_state=None if cache is None else cache.recurrent_state,

@@ -19,7 +19,7 @@ from .. import ops
 from .conv import ShortConvolution
 from .gates import CopyFn, a_log_init, dt_bias_init, no_weight_decay, plain_copy, residual_out
 from .norm import GatedRMSNorm
-from .state import RecurrentState
+from .state import RecurrentState, freeze_padding
 
 Tensor = torch.Tensor
 
@@ -103,10 +103,7 @@ class Mamba2(nn.Module):
         xv, Bk, Cq = xv.view(Bsz, T, HV, P), Bk.view(Bsz, T, G, N), Cq.view(Bsz, T, G, N)
         dt = nn.functional.softplus(dt.float() + self.dt_bias.float())  # [B, T, HV]
         g = -self.A_log.float().exp() * dt
-        if token_mask is not None:
-            # A padded token must neither write (k = 0) nor decay (g = 0) the state.
-            Bk = Bk * token_mask[..., None, None].to(Bk.dtype)
-            g = torch.where(token_mask[..., None], g, torch.zeros((), dtype=g.dtype, device=g.device))
+        Bk, g = freeze_padding(token_mask, Bk, g)
         y, state = ops.ssd(
             Cq, Bk, xv, g, dt,
             scale=1.0,

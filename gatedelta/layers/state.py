@@ -110,3 +110,22 @@ class KVState:
         self._key_buf[:, S:need] = key
         self._value_buf[:, S:need] = value
         self.key, self.value = self._key_buf[:, :need], self._value_buf[:, :need]
+
+
+def freeze_padding(
+    token_mask: torch.Tensor | None, k: torch.Tensor, g: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Make padded tokens leave the recurrent state untouched: no write (``k = 0``), no decay (``g = 0``).
+
+    token_mask: ``[B, T]`` bool (``False`` at padding) or ``None``; k: ``[B, T, H, K]``;
+    g: ``[B, T, HV]`` or ``[B, T, HV, K]`` log-decay, or ``None``. ``where`` rather than a product,
+    since g may hold ``-inf``.
+    """
+    if token_mask is None:
+        return k, g
+    k = k * token_mask[..., None, None].to(k.dtype)
+    if g is not None:
+        m = token_mask.view(*token_mask.shape, *([1] * (g.ndim - 2)))
+        g = torch.where(m, g, torch.zeros((), dtype=g.dtype, device=g.device))
+    return k, g
+
