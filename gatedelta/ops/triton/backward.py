@@ -27,7 +27,7 @@ import triton.language as tl
 from .common import (
     CHUNK,
     G_MIN,
-    SUB_CHUNK,
+    TUNING,
     dot_precision,
     empty,
     gate_form,
@@ -116,7 +116,7 @@ def chunk_grad_kernel(
     q, k, v, g, b, w, G, R, h, do, dY, dh,
     dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (K block, chunk, value head).
@@ -192,17 +192,17 @@ def chunk_grad_kernel(
         b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
         b_gam = tl.exp(b_G)
         row0 = bos + i_c * BT
-        b_dq = pair_left(b_dM, b_G, k, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H, HV, K, BT, BC, PREC) * scale
-        b_dk = pair_right(b_dM, b_G, q, b, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H, HV, K, BT, BC, 0,
-                          PREC) * scale
+        b_dq, b_de = pair_left(b_dM, b_dT, b_k, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
+                               ERASE > 0, PREC)
+        b_dk, b_dk1 = pair_right(b_dM, b_q, b_dT, b_e, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
+                                 ERASE > 0, PREC)
+        b_dq *= scale
+        b_dk *= scale
         b_dG = b_q * b_dq - b_k * b_dk
         b_dq0 = scale * b_gam * b_dqs
         b_dq += b_dq0
         b_dG += b_q * b_dq0
         if ERASE > 0:
-            b_de = pair_left(b_dT, b_G, k, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H, HV, K, BT, BC, PREC)
-            b_dk1 = pair_right(b_dT, b_G, k, b, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H, HV, K, BT, BC,
-                               ERASE, PREC)
             b_dG += b_e * b_de - b_k * b_dk1
             b_dk += b_dk1
             b_de0 = -b_gam * b_dEb
@@ -295,7 +295,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     N = cu.numel() - 1
     f32 = dict(dtype=torch.float32, device=dev)
     PREC = dot_precision(q.dtype)
-    BK = min(32, _pow2(K))  # the gradient kernel keeps ~8 [BT, BK] fp32 tiles live
+    BK = min(TUNING["grad_bk"], _pow2(K))  # the gradient kernel keeps ~8 [BT, BK] fp32 tiles live
     NK = triton.cdiv(K, BK)
     dq = empty((Ttot, HV, K), **f32)
     dk = empty((Ttot, HV, K), **f32)
@@ -314,15 +314,16 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             q, k, q if b is None else b, M if G is None else G, M, M if A is None else A, do, dY, dh,
             dh if dht is None else dht, dh if dh0 is None else dh0, cu, chunk_offsets, scale,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=_pow2(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
-            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC, num_warps=8,
+            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
+            num_warps=TUNING["state_bwd_warps"],
         )
         chunk_grad_kernel[(NK, NT, HV)](
             q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
             M if G is None else G, R, h, do, dY, dh,
             dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw,
             cu, chunk_indices, scale, Ttot,
-            H=H, HV=HV, K=K, V=V, BT=CHUNK, BC=SUB_CHUNK, BK=BK, BV=min(32, _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PREC=PREC, num_warps=8,
+            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)),
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PREC=PREC, num_warps=TUNING["grad_warps"],
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)

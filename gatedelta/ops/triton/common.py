@@ -9,9 +9,9 @@ per channel; one kernel source serves every op of DESIGN §1's table.
 
 Pairwise decay (DESIGN §1 numerics). With ``G`` the chunk-local cumulative log-decay, every
 pairwise factor is ``exp(G_r − G_s)`` with ``r ≥ s`` (≤ 1); ``1/γ`` alone is never formed. For
-per-channel decay the chunk is split into sub-chunks of ``BC`` rows: a pair in different sub-chunks
-factors through the last row ``c`` of the earlier one, ``exp(G_r − G_c)·exp(G_c − G_s)`` (both
-≤ 1); pairs inside one sub-chunk are summed exactly, one column offset at a time.
+per-channel decay, pairs are grouped by a dyadic split of the chunk: each pair factors through an
+anchor row c between them, ``exp(G_r − G_c)·exp(G_c − G_s)`` (both ≤ 1), one matrix product per
+level (:func:`pair_matrix`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,15 @@ import triton.language as tl
 # A log-decay below this is a hard reset: exp(G_MIN) is 0 in float32, so clamping g changes no
 # product, while keeping every chunk-local cumulative sum finite (−inf − (−inf) would be NaN).
 G_MIN = tl.constexpr(-110.0)
-# Chunk length (the (I + T)⁻¹ solve is written for 4 blocks of 16) and sub-chunk length of the
-# per-channel pairwise split.
+# Chunk length (the (I + T)⁻¹ solve is written for 4 blocks of 16, the pair split for 6 levels).
 CHUNK = 64
-SUB_CHUNK = 16
+# Launch parameters of the chunk kernels (warps, K / V block widths). Module-level so that
+# `benchmarks/tune_kernels.py` can sweep them; the values here are the ones it chose on the H200.
+TUNING = {
+    "intra_warps": 8, "intra_bk": 32,  # intra_bk: K block of the per-channel-decay intra kernel
+    "state_warps": 8, "output_warps": 8, "output_bk": 64,
+    "state_bwd_warps": 8, "grad_warps": 8, "grad_bk": 32, "grad_bv": 32,
+}
 # Debug mode (tests): fill every kernel output with NaN before the kernels write it, so an element
 # a kernel forgets to write cannot pass.
 POISON = os.environ.get("GATEDELTA_TRITON_POISON") == "1"
@@ -95,98 +100,87 @@ def prepare_chunks(
 
 
 @triton.jit
-def load_rows(x, b, G, rows, m_r, i_h, i_hv, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
-              K: tl.constexpr, ERASE: tl.constexpr):
-    """Rows ``rows`` of an input x ``[Ttot, H, K]`` (times the erase gate b when ERASE, i.e.
-    ``e = b ⊙ k``) and of the cumulative log-decay G ``[Ttot, HV, K]``, one K block, fp32.
+def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.constexpr, K: tl.constexpr):
+    """One level of the dyadic pair split (see :func:`pair_matrix`): rows are grouped in blocks of
+    ``2h``; the anchor of a block is its row ``h − 1`` (the last row of its left half).
 
-    The sub-chunk-diagonal loops read their per-row partner rows this way, straight from memory
-    (L1/L2-resident), instead of permuting register tiles."""
-    m = m_r[:, None] & m_k[None, :]
-    b_x = tl.load(x + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m, other=0).to(tl.float32)
-    if ERASE == 2:
-        b_x *= tl.load(b + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m, other=0).to(tl.float32)
-    elif ERASE == 1:
-        b_x *= tl.load(b + rows * HV + i_hv, mask=m_r, other=0).to(tl.float32)[:, None]
-    b_g = tl.load(G + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m, other=0)
-    return b_x, b_g
+    Returns ``(right, same, e)``: ``right [BT]`` marks rows in a right half, ``same [BT, BT]`` marks
+    pairs in one block, and ``e = exp(−|G − G_anchor|) [BT, BK]`` is ``exp(G_r − G_c)`` on right
+    rows and ``exp(G_c − G_s)`` on left rows, each ≤ 1. The anchor rows of G are read from memory;
+    an anchor past the sequence end reads 0, which only reaches pairs with a row past the end."""
+    o_c = (o_t // (2 * h)) * (2 * h) + h - 1
+    m_c = (row0 + o_c < eos)[:, None] & m_k[None, :]
+    b_gc = tl.load(G + ((row0 + o_c)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_c, other=0)
+    b_e = tl.exp(-tl.abs(b_G - b_gc))
+    right = (o_t & h) != 0
+    same = (o_t[:, None] // (2 * h)) == (o_t[None, :] // (2 * h))
+    return right, same, b_e
 
 
 @triton.jit
-def pair_matrix(b_x, b_G, y, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
-                K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, STRICT: tl.constexpr,
-                PREC: tl.constexpr):
-    """``P[r, s] = Σ_k x[r,k] y[s,k] exp(G[r,k] − G[s,k])`` for ``s < r`` (``s ≤ r`` unless STRICT).
+def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
+                  BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
+    """``P[r, s] = Σ_k x[r,k] y[s,k] exp(G[r,k] − G[s,k])`` for ``s ≤ r`` and, when TWO, the same
+    with x2 for ``s < r`` (strict). All tiles ``[BT, BK]`` fp32 of one chunk (per-channel decay);
+    G in memory serves the anchor rows. Returns two ``[BT, BT]`` fp32 tiles, zero above.
 
-    b_x, b_G: ``[BT, BK]`` fp32 tiles of the chunk (per-channel decay); y ``[Ttot, H, K]`` and G are
-    read from memory (rows row0 + 0..BT-1, valid below eos). Returns ``[BT, BT]`` fp32, zero above.
+    Dyadic split, exact for every ``G`` (no factor above 1 is formed): a pair ``s < r`` belongs to
+    exactly one level ``h ∈ {BT/2, …, 1}``, the one at which r and s fall in the right and left
+    halves of the same block of ``2h`` rows. Through that block's anchor row c (``s ≤ c < r``),
+    ``exp(G_r − G_s) = exp(G_r − G_c)·exp(G_c − G_s)``, so each level is one matrix product of
+    scaled rows, masked to pairs in one block: log₂ BT products and no per-pair loop.
     """
-    o_row = row0 + o_t
-    b_y, _ = load_rows(y, y, G, o_row, o_row < eos, i_h, i_hv, o_k, m_k, H, HV, K, 0)
-    b_P = tl.zeros([BT, BT], dtype=tl.float32)
-    # Pairs in different sub-chunks factor through the last row c of the column's sub-chunk.
-    for j in tl.static_range(BT // BC - 1):
-        c = j * BC + BC - 1
-        b_gc = tl.sum(tl.where(o_t[:, None] == c, b_G, 0.0), 0)
-        m_r = o_t > c
-        m_s = (o_t >= j * BC) & (o_t <= c)
-        b_xr = tl.where(m_r[:, None], b_x * tl.exp(tl.minimum(b_G - b_gc[None, :], 0.0)), 0.0)
-        b_ys = tl.where(m_s[:, None], b_y * tl.exp(tl.minimum(b_gc[None, :] - b_G, 0.0)), 0.0)
-        b_P += tl.dot(b_xr, tl.trans(b_ys), input_precision=PREC)
-    # Pairs inside one sub-chunk: exact, one column offset i (s = first row of r's sub-chunk + i).
-    o_first = (o_t // BC) * BC
-    for i in range(BC):
-        o_s = o_first + i
-        b_ys, b_gs = load_rows(y, y, G, row0 + o_s, row0 + o_s < eos, i_h, i_hv, o_k, m_k, H, HV, K, 0)
-        b_col = tl.sum(b_x * b_ys * tl.exp(tl.minimum(b_G - b_gs, 0.0)), 1)
-        m_col = (o_s < o_t) if STRICT else (o_s <= o_t)
-        b_P += tl.where((o_t[None, :] == o_s[:, None]) & m_col[:, None], b_col[:, None], 0.0)
-    return b_P
+    tl.static_assert(BT == 64)
+    b_P = tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
+    b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
+    for lvl in tl.static_range(6):
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+        b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
+        b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
+        b_P += tl.where(same, tl.dot(b_xr, tl.trans(b_ys), input_precision=PREC), 0.0)
+        if TWO:
+            b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
+            b_P2 += tl.where(same, tl.dot(b_xr2, tl.trans(b_ys), input_precision=PREC), 0.0)
+    return b_P, b_P2
 
 
 @triton.jit
-def pair_left(b_D, b_G, y, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
-              K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, PREC: tl.constexpr):
-    """``out[r, k] = Σ_s D[r,s] y[s,k] exp(G[r,k] − G[s,k])``; D lower-triangular ``[BT, BT]``,
-    y ``[Ttot, H, K]`` read from memory."""
-    o_row = row0 + o_t
-    b_y, _ = load_rows(y, y, G, o_row, o_row < eos, i_h, i_hv, o_k, m_k, H, HV, K, 0)
-    b_o = tl.zeros(b_G.shape, dtype=tl.float32)
-    for j in tl.static_range(BT // BC - 1):
-        c = j * BC + BC - 1
-        b_gc = tl.sum(tl.where(o_t[:, None] == c, b_G, 0.0), 0)
-        m_s = (o_t >= j * BC) & (o_t <= c)
-        b_ys = tl.where(m_s[:, None], b_y * tl.exp(tl.minimum(b_gc[None, :] - b_G, 0.0)), 0.0)
-        b_part = tl.dot(b_D, b_ys, input_precision=PREC)
-        b_o += tl.where((o_t > c)[:, None], b_part * tl.exp(tl.minimum(b_G - b_gc[None, :], 0.0)), 0.0)
-    o_first = (o_t // BC) * BC
-    for i in range(BC):
-        o_s = o_first + i
-        b_ys, b_gs = load_rows(y, y, G, row0 + o_s, row0 + o_s < eos, i_h, i_hv, o_k, m_k, H, HV, K, 0)
-        b_d = tl.sum(tl.where(o_t[None, :] == o_s[:, None], b_D, 0.0), 1)
-        b_o += b_d[:, None] * b_ys * tl.exp(tl.minimum(b_G - b_gs, 0.0))
-    return b_o
+def pair_left(b_D, b_D2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
+              BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
+    """``out[r, k] = Σ_s D[r,s] y[s,k] exp(G[r,k] − G[s,k])`` for D lower-triangular ``[BT, BT]``
+    and, when TWO, the same for D2; y ``[BT, BK]``. The dyadic split of :func:`pair_matrices`."""
+    tl.static_assert(BT == 64)
+    eye = o_t[:, None] == o_t[None, :]
+    b_o = tl.sum(tl.where(eye, b_D, 0.0), 1)[:, None] * b_y
+    b_o2 = tl.sum(tl.where(eye, b_D2, 0.0), 1)[:, None] * b_y
+    for lvl in tl.static_range(6):
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+        b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
+        b_part = tl.dot(tl.where(same, b_D, 0.0), b_ys, input_precision=PREC)
+        b_o += tl.where(right[:, None], b_part * b_e, 0.0)
+        if TWO:
+            b_part2 = tl.dot(tl.where(same, b_D2, 0.0), b_ys, input_precision=PREC)
+            b_o2 += tl.where(right[:, None], b_part2 * b_e, 0.0)
+    return b_o, b_o2
 
 
 @triton.jit
-def pair_right(b_D, b_G, x, b, G, row0, eos, i_h, i_hv, o_t, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
-               K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr):
-    """``out[s, k] = Σ_r D[r,s] x[r,k] exp(G[r,k] − G[s,k])``; D lower-triangular ``[BT, BT]``,
-    x ``[Ttot, H, K]`` read from memory (times b when ERASE: x is then e = b ⊙ k)."""
-    o_row = row0 + o_t
-    b_x, _ = load_rows(x, b, G, o_row, o_row < eos, i_h, i_hv, o_k, m_k, H, HV, K, ERASE)
-    b_o = tl.zeros(b_G.shape, dtype=tl.float32)
-    for j in tl.static_range(BT // BC - 1):
-        c = j * BC + BC - 1
-        b_gc = tl.sum(tl.where(o_t[:, None] == c, b_G, 0.0), 0)
-        b_xr = tl.where((o_t > c)[:, None], b_x * tl.exp(tl.minimum(b_G - b_gc[None, :], 0.0)), 0.0)
-        b_part = tl.dot(tl.trans(b_D), b_xr, input_precision=PREC)
-        m_s = (o_t >= j * BC) & (o_t <= c)
-        b_o += tl.where(m_s[:, None], b_part * tl.exp(tl.minimum(b_gc[None, :] - b_G, 0.0)), 0.0)
-    o_first = (o_t // BC) * BC
-    for i in range(BC):
-        o_r = o_first + i
-        b_xr, b_gr = load_rows(x, b, G, row0 + o_r, row0 + o_r < eos, i_h, i_hv, o_k, m_k, H, HV, K, ERASE)
-        b_d = tl.sum(tl.where(o_t[:, None] == o_r[None, :], b_D, 0.0), 0)
-        b_o += b_d[:, None] * b_xr * tl.exp(tl.minimum(b_gr - b_G, 0.0))
-    return b_o
+def pair_right(b_D, b_x, b_D2, b_x2, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
+               K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
+    """``out[s, k] = Σ_r D[r,s] x[r,k] exp(G[r,k] − G[s,k])`` for D lower-triangular ``[BT, BT]``
+    and, when TWO, the same for (D2, x2); x, x2 ``[BT, BK]``. The dyadic split of
+    :func:`pair_matrices`."""
+    tl.static_assert(BT == 64)
+    eye = o_t[:, None] == o_t[None, :]
+    b_o = tl.sum(tl.where(eye, b_D, 0.0), 0)[:, None] * b_x
+    b_o2 = tl.sum(tl.where(eye, b_D2, 0.0), 0)[:, None] * b_x2
+    for lvl in tl.static_range(6):
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+        b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
+        b_part = tl.dot(tl.trans(tl.where(same, b_D, 0.0)), b_xr, input_precision=PREC)
+        b_o += tl.where(right[:, None], 0.0, b_part * b_e)
+        if TWO:
+            b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
+            b_part2 = tl.dot(tl.trans(tl.where(same, b_D2, 0.0)), b_xr2, input_precision=PREC)
+            b_o2 += tl.where(right[:, None], 0.0, b_part2 * b_e)
+    return b_o, b_o2

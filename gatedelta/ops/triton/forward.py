@@ -22,12 +22,12 @@ import triton.language as tl
 from .common import (
     CHUNK,
     G_MIN,
-    SUB_CHUNK,
+    TUNING,
     dot_precision,
     empty,
     gate_form,
     inverse_precision,
-    pair_matrix,
+    pair_matrices,
     prepare_chunks,
 )
 
@@ -154,7 +154,7 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
 def chunk_intra_kernel(
     q, k, v, g, b, w, G, M, A, W, U, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr,
     PREC: tl.constexpr, PREC_INV: tl.constexpr,
 ):
@@ -181,12 +181,10 @@ def chunk_intra_kernel(
         b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
         if DECAY == 2:
             b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
-            m_k = o_k < K
-            b_M += pair_matrix(b_q, b_G, k, G, bos + i_c * BT, eos, i_h, i_hv, o_t, o_k, m_k,
-                               H, HV, K, BT, BC, False, PREC)
-            if ERASE > 0:
-                b_T += pair_matrix(b_e, b_G, k, G, bos + i_c * BT, eos, i_h, i_hv, o_t, o_k, m_k,
-                                   H, HV, K, BT, BC, True, PREC)
+            b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, bos + i_c * BT, eos, i_hv, o_t, o_k, o_k < K,
+                                       HV, K, BT, ERASE > 0, PREC)
+            b_M += b_Mk
+            b_T += b_Tk
         else:
             b_M += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
             if ERASE > 0:
@@ -368,10 +366,10 @@ def chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, *, store_a: bool
         q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
         M if G is None else G, M, M if A is None else A, M if W is None else W, M if U is None else U,
         cu, chunk_indices, scale,
-        # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split: BK = 32
-        H=H, HV=HV, K=K, V=V, BT=BT, BC=SUB_CHUNK, BK=min(32 if DECAY == 2 else 64, _pow2(K)),
+        # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
+        H=H, HV=HV, K=K, V=V, BT=BT, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
         BV=min(64, _pow2(V)), DECAY=DECAY, ERASE=ERASE, WRITE=WRITE,
-        PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype), num_warps=8,
+        PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype), num_warps=TUNING["intra_warps"],
     )
     return G, M, A, W, U
 
@@ -390,7 +388,7 @@ def chunk_state(k, v, w, G, W, U, h0, cu, chunk_offsets, NT, N, *, erase: int, d
         R, h, ht if h0 is None else h0, ht, cu, chunk_offsets,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=_pow2(K), BV=BV, DECAY=decay, ERASE=erase,
         WRITE=gate_form(w), USE_H0=h0 is not None, STORE_HT=True, PREC=dot_precision(k.dtype),
-        num_warps=8,
+        num_warps=TUNING["state_warps"],
     )
     return h, R, ht
 
@@ -419,7 +417,7 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     BV = min(64, _pow2(V))
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
         q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
-        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=BV, DECAY=gate_form(g),
-        PREC=dot_precision(q.dtype), num_warps=8,
+        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(TUNING["output_bk"], _pow2(K)), BV=BV, DECAY=gate_form(g),
+        PREC=dot_precision(q.dtype), num_warps=TUNING["output_warps"],
     )
     return o, ht

@@ -1,0 +1,106 @@
+"""Sweep the Triton chunk kernels' launch parameters (``gatedelta.ops.triton.common.TUNING``).
+
+    python benchmarks/tune_kernels.py --op gdn2 --out tune.json     # on a GPU, ~3 minutes
+
+Protocol shapes (DESIGN §5): H = 16, K = V = 128, bf16, 32,768 tokens (B = 16, T = 2048). Each
+variant changes one entry of the defaults; forward and forward + backward are timed (median of
+``triton.testing.do_bench``) and the output and gradients are compared with the defaults' (same
+math, so any difference beyond tf32 rounding flags a broken variant). Then the best value of each
+entry (forward time for forward kernels, forward + backward for the rest) is combined and timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+import triton.testing
+
+from gatedelta import ops
+from gatedelta.ops.triton.common import TUNING
+
+FORWARD_KEYS = ("intra_warps", "intra_bk", "state_warps", "output_warps", "output_bk")
+CHOICES = {
+    "intra_warps": [4], "intra_bk": [64], "state_warps": [4], "output_warps": [4], "output_bk": [128],
+    "state_bwd_warps": [4], "grad_warps": [4], "grad_bk": [64], "grad_bv": [64],
+}
+
+
+def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    dev, bf = "cuda", torch.bfloat16
+    q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(bf)
+    k = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(bf)
+    v = torch.randn(B, T, H, V, device=dev, dtype=bf)
+    gate = lambda *s: torch.sigmoid(torch.randn(B, T, H, *s, device=dev)).to(bf)  # noqa: E731
+    g = F.logsigmoid(torch.randn(B, T, H, K, device=dev))
+    gates = (g, gate(K), gate(V)) if op == "gdn2" else (g, gate())
+    return [x.requires_grad_() for x in (q, k, v, *gates)]
+
+
+def measure(op: str, x: list[torch.Tensor], do: torch.Tensor) -> dict:
+    call = lambda: getattr(ops, op)(*x, backend="triton")[0]  # noqa: E731
+    with torch.no_grad():
+        fwd = triton.testing.do_bench(call, warmup=10, rep=50, return_mode="median")
+
+    def fb() -> None:
+        call().backward(do)
+
+    fwdbwd = triton.testing.do_bench(fb, warmup=5, rep=50, grad_to_none=x, return_mode="median")
+    for t in x:
+        t.grad = None
+    o = call()
+    o.backward(do)
+    outs = [o.detach().float()] + [t.grad.float() for t in x]
+    return {"fwd_ms": fwd, "fwdbwd_ms": fwdbwd, "outs": outs}
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--op", default="gdn2", choices=["gdn2", "kda"])
+    p.add_argument("--T", type=int, default=2048)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    x = inputs(args.op, 32768 // args.T, args.T)
+    do = torch.randn_like(x[2])
+    defaults = dict(TUNING)
+    base = measure(args.op, x, do)
+    rows = [{"variant": "defaults", "fwd_ms": base["fwd_ms"], "fwdbwd_ms": base["fwdbwd_ms"]}]
+    print(json.dumps(rows[-1]), flush=True)
+    best = dict(defaults)
+    for key, values in CHOICES.items():
+        for value in values:
+            TUNING.update(defaults)
+            TUNING[key] = value
+            try:
+                r = measure(args.op, x, do)
+            except Exception as e:  # noqa: BLE001 — a variant that fails to compile or run
+                rows.append({"variant": f"{key}={value}", "error": repr(e)[:300]})
+                print(json.dumps(rows[-1]), flush=True)
+                continue
+            err = max(rel(a, b) for a, b in zip(r["outs"], base["outs"]))
+            rows.append({"variant": f"{key}={value}", "fwd_ms": r["fwd_ms"], "fwdbwd_ms": r["fwdbwd_ms"],
+                         "max_rel_diff_vs_defaults": err})
+            print(json.dumps(rows[-1]), flush=True)
+            metric = "fwd_ms" if key in FORWARD_KEYS else "fwdbwd_ms"
+            if err < 1e-2 and r[metric] < 0.97 * base[metric]:
+                best[key] = value
+    TUNING.update(best)
+    r = measure(args.op, x, do)
+    rows.append({"variant": "combined", "tuning": best, "fwd_ms": r["fwd_ms"], "fwdbwd_ms": r["fwdbwd_ms"],
+                 "max_rel_diff_vs_defaults": max(rel(a, b) for a, b in zip(r["outs"], base["outs"]))})
+    print(json.dumps(rows[-1]), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"op": args.op, "T": args.T, "device": torch.cuda.get_device_name(), "rows": rows}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main()
