@@ -22,9 +22,11 @@ from gatedelta import ops
 from gatedelta.ops.triton.common import TUNING
 
 FORWARD_KEYS = ("intra_warps", "intra_bk", "state_warps", "output_warps", "output_bk")
+# values tried for each entry; the current default of each is skipped
 CHOICES = {
-    "intra_warps": [4], "intra_bk": [64], "state_warps": [4], "output_warps": [4], "output_bk": [128],
-    "state_bwd_warps": [4], "grad_warps": [4], "grad_bk": [64], "grad_bv": [64],
+    "intra_warps": [4, 8], "intra_bk": [32, 64], "state_warps": [4, 8], "output_warps": [4, 8],
+    "output_bk": [64, 128], "state_bwd_warps": [4, 8], "grad_warps": [4, 8], "grad_bk": [32, 64],
+    "grad_bv": [32, 64],
 }
 
 
@@ -53,7 +55,9 @@ def measure(op: str, x: list[torch.Tensor], do: torch.Tensor) -> dict:
         t.grad = None
     o = call()
     o.backward(do)
-    outs = [o.detach().float()] + [t.grad.float() for t in x]
+    # clones: triton's do_bench runs fn once before it clears grads, which would accumulate into
+    # tensors kept here
+    outs = [o.detach().float().clone()] + [t.grad.float().clone() for t in x]
     return {"fwd_ms": fwd, "fwdbwd_ms": fwdbwd, "outs": outs}
 
 
@@ -76,6 +80,8 @@ def main() -> None:
     best = dict(defaults)
     for key, values in CHOICES.items():
         for value in values:
+            if value == defaults[key]:
+                continue
             TUNING.update(defaults)
             TUNING[key] = value
             try:

@@ -28,11 +28,12 @@ G_MIN = tl.constexpr(-110.0)
 # Chunk length (the (I + T)⁻¹ solve is written for 4 blocks of 16, the pair split for 6 levels).
 CHUNK = 64
 # Launch parameters of the chunk kernels (warps, K / V block widths). Module-level so that
-# `benchmarks/tune_kernels.py` can sweep them; the values here are the ones it chose on the H200.
+# `benchmarks/tune_kernels.py` can sweep them; the values here are the best of
+# its sweep on the H200 (benchmarks/results/tune_gdn2_h200.json).
 TUNING = {
     "intra_warps": 8, "intra_bk": 32,  # intra_bk: K block of the per-channel-decay intra kernel
-    "state_warps": 8, "output_warps": 8, "output_bk": 64,
-    "state_bwd_warps": 8, "grad_warps": 8, "grad_bk": 32, "grad_bv": 32,
+    "state_warps": 4, "output_warps": 8, "output_bk": 128,
+    "state_bwd_warps": 4, "grad_warps": 8, "grad_bk": 32, "grad_bv": 32,
 }
 # Debug mode (tests): fill every kernel output with NaN before the kernels write it, so an element
 # a kernel forgets to write cannot pass.
