@@ -175,7 +175,9 @@ def _decode_point(name: str, context: int, B: int, args: argparse.Namespace) -> 
         for _ in range(n):
             model(token, past_key_values=cache, logits_to_keep=1)
 
-    decode(args.warmup)
+    # At least 4 untimed steps: the first steps after a prefill pay one-time costs (allocator
+    # growth, kernel selection for the single-token shapes) that are not per-token cost.
+    decode(max(args.warmup, 4))
     s = _timed(lambda: decode(args.decode_steps), args.device)
     by_kind = cache.nbytes_by_kind()
     return {

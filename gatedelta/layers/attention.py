@@ -12,6 +12,8 @@ output nothing, which removes attention sinks and massive activations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -25,19 +27,53 @@ Tensor = torch.Tensor
 GATES = ("elementwise", "headwise", None)
 
 
-def rotary(x: Tensor, positions: Tensor, *, theta: float) -> Tensor:
-    """Rotary position embedding (rotate-half form) of ``x [B, T, H, D]`` at ``positions [B or 1, T]``.
+def rotary_tables(positions: Tensor, head_dim: int, *, theta: float) -> tuple[Tensor, Tensor]:
+    """RoPE ``(cos, sin)`` at ``positions [B or 1, T]``, each ``[B or 1, T, 1, head_dim]`` float32.
 
-    Frequencies are computed on the fly in float32: no buffer to lose on meta-device loading, and
-    the cost is negligible next to the projections.
+    Laid out for :func:`apply_rotary`: ``cos`` repeated over both halves, ``sin`` negated on the
+    first half. The model builds them once per forward and every attention layer reuses them
+    (they depend only on the positions), instead of each layer recomputing them for q and for k.
+    Frequencies are computed on the fly: no buffer to lose on meta-device loading.
     """
-    D = x.shape[-1]
-    inv_freq = theta ** (-torch.arange(0, D, 2, device=x.device, dtype=torch.float32) / D)
+    D = head_dim
+    inv_freq = theta ** (-torch.arange(0, D, 2, device=positions.device, dtype=torch.float32) / D)
     angles = positions.to(torch.float32)[..., None] * inv_freq  # [B, T, D/2]
-    cos, sin = angles.cos()[:, :, None, :], angles.sin()[:, :, None, :]
-    xf = x.float()
-    x1, x2 = xf[..., : D // 2], xf[..., D // 2:]
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([cos, cos], dim=-1)[:, :, None, :], torch.cat([-sin, sin], dim=-1)[:, :, None, :]
+
+
+def apply_rotary(x: Tensor, tables: tuple[Tensor, Tensor]) -> Tensor:
+    """Rotate ``x [B, T, H, D]`` (rotate-half form) by :func:`rotary_tables`; float32 math.
+
+    ``x·cos + [x₂, x₁]·[−sin, sin]`` is ``[x₁cos − x₂sin, x₂cos + x₁sin]`` bit for bit, in five
+    kernels instead of nine. Half-precision ``x`` is promoted to float32 exactly by the products.
+    """
+    cos, sin = tables
+    xf = x if x.dtype in (torch.bfloat16, torch.float16, torch.float32) else x.float()
+    half = x.shape[-1] // 2
+    swapped = torch.cat([xf[..., half:], xf[..., :half]], dim=-1)
+    return (xf * cos + swapped * sin).to(x.dtype)
+
+
+def rotary(x: Tensor, positions: Tensor, *, theta: float) -> Tensor:
+    """Rotary position embedding (rotate-half form) of ``x [B, T, H, D]`` at ``positions [B or 1, T]``."""
+    return apply_rotary(x, rotary_tables(positions, x.shape[-1], theta=theta))
+
+
+@dataclass(frozen=True)
+class KeyPadding:
+    """Padding of the keys, read on the host once per model forward and shared by all attention layers.
+
+    Attributes:
+        lead: leading pad tokens of each row, counted over the whole sequence so far (past + new).
+        total: length of the whole sequence so far (past + new tokens).
+
+    A layer whose cache holds the last ``S`` of those ``total`` tokens finds row ``b``'s first real
+    key at ``max(0, lead[b] − (total − S))``: no per-layer look at the mask, so no host sync.
+    """
+
+    lead: tuple[int, ...]
+    total: int
 
 
 def _attention_weights(q: Tensor, k: Tensor, **kwargs) -> Tensor:
@@ -110,6 +146,8 @@ class GatedAttention(nn.Module):
         cu_seqlens: Tensor | None = None,
         cache: KVState | None = None,
         output_attentions: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        padding: KeyPadding | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """Attend.
 
@@ -121,22 +159,33 @@ class GatedAttention(nn.Module):
             cu_seqlens: ``[N+1]`` packed-sequence offsets (``B = 1``).
             cache: KV cache; the new keys/values are appended and the queries are the last ``T``.
             output_attentions: also return the softmax probabilities ``[B, Hq, T, S]``.
+            rope: :func:`rotary_tables` of ``position_ids`` (the model passes them, built once for
+                all layers); computed here when ``None``.
+            padding: the model's :class:`KeyPadding` (then ``token_mask`` is not read here and the
+                cache keeps no mask); ``None``: padding comes from ``token_mask`` and the cache's mask.
 
         Returns:
             ``(out [B, T, hidden_size], probs [B, Hq, T, S] or None)``.
         """
         B, T, _ = x.shape
         Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_norm(self.q_proj(x).view(B, T, Hq, D))
-        k = self.k_norm(self.k_proj(x).view(B, T, Hkv, D))
+        if rope is None:
+            rope = rotary_tables(position_ids, D, theta=self.rope_theta)
+        q = apply_rotary(self.q_norm(self.q_proj(x).view(B, T, Hq, D)), rope)
+        k = apply_rotary(self.k_norm(self.k_proj(x).view(B, T, Hkv, D)), rope)
         v = self.v_proj(x).view(B, T, Hkv, D)
-        q = rotary(q, position_ids, theta=self.rope_theta)
-        k = rotary(k, position_ids, theta=self.rope_theta)
         gate = None
         if self.gate == "elementwise":
             gate = self.gate_proj(x).view(B, T, Hq, D)
         elif self.gate == "headwise":
             gate = self.gate_proj(x)
+        if padding is not None:
+            if cache is not None:
+                k, v, _ = cache.update(k, v, None)
+            S = k.shape[1]
+            first = [max(0, lead - (padding.total - S)) for lead in padding.lead]
+            o, probs = self._attend_rows(q, k, v, gate, first, output_attentions)
+            return self.o_proj(o.reshape(B, T, Hq * D)), probs
         key_mask = token_mask
         if cache is not None:
             k, v, key_mask = cache.update(k, v, token_mask)
@@ -154,7 +203,20 @@ class GatedAttention(nn.Module):
     def _attend_padded(
         self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor | None, key_mask: Tensor, output_attentions: bool
     ) -> tuple[Tensor, Tensor | None]:
-        """Row by row, attend only from the first real key on.
+        """Padding given as a key mask (a layer used on its own): read it on the host, then
+        :meth:`_attend_rows`. The model reads its mask once per forward instead (``padding``)."""
+        S = k.shape[1]
+        real = key_mask.sum(dim=1)
+        lead = (~key_mask).long().cumprod(dim=1).sum(dim=1)  # leading pads per row
+        trail = (~key_mask).flip(1).long().cumprod(dim=1).sum(dim=1)
+        if bool(((lead + real + trail != S) & (real > 0)).any()):
+            raise ValueError(PADDING_LAYOUT_ERROR)
+        return self._attend_rows(q, k, v, gate, lead.tolist(), output_attentions)
+
+    def _attend_rows(
+        self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor | None, first: list[int], output_attentions: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """Row by row, attend only from the first real key ``first[b]`` on.
 
         ``ops.gated_attention`` has no key-padding mask, but its ``S ≥ T`` form (queries are the last
         ``T`` key positions) is exactly what a left-padded row needs once its leading pads are cut
@@ -163,16 +225,7 @@ class GatedAttention(nn.Module):
         """
         B, T = q.shape[:2]
         S = k.shape[1]
-        real = key_mask.sum(dim=1)
-        lead = (~key_mask).long().cumprod(dim=1).sum(dim=1)  # leading pads per row
-        trail = (~key_mask).flip(1).long().cumprod(dim=1).sum(dim=1)
-        if bool(((lead + real + trail != S) & (real > 0)).any()):
-            raise ValueError(
-                "attention_mask must pad only at the start (left padding) or the end of each row; "
-                "for several sequences in one row, pack them with cu_seqlens instead"
-            )
-        first = lead.tolist()
-        if max(first) == 0:  # right padding only: causality already hides the pads
+        if max(first) == 0:  # right padding only (or the pads left the window): causality hides them
             o = ops.gated_attention(q, k, v, gate, causal=True, window=self.window)
             probs = None
             if output_attentions:
@@ -183,7 +236,7 @@ class GatedAttention(nn.Module):
         for b, s0 in enumerate(first):
             n_keys = S - s0
             t0 = max(0, T - n_keys)  # queries before t0 are themselves padding
-            if n_keys == 0 or t0 == T:
+            if n_keys <= 0 or t0 == T:
                 continue
             qb, kb, vb = q[b:b + 1, t0:], k[b:b + 1, s0:], v[b:b + 1, s0:]
             gb = None if gate is None else gate[b:b + 1, t0:]
@@ -192,3 +245,9 @@ class GatedAttention(nn.Module):
                 pb = _attention_weights(qb, kb, causal=True, window=self.window, cu_seqlens=None)
                 probs[b, :, t0:, s0:] = pb[0].float()
         return o, probs
+
+
+PADDING_LAYOUT_ERROR = (
+    "attention_mask must pad only at the start (left padding) or the end of each row; "
+    "for several sequences in one row, pack them with cu_seqlens instead"
+)

@@ -136,14 +136,24 @@ class DeltaLayer(nn.Module):
         ``raw [B, T, heads·C]`` → ``[B, T, heads, C]`` (``[B, T, heads]`` when ``C = 1``).
         """
         B, T, n = raw.shape
-        dt = nn.functional.softplus(raw.float() + self.dt_bias.float())
-        A = self.A_log.float().exp()
+        # A half-precision `raw` plus a float32 bias is promoted exactly to float32: no separate
+        # upcast of the full [B, T, n] tensor. (float64 is rounded to float32, as the spec asks.)
+        if raw.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raw = raw.float()
+        dt = nn.functional.softplus(raw + self.dt_bias.float())
+        # The sign goes on the [heads] vector, not on the full tensor (−a·b is exactly −(a·b)).
+        neg_A = -self.A_log.float().exp()
         if n == heads:
-            return -A * dt
-        return -(A[:, None] * dt.view(B, T, heads, n // heads))
+            return neg_A * dt
+        return neg_A[:, None] * dt.view(B, T, heads, n // heads)
 
     def _erase_scale(self) -> float:
         return 2.0 if self.neg_eigval else 1.0
+
+    def _erase(self, logits: Tensor) -> Tensor:
+        """Erase gate ``sigmoid(logits)``, times 2 with ``neg_eigval`` (no multiply by 1 otherwise)."""
+        gate = torch.sigmoid(logits)
+        return gate * 2.0 if self.neg_eigval else gate
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(
@@ -214,7 +224,7 @@ class GatedDeltaNet2(DeltaLayer):
     def gates(self, x: Tensor) -> dict[str, Tensor]:
         B, T, _ = x.shape
         g = self._decay(self.f_proj(x), self.num_heads)  # [B, T, H, K]
-        b = torch.sigmoid(self.b_proj(x)).view(B, T, self.num_heads, self.head_dim) * self._erase_scale()
+        b = self._erase(self.b_proj(x)).view(B, T, self.num_heads, self.head_dim)
         w = torch.sigmoid(self.w_proj(x)).view(B, T, self.num_v_heads, self.head_dim)
         return {"g": g, "b": b, "w": w}
 
@@ -233,7 +243,7 @@ class KimiDeltaAttention(DeltaLayer):
 
     def gates(self, x: Tensor) -> dict[str, Tensor]:
         g = self._decay(self.f_proj(x), self.num_heads)  # [B, T, H, K]
-        beta = torch.sigmoid(self.beta_proj(x)) * self._erase_scale()  # [B, T, HV]
+        beta = self._erase(self.beta_proj(x))  # [B, T, HV]
         return {"g": g, "beta": beta}
 
 
@@ -250,7 +260,7 @@ class GatedDeltaNet(DeltaLayer):
 
     def gates(self, x: Tensor) -> dict[str, Tensor]:
         g = self._decay(self.a_proj(x), self.num_v_heads)  # [B, T, HV]
-        beta = torch.sigmoid(self.beta_proj(x)) * self._erase_scale()
+        beta = self._erase(self.beta_proj(x))
         return {"g": g, "beta": beta}
 
 
@@ -263,7 +273,7 @@ class DeltaNet(DeltaLayer):
         self.beta_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
 
     def gates(self, x: Tensor) -> dict[str, Tensor]:
-        return {"beta": torch.sigmoid(self.beta_proj(x)) * self._erase_scale()}
+        return {"beta": self._erase(self.beta_proj(x))}
 
 
 class GatedLinearAttention(DeltaLayer):

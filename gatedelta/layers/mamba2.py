@@ -101,7 +101,9 @@ class Mamba2(nn.Module):
         )
         xv, Bk, Cq = xbc.split([self.inner, self.bc_dim, self.bc_dim], dim=-1)
         xv, Bk, Cq = xv.view(Bsz, T, HV, P), Bk.view(Bsz, T, G, N), Cq.view(Bsz, T, G, N)
-        dt = nn.functional.softplus(dt.float() + self.dt_bias.float())  # [B, T, HV]
+        # bf16 dt + a float32 bias is promoted exactly: no separate upcast of dt.
+        dt = dt if dt.dtype in (torch.bfloat16, torch.float16, torch.float32) else dt.float()
+        dt = nn.functional.softplus(dt + self.dt_bias.float())  # [B, T, HV]
         g = -self.A_log.float().exp() * dt
         Bk, g = freeze_padding(token_mask, Bk, g)
         y, state = ops.ssd(

@@ -28,6 +28,8 @@ class HybridCache(Cache):
 
     Attributes:
         layers: one :class:`RecurrentState` or :class:`KVState` per block.
+        key_mask: ``[B, seen_tokens]`` bool, ``False`` at padding, or ``None`` while no token is
+            padded. The model keeps it once for all layers (the attention layers' caches keep none).
     """
 
     is_compileable = False
@@ -43,6 +45,7 @@ class HybridCache(Cache):
                 layers.append(RecurrentState())
         super().__init__(layers=layers)
         self.seen_tokens = 0
+        self.key_mask: torch.Tensor | None = None
 
     # -- what generate() asks ----------------------------------------------------------------------
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -76,6 +79,8 @@ class HybridCache(Cache):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         for state in self.layers:
             state.select(beam_idx)
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.index_select(0, beam_idx.to(self.key_mask.device))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.reorder_cache(indices)
@@ -85,6 +90,8 @@ class HybridCache(Cache):
             ref = state.recurrent_state if isinstance(state, RecurrentState) else state.key
             if ref is not None:
                 state.select(torch.arange(ref.shape[0], device=ref.device).repeat_interleave(repeats))
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.repeat_interleave(repeats, dim=0)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise NotImplementedError("HybridCache holds recurrent states, which cannot be cropped")
@@ -93,6 +100,7 @@ class HybridCache(Cache):
         for i, state in enumerate(self.layers):
             self.layers[i] = KVState(window=state.window) if isinstance(state, KVState) else RecurrentState()
         self.seen_tokens = 0
+        self.key_mask = None
 
     def update(self, *args, **kwargs):
         raise NotImplementedError("layers update their own state in HybridCache.layers[i]")
@@ -100,11 +108,13 @@ class HybridCache(Cache):
     # -- memory -------------------------------------------------------------------------------------
     def nbytes(self) -> int:
         """Bytes held by every layer's state (conv tails, recurrent states, keys, values, masks)."""
-        return sum(state.nbytes() for state in self.layers)
+        return sum(self.nbytes_by_kind().values())
 
     def nbytes_by_kind(self) -> dict[str, int]:
         """Bytes split into ``recurrent`` and ``kv`` (full and sliding attention)."""
         out = {"recurrent": 0, "kv": 0}
         for state in self.layers:
             out["recurrent" if isinstance(state, RecurrentState) else "kv"] += state.nbytes()
+        if self.key_mask is not None:  # the padding mask of the attention keys, shared by all layers
+            out["kv"] += self.key_mask.numel() * self.key_mask.element_size()
         return out

@@ -35,6 +35,7 @@ from ..layers import (
     RMSNorm,
     ShortConvolution,
 )
+from ..layers.attention import PADDING_LAYOUT_ERROR, KeyPadding, rotary_tables
 from .cache import HybridCache
 from .config import GatedDeltaConfig
 
@@ -95,13 +96,15 @@ class Block(GradientCheckpointingLayer):
         cu_seqlens: Tensor | None,
         cache: object | None,
         output_attentions: bool,
+        rope: tuple[Tensor, Tensor] | None = None,
+        padding: KeyPadding | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         h = self.mixer_norm(x)
         probs = None
         if isinstance(self.mixer, GatedAttention):
             h, probs = self.mixer(
                 h, position_ids=position_ids, token_mask=token_mask, cu_seqlens=cu_seqlens, cache=cache,
-                output_attentions=output_attentions,
+                output_attentions=output_attentions, rope=rope, padding=padding,
             )
         else:
             h = self.mixer(h, token_mask=token_mask, cu_seqlens=cu_seqlens, cache=cache)
@@ -184,6 +187,7 @@ class GatedDeltaModel(GatedDeltaPreTrainedModel):
         **kwargs,
     ) -> BaseModelOutputWithPast:
         """See :meth:`GatedDeltaForCausalLM.forward`; returns ``last_hidden_state`` after the final norm."""
+        past_key_values = _cache_argument(past_key_values, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids [B, T] and inputs_embeds [B, T, hidden_size]")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
@@ -199,9 +203,14 @@ class GatedDeltaModel(GatedDeltaPreTrainedModel):
             past_key_values = HybridCache(self.config)
         past = 0 if past_key_values is None else past_key_values.get_seq_length()
 
-        token_mask = _token_mask(attention_mask, B=B, T=T, past=past)
+        # Padding and positions are decided here once per forward (at most one host sync, to read
+        # the padding layout) and shared by every block, so no layer reads a mask on its own.
+        token_mask, padding, key_mask = _padding(attention_mask, past_key_values, B=B, T=T, past=past)
         if position_ids is None:
             position_ids = _positions(attention_mask, cu_seqlens, B=B, T=T, past=past, device=x.device)
+        rope = None
+        if any(isinstance(block.mixer, GatedAttention) for block in self.layers):
+            rope = rotary_tables(position_ids, self.config.head_dim, theta=self.config.rope_theta)
 
         all_hidden = [x] if output_hidden_states else None
         all_probs = [] if output_attentions else None
@@ -209,7 +218,7 @@ class GatedDeltaModel(GatedDeltaPreTrainedModel):
             cache = None if past_key_values is None else past_key_values.layers[i]
             x, probs = block(
                 x, position_ids=position_ids, token_mask=token_mask, cu_seqlens=cu_seqlens, cache=cache,
-                output_attentions=output_attentions,
+                output_attentions=output_attentions, rope=rope, padding=padding,
             )
             if all_hidden is not None:
                 all_hidden.append(x)
@@ -217,6 +226,7 @@ class GatedDeltaModel(GatedDeltaPreTrainedModel):
                 all_probs.append(probs)
         if past_key_values is not None:
             past_key_values.seen_tokens += T
+            past_key_values.key_mask = key_mask
         return BaseModelOutputWithPast(
             last_hidden_state=self.norm(x),
             past_key_values=past_key_values if use_cache else None,
@@ -225,18 +235,60 @@ class GatedDeltaModel(GatedDeltaPreTrainedModel):
         )
 
 
-def _token_mask(attention_mask: Tensor | None, *, B: int, T: int, past: int) -> Tensor | None:
-    """``[B, T]`` bool for the new tokens, or ``None`` when nothing is padded."""
-    if attention_mask is None:
-        return None
-    shape_ok = attention_mask.ndim == 2 and attention_mask.shape[0] == B
-    if not shape_ok or attention_mask.shape[1] not in (T, past + T):
-        raise ValueError(
-            f"attention_mask must be [B, past + T] = [{B}, {past + T}] (or [{B}, {T}]) of 0/1, "
-            f"got {tuple(attention_mask.shape)}"
-        )
-    mask = attention_mask[:, -T:].bool()
-    return None if bool(mask.all()) else mask
+def _cache_argument(past_key_values: HybridCache | None, kwargs: dict) -> HybridCache | None:
+    """Recent transformers (5.x) hand the cache to ``forward`` as ``cache=`` (``past_key_values`` is
+    its deprecated name); accept either, so ``generate()`` keeps decoding from its cache."""
+    cache = kwargs.pop("cache", None)
+    return cache if past_key_values is None else past_key_values
+
+
+def _padding(
+    attention_mask: Tensor | None, cache: HybridCache | None, *, B: int, T: int, past: int
+) -> tuple[Tensor | None, KeyPadding | None, Tensor | None]:
+    """Padding of one forward, read once for every layer.
+
+    Returns ``(token_mask, padding, key_mask)``: ``token_mask [B, T]`` bool for the new tokens
+    (``None`` when none is padded) for the recurrent mixers; the attention layers' host-side
+    :class:`KeyPadding` (``None`` when no key is padded); the mask of every token so far
+    ``[B, past + T]`` for the cache to remember (``None`` when none is padded).
+
+    Everything the layers need comes from one small device-to-host copy (leading, real and trailing
+    tokens per row): one sync per forward, where reading the mask in each attention layer cost
+    several per layer.
+    """
+    past_mask = None if cache is None or past == 0 else cache.key_mask
+    if attention_mask is None and past_mask is None:
+        return None, None, None
+    if attention_mask is not None:
+        shape_ok = attention_mask.ndim == 2 and attention_mask.shape[0] == B
+        if not shape_ok or attention_mask.shape[1] not in (T, past + T):
+            raise ValueError(
+                f"attention_mask must be [B, past + T] = [{B}, {past + T}] (or [{B}, {T}]) of 0/1, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+    if attention_mask is not None and attention_mask.shape[1] == past + T:
+        full = attention_mask.bool()
+    else:
+        new = (attention_mask[:, -T:].bool() if attention_mask is not None
+               else torch.ones(B, T, dtype=torch.bool, device=past_mask.device))
+        if past:
+            old = past_mask if past_mask is not None else new.new_ones(B, past)
+            full = torch.cat([old.to(new.device), new], dim=1)
+        else:
+            full = new
+    total = full.shape[1]
+    pad = ~full
+    lead = pad.long().cumprod(dim=1).sum(dim=1)
+    trail = pad.flip(1).long().cumprod(dim=1).sum(dim=1)
+    real = full.sum(dim=1)
+    new_real = full[:, total - T:].sum(dim=1)
+    stats = torch.stack([lead, real, trail, new_real], dim=1).tolist()  # the one host sync
+    if all(r == total for _, r, _, _ in stats):
+        return None, None, None
+    token_mask = None if all(n == T for *_, n in stats) else full[:, total - T:]
+    if any(lo + r + tr != total and r > 0 for lo, r, tr, _ in stats):
+        raise ValueError(PADDING_LAYOUT_ERROR)
+    return token_mask, KeyPadding(lead=tuple(lo for lo, *_ in stats), total=total), full
 
 
 def _positions(
@@ -315,6 +367,7 @@ class GatedDeltaForCausalLM(GatedDeltaPreTrainedModel, GenerationMixin):
             ``CausalLMOutputWithPast(loss, logits [B, T', vocab] float32, past_key_values,
             hidden_states, attentions)``.
         """
+        past_key_values = _cache_argument(past_key_values, kwargs)
         out = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,

@@ -284,7 +284,30 @@ def _sdpa(a: _Attention) -> Tensor:
         kwargs["is_causal"] = True
     elif a.causal:
         kwargs["attn_mask"] = _lower_right_causal(T, S, q.device)
+    if T != S and q.device.type == "cuda" and not torch.compiler.is_compiling():
+        # Queries against a longer key cache (decoding, chunked prefill): the key length changes
+        # from call to call. On Hopper/Blackwell, torch >= 2.9 with a recent cuDNN prefers the cuDNN
+        # SDPA backend, which builds (and caches) one execution graph per shape: milliseconds per
+        # new key length, i.e. per layer per decoded token. Flash / memory-efficient attention have
+        # no per-shape setup, so cuDNN is left out for these calls (training, T == S, keeps it).
+        with _sdpa_without_cudnn():
+            o = F.scaled_dot_product_attention(q, k, v, **kwargs)
+        return o.transpose(1, 2)
     return F.scaled_dot_product_attention(q, k, v, **kwargs).transpose(1, 2)
+
+
+def _sdpa_without_cudnn() -> object:
+    """A context in which SDPA picks flash, memory-efficient or math attention, never cuDNN."""
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel(_non_cudnn_backends())
+
+
+@functools.cache
+def _non_cudnn_backends() -> list:
+    from torch.nn.attention import SDPBackend
+
+    return [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def _lower_right_causal(T: int, S: int, device: torch.device) -> object:

@@ -88,8 +88,10 @@ def _conv_batched(
     """One ``conv1d(groups=D)`` over ``[history ‖ x]`` per batch row."""
     B, T, D = x.shape
     W = weight.shape[1]
-    history = initial_state if initial_state is not None else x.new_zeros(B, D, W - 1)
-    xp = torch.cat([history, x.transpose(1, 2)], dim=2)  # (B, D, W−1+T)
+    if initial_state is None:  # zero history: one pad kernel instead of zeros + cat
+        xp = F.pad(x.transpose(1, 2), (W - 1, 0))  # (B, D, W−1+T)
+    else:
+        xp = torch.cat([initial_state, x.transpose(1, 2)], dim=2)
     y = F.conv1d(xp, weight.unsqueeze(1), bias, groups=D)  # (B, D, T)
     return y.transpose(1, 2), xp[:, :, T:]
 

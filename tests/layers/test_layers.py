@@ -172,3 +172,20 @@ def test_bad_layer_arguments():
     with pytest.raises(ValueError, match="num_kv_heads"):
         GatedAttention(hidden_size=HIDDEN, num_heads=4, head_dim=6, num_kv_heads=3)
     assert math.isfinite(make(Mamba2).A_log.sum().item())
+
+
+def test_sliding_window_cache_survives_buffer_compaction():
+    # 150 single-token steps with window 5: the window's view reaches the buffer's end (64 spare
+    # slots) twice and is copied to a fresh buffer; decoding must still match the full forward.
+    torch.manual_seed(0)
+    attn = GatedAttention(hidden_size=HIDDEN, num_heads=2, num_kv_heads=1, head_dim=6, window=5)
+    x = torch.randn(2, 150, HIDDEN)
+    pos = torch.arange(150)[None].expand(2, 150)
+    with torch.no_grad():
+        full, _ = attn(x, position_ids=pos)
+        state = KVState(window=5)
+        steps = [attn(x[:, :7], position_ids=pos[:, :7], cache=state)[0]]
+        for t in range(7, 150):
+            steps.append(attn(x[:, t:t + 1], position_ids=pos[:, t:t + 1], cache=state)[0])
+            assert state.key.shape[1] == 5
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
