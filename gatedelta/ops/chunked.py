@@ -328,28 +328,105 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
     m, t = decay.pairs([q, e], k)
     e_bar = decay.rows(e)
     K = k.shape[-1]
-    # Forward substitution of the unit-lower-triangular system (the WY representation); the
-    # solver reads only the strict lower triangle of t.
     rhs = torch.cat([e_bar, z.expand(*e_bar.shape[:-1], z.shape[-1])], dim=-1)
-    wr = torch.linalg.solve_triangular(t, rhs, upper=False, unitriangular=True)  # [W | R]
+    wr = _wy_solve(t, rhs)  # [W | R] = (I + T)⁻¹ [Ē | Z]
     return _Intra(decay.rows(q), m, wr[..., :K], wr[..., K:], decay.tails(k).mT, decay.last)
 
 
-def _step(s: Tensor, it: _Intra, j: int) -> tuple[Tensor, Tensor]:
-    """Chunk j of the block: ``U = R − W S₀`` and the state after it,
-    ``S_C = Diag(γ_C) S₀ + K̃ᵀ U``. s: ``[R, H, G, K, V]``."""
-    r = it.r.select(3, j)
-    decayed = s if it.last is None else s * it.last.select(3, j)[..., :, None]
+LEAF = 16
+"""Leaf size of :func:`_wy_solve`: diagonal blocks this large are inverted by one batched
+triangular solve; the rest is block forward substitution with matmuls."""
+
+
+def _wy_solve(t: Tensor, rhs: Tensor) -> Tensor:
+    """``(I + strict_tril(t))⁻¹ rhs`` for ``t`` ``[..., C, C]`` (only its strict lower triangle is
+    read) and ``rhs`` ``[..., C, D]`` with the same leading dims.
+
+    MKL's batched triangular solve on 64×64 blocks with 128 right-hand sides runs at a fraction
+    of matmul speed, so only the diagonal leaves of ``c = gcd(C, LEAF)`` tokens go through it
+    (inverted against the identity, all leaves at once); then block forward substitution over the
+    ``n = C / c`` leaf rows, ``X_i = A_ii (B_i − T_{i,<i} X_{<i})``, is ``2n − 1`` matmuls that
+    skip the zero upper triangle. Same operations as forward substitution, so the same rounding.
+    """
+    C, D = t.shape[-1], rhs.shape[-1]
+    c = math.gcd(C, LEAF)
+    n = C // c
+    lead = rhs.shape[:-2]
+    eye = torch.eye(c, dtype=t.dtype, device=t.device)
+    if n == 1:
+        return torch.linalg.solve_triangular(t, rhs, upper=False, unitriangular=True)
+    leaves = t.unflatten(-1, (n, c)).unflatten(-3, (n, c)).diagonal(dim1=-4, dim2=-2).movedim(-1, -3)
+    a = torch.linalg.solve_triangular(leaves, eye, upper=False, unitriangular=True)  # [..., n, c, c]
+    a = a.reshape(-1, n, c, c)
+    t3, b3 = t.reshape(-1, C, C), rhs.reshape(-1, C, D)
+    # Without autograd the leaf rows are written into one buffer and read back as views; with it,
+    # each row of X is its own tensor (a buffer written after being read breaks the backward).
+    inplace = not (torch.is_grad_enabled() and (t.requires_grad or rhs.requires_grad))
+    x = torch.empty_like(b3) if inplace else None
+    rows: list[Tensor] = []
+    for i in range(n):
+        r0, r1 = i * c, (i + 1) * c
+        y = b3[:, r0:r1]
+        if i:
+            if inplace:
+                y = torch.baddbmm(y, t3[:, r0:r1, :r0], x[:, :r0], alpha=-1)
+            else:
+                for l_, xl in enumerate(rows):
+                    y = torch.baddbmm(y, t3[:, r0:r1, l_ * c : (l_ + 1) * c], xl, alpha=-1)
+        xi = a[:, i] @ y
+        if inplace:
+            x[:, r0:r1] = xi
+        else:
+            rows.append(xi)
+    x = x if inplace else torch.cat(rows, dim=1)
+    return x.view(*lead, C, D)
+
+
+def _flat(x: Tensor, lead: tuple[int, int, int]) -> Tensor:
+    """``[R, n, H, G or 1, a, b]`` -> ``[n · R·H·G, a, b]``: chunk-major, one matrix per chunk and
+    (row, value head). A view for one row and full G; else one copy."""
+    R, H, G = lead
+    x = x.expand(R, x.shape[1], H, G, *x.shape[-2:])
+    return x.transpose(0, 1).reshape(-1, *x.shape[-2:])
+
+
+def _carry(it: _Intra, s: Tensor, lead: tuple[int, int, int], j0: int, lay: _Layout, reset) -> tuple:
+    """Stage 3: carry the state ``s`` ``[R·H·G, K, V]`` through the block's chunks.
+
+    Per chunk: ``U = R − W S₀`` and ``S_C = Diag(γ_C) S₀ + K̃ᵀ U`` (one multiply and two fused
+    multiply-adds on dense slices). ``reset(j)`` gives the state where a packed sequence starts.
+
+    Returns (states before each chunk ``[n·R·H·G, K, V]``, U ``[n·R·H·G, C, V]``, last state,
+    ``{chunk: state after it}`` for the chunks where a packed sequence ends).
+    """
+    n = it.r.shape[1]
+    rs = _flat(it.r, lead).unflatten(0, (n, -1)).unbind(0)
+    lasts = None
+    if it.last is not None:
+        lasts = _flat(it.last[..., None], lead).unflatten(0, (n, -1)).unbind(0)
     if it.w is None:
-        return decayed + it.psi.select(3, j), r
-    w, kt = it.w.select(3, j), it.kt.select(3, j)
-    if w.shape[:-2] == s.shape[:-2] == kt.shape[:-2] == r.shape[:-2]:
-        # one fused multiply-add each, on [R·H·G, ...] views
-        u = torch.baddbmm(r.flatten(0, 2), w.flatten(0, 2), s.flatten(0, 2), alpha=-1)
-        s = torch.baddbmm(decayed.flatten(0, 2), kt.flatten(0, 2), u)
-        return s.view(decayed.shape), u.view(r.shape)
-    u = r - w @ s
-    return decayed + kt @ u, u
+        psis = _flat(it.psi, lead).unflatten(0, (n, -1)).unbind(0)
+    else:
+        ws = _flat(it.w, lead).unflatten(0, (n, -1)).unbind(0)
+        kts = _flat(it.kt, lead).unflatten(0, (n, -1)).unbind(0)
+    before, us, ends = [], [], {}
+    for i in range(n):
+        j = j0 + i
+        if j in lay.starts:
+            s = reset(j)
+        before.append(s)
+        if it.w is None:
+            nxt = psis[i] + (s if lasts is None else s * lasts[i])
+        else:
+            u = torch.baddbmm(rs[i], ws[i], s, alpha=-1)
+            us.append(u)
+            # the decayed state is a fresh tensor: the update accumulates into it
+            nxt = torch.baddbmm(s, kts[i], u) if lasts is None else (s * lasts[i]).baddbmm_(kts[i], u)
+        s = nxt
+        if j in lay.ends:
+            ends[j] = s
+    u = _flat(it.r, lead) if it.w is None else torch.stack(us).flatten(0, 1)
+    return torch.stack(before).flatten(0, 1), u, s, ends
 
 
 # Stages 1 and 5: layout.
@@ -390,14 +467,14 @@ class _Layout:
         return torch.where(real, x[0, token.clamp(max=self.T - 1)], 0.0)[None]
 
     def put(self, o: Tensor, piece: Tensor, s0: int, s1: int) -> None:
-        """Write slots ``[s0, s1)`` (``piece`` ``[rows, H, G, chunks, C, V]``) into ``o``.
+        """Write slots ``[s0, s1)`` (``piece`` ``[rows, chunks, H, G, C, V]``) into ``o``.
 
         o: ``[B, T, HV, V]``, or ``[1, T + 1, HV, V]`` with varlen (row T collects the padding).
         """
         if self.token is None and s1 <= self.T:
             # straight from the chunked layout into o's slots (one copy, no reshaped temporary)
-            R, H, G, n, C, V = piece.shape
-            o[:, s0:s1].view(R, n, C, H, G, V).copy_(piece.permute(0, 3, 4, 1, 2, 5))
+            R, n, H, G, C, V = piece.shape
+            o[:, s0:s1].view(R, n, C, H, G, V).copy_(piece.permute(0, 1, 4, 2, 3, 5))
             return
         piece = _from_chunks(piece).to(o.dtype)
         if self.token is None:
@@ -431,19 +508,23 @@ def _layout(r: Recurrence, C: int) -> _Layout:
 
 
 def _to_chunks(x: Tensor | None, H: int, C: int) -> Tensor | None:
-    """``[R, L, heads, ...]`` -> ``[R, H, heads // H, L // C, C, ...]`` (a view)."""
+    """``[R, L, heads, ...]`` -> ``[R, L // C, H, heads // H, C, ...]`` (a view).
+
+    Chunks come before heads so that one chunk of every head, as the state loop reads it, is one
+    dense slice of each per-chunk term.
+    """
     if x is None:
         return None
     R, L, heads = x.shape[:3]
     rest = x.shape[3:]
     x = x.reshape(R, L // C, C, H, heads // H, *rest)
-    return x.permute(0, 3, 4, 1, 2, *range(5, 5 + len(rest)))
+    return x.permute(0, 1, 3, 4, 2, *range(5, 5 + len(rest)))
 
 
 def _from_chunks(o: Tensor) -> Tensor:
-    """``[R, H, G, chunks, C, V]`` -> ``[R, chunks · C, HV, V]``."""
-    R, H, G, n, C, V = o.shape
-    return o.permute(0, 3, 4, 1, 2, 5).reshape(R, n * C, H * G, V)
+    """``[R, chunks, H, G, C, V]`` -> ``[R, chunks · C, HV, V]``."""
+    R, n, H, G, C, V = o.shape
+    return o.permute(0, 1, 4, 2, 3, 5).reshape(R, n * C, H * G, V)
 
 
 
@@ -516,12 +597,18 @@ def recurrence(
     sub = math.gcd(C, sub_chunk)
 
     lay = _layout(r, C)
-    init = None if r.initial_state is None else r.initial_state.to(dt).view(N, H, G, K, V)
-    zero = torch.zeros(1, H, G, K, V, dtype=dt, device=dev)
+    # states as [rows · H · G, K, V]
+    init = None if r.initial_state is None else r.initial_state.to(dt).view(N, H * G, K, V)
+    zero = torch.zeros(H * G, K, V, dtype=dt, device=dev)
     if lay.token is None:
-        s = init if init is not None else zero.expand(B, H, G, K, V)
+        s = init.flatten(0, 1) if init is not None else zero.repeat(B, 1, 1)
     else:
         s = zero
+
+    def reset(j: int) -> Tensor:  # the state where packed sequence lay.starts[j] starts
+        return zero if init is None else init[lay.starts[j]]
+
+    lead = (lay.rows, H, G)
     finals: list[Tensor | None] = [None] * N
     # With varlen, padded slots write to an extra row T that is dropped at the end.
     # (every slot of o is written below; only the varlen padding row needs no value)
@@ -531,38 +618,29 @@ def recurrence(
     n_chunks = lay.slots // C
     for j0 in range(0, n_chunks, block):
         j1 = min(j0 + block, n_chunks)
-        # 1. this block's tokens in the chunked layout [R, H, G, chunks, C, ...]
-        # (q, k, g are copied into the layout; v, b, w stay views: their first products copy them)
+        # 1. this block's tokens in the chunked layout [R, chunks, H, G, C, ...], as views: the
+        # first products copy them (q is not scaled here: the scale goes into step 4's matmul)
         x = [None if t is None else _to_chunks(lay.take(t.to(dt), j0 * C, j1 * C), H, C)
              for t in (r.q, r.k, r.v, r.g, r.b, r.w)]
-        x[:2] = [x[0].contiguous(), x[1].contiguous()]
-        x[3] = None if x[3] is None else x[3].contiguous()
-        x[0] = x[0] * r.scale
         # 2. intra-chunk terms of the block
         it = _intra(*x, sub=sub)
         # 3. carry the state through the block's chunks
-        before, us = [], []
-        for j in range(j0, j1):
-            if j in lay.starts:
-                n = lay.starts[j]
-                s = zero if init is None else init[n : n + 1]
-            before.append(s.expand(lay.rows, H, G, K, V))
-            s, u = _step(s, it, j - j0)
-            us.append(u)
-            if j in lay.ends:
-                finals[lay.ends[j]] = s[0]
-        # 4. outputs of the block O = Q_γ S₀ + M U, 5. written to their tokens
-        u = it.r if it.w is None else torch.stack(us, dim=3)
-        o_blk = (it.q_gamma @ torch.stack(before, dim=3)).add_(it.m @ u)
+        s0, u, s, ends = _carry(it, s, lead, j0, lay, reset)
+        for j, sj in ends.items():
+            finals[lay.ends[j]] = sj
+        # 4. outputs of the block O = scale · (Q_γ S₀ + M U), [n · R·H·G, C, V]
+        o_blk = torch.baddbmm(_flat(it.m, lead) @ u, _flat(it.q_gamma, lead), s0, beta=r.scale, alpha=r.scale)
+        # 5. written to their tokens
+        o_blk = o_blk.view(j1 - j0, lay.rows, H, G, C, V).transpose(0, 1)
         lay.put(o, o_blk, j0 * C, j1 * C)
 
     o = o[:, :T]
     if not r.output_final_state:
         return o, None
     if lay.token is None:
-        final = s.expand(B, H, G, K, V)
+        final = s
     else:
         for n in lay.empty:
-            finals[n] = zero[0] if init is None else init[n]
+            finals[n] = zero if init is None else init[n]
         final = torch.stack(finals)
     return o, final.reshape(N, HV, K, V)
