@@ -2,7 +2,7 @@
 
 DESIGN §1. The sequence is cut into chunks of C tokens. Inside a chunk the delta updates compose
 into one unit-lower-triangular system (the WY representation); across chunks only the ``K×V``
-state travels. Per chunk, rows are tokens, ``γ_r = exp(Σ_{i≤r} g_i)`` and ``q`` is pre-scaled:
+state travels. Per chunk, rows are tokens, ``γ_r = exp(Σ_{i≤r} g_i)``; ``scale`` multiplies O:
 
     T  = strict_tril(E ⊛ K),  M = tril(Q ⊛ K),   (X ⊛ K)[r, s] = x_rᵀ Diag(γ_r/γ_s) k_s
     (I + T) [W | R] = [Ē | Z]                     Ē rows γ_r⊙e_r,  Z rows w_r⊙v_r
@@ -10,13 +10,13 @@ state travels. Per chunk, rows are tokens, ``γ_r = exp(Σ_{i≤r} g_i)`` and ``
 
 Stages of :func:`recurrence`, one block of chunks at a time:
 
-1. layout: the block's tokens become ``[rows, H, G, chunks, C, ...]``; with ``cu_seqlens`` each
+1. layout: the block's tokens become ``[rows, chunks, H, G, C, ...]``; with ``cu_seqlens`` each
    sequence is padded to whole chunks and the sequences follow each other, so no chunk straddles
    two sequences;
 2. the intra-chunk terms ``Q_γ, M, W, R, K̃`` of all the block's chunks at once;
 3. a loop over the block's chunks carries the state (reset where a packed sequence starts):
    two small matmuls per chunk, ``U = R − W S₀`` and ``S_C = Diag(γ_C) S₀ + K̃ᵀ U``;
-4. ``O = Q_γ S₀ + M U`` for the block; 5. written straight into the output ``[B, T, HV, V]``.
+4. ``O = scale · (Q_γ S₀ + M U)`` for the block; 5. written straight into the output ``[B, T, HV, V]``.
 
 Blocks bound the working memory: besides the output only per-block tensors exist (O(T·HV·V) in
 all), never a ``[T, T]`` matrix, a per-token state or a padded copy of the inputs.
@@ -46,8 +46,10 @@ from .spec import Recurrence
 
 Tensor = torch.Tensor
 
-CHUNK = 64
-"""Default chunk length C."""
+CHUNK = 32
+"""Default chunk length C. On the 2-core CPU (gdn2, T = 4096, H = 4, K = V = 64) 32 measured
+~10% faster than 64 (the per-channel pair hierarchy has one level less per token and the
+intra-chunk matmuls are half as long, for twice as many state steps); 16 and 128 were slower."""
 SUB_CHUNK = 1
 """Leaf size for per-channel decay: pairs inside a leaf use exact pairwise factors, pairs across
 leaves factor through a binary hierarchy (see :class:`_ChannelDecay`). 1 (no pairwise factors at
@@ -55,8 +57,8 @@ all) measured fastest on the CPU for C = 64, then 2, 4, 8."""
 BLOCK_TOKENS = 1024
 """Token-heads per thread whose intra-chunk terms are formed together; bounds the working memory
 (a block is ``BLOCK_TOKENS · min(threads, 8)`` token-heads, independent of T). 1024 per thread
-measured fastest on the 2-core CPU (a thread's share of a block stays in its 2 MiB L2 cache):
-50 ms at 1 thread vs 56 ms at 2048; with 2 threads 2048-4096 in all beat 1024 (38 vs 41 ms)."""
+measured fastest on the 2-core CPU with C = 32 (smaller blocks pay more per-op overhead, larger
+ones fall out of cache): with 2 threads ~27 ms vs ~29 ms at 2048 and ~33 ms at 4096."""
 
 
 # Segment sums of g: the only way decay factors are formed.
@@ -112,7 +114,7 @@ def _rev_excl_cumsum(x: Tensor, dim: int) -> Tensor:
 
 
 # Decay plans: one per gate form. Each gives, for one block of chunks (leading dims ``...`` =
-# [rows, H, G, chunks]):
+# [rows, chunks, H, G]):
 #   rows(x)    γ_r ⊙ x_r                      [..., C, D] -> [..., C, D]
 #   tails(k)   (γ_C/γ_s) ⊙ k_s                [..., C, K] -> [..., C, K]
 #   pairs(xs, k)  for each x: tril([x_rᵀ Diag(γ_r/γ_s) k_s]_{r,s})  [..., C, K] -> [..., C, C]
@@ -297,9 +299,9 @@ def _gate(x: Tensor, gate: Tensor | None) -> Tensor:
 
 @dataclass
 class _Intra:
-    """Per-chunk terms of one block. Leading dims ``[rows, H, G or 1, chunks]``."""
+    """Per-chunk terms of one block. Leading dims ``[rows, chunks, H, G or 1]``."""
 
-    q_gamma: Tensor  # Q_γ                   [..., C, K]
+    q_gamma: Tensor  # Q_γ (q not scaled)    [..., C, K]
     m: Tensor  # M = tril(Q ⊛ K)             [..., C, C]
     w: Tensor | None  # W = A Ē              [..., C, K]; None without erase
     r: Tensor  # R = A Z (Z without erase)   [..., C, V]
@@ -313,8 +315,8 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
     """Intra-chunk terms for a block of chunks.
 
     Args:
-        q, k: ``[R, H, 1, n, C, K]`` (q pre-scaled). v: ``[R, H, G, n, C, V]``.
-        g: None, ``[R, H, G, n, C]`` or ``[R, H, G, n, C, K]``. b: None or per head / per K channel.
+        q, k: ``[R, n, H, 1, C, K]`` (q not scaled). v: ``[R, n, H, G, C, V]``.
+        g: None, ``[R, n, H, G, C]`` or ``[R, n, H, G, C, K]``. b: None or per head / per K channel.
         w: None or per head / per V channel.
     """
     decay = _decay_plan(g, q, sub)
@@ -409,6 +411,25 @@ def _carry(it: _Intra, s: Tensor, lead: tuple[int, int, int], j0: int, lay: _Lay
     else:
         ws = _flat(it.w, lead).unflatten(0, (n, -1)).unbind(0)
         kts = _flat(it.kt, lead).unflatten(0, (n, -1)).unbind(0)
+    varlen = lay.token is not None
+    if it.w is not None and lasts is not None and not (torch.is_grad_enabled() and any(
+            x.requires_grad for x in (s, it.r, it.w, it.kt, it.last))):
+        # Without autograd: states and U go straight into preallocated buffers (out=), so no
+        # per-chunk tensors are allocated and nothing is stacked afterwards.
+        states = s.new_empty(n + 1, *s.shape)  # states[i]: before chunk i
+        us_buf = it.r.new_empty(n, *rs[0].shape)
+        states[0] = s
+        ends = {}
+        for i in range(n):
+            j = j0 + i
+            if varlen and j in lay.starts:
+                states[i] = reset(j)
+            s, u, nxt = states[i], us_buf[i], states[i + 1]
+            torch.baddbmm(rs[i], ws[i], s, alpha=-1, out=u)
+            torch.mul(s, lasts[i], out=nxt).baddbmm_(kts[i], u)
+            if varlen and j in lay.ends:
+                ends[j] = nxt.clone()  # the buffer row may be overwritten by a reset
+        return states[:n].flatten(0, 1), us_buf.flatten(0, 1), states[n].clone(), ends
     before, us, ends = [], [], {}
     for i in range(n):
         j = j0 + i
