@@ -73,6 +73,14 @@ def test_head_dims_not_powers_of_two():
     _compare("gdn2", args, s0)
 
 
+@pytest.mark.parametrize("op, K, V", [("gdn2", 160, 24), ("gdn", 256, 16)])
+def test_wide_keys_use_every_state_slot(op, K, V):
+    # The sequential kernels hold the state as up to four 64-row slots: K = 160 fills three (the
+    # last one masked), K = 256 all four.
+    args, s0 = make_inputs(op, B=1, T=70, H=1, G=1, K=K, V=V, dtype=torch.float32)
+    _compare(op, args, s0)
+
+
 def test_varlen_matches_reference():
     args, s0 = make_inputs("gdn2", B=1, T=170, H=1, G=2, K=16, V=16, dtype=torch.float32)
     cu = torch.tensor([0, 30, 100, 170], dtype=torch.int32, device=DEV)

@@ -31,13 +31,64 @@ from .common import (
     dot_precision,
     empty,
     gate_form,
+    launch_configs,
     pair_left,
     pair_right,
     prepare_chunks,
 )
-from .forward import _pow2, chunk_intra, chunk_state, load_erase, state_block_v
+from .forward import (
+    _pow2,
+    chunk_intra,
+    chunk_state,
+    decayed_keys,
+    load_erase,
+    load_slot,
+    state_block_v,
+    state_slot,
+    store_slot,
+)
 
 
+@triton.jit
+def state_bwd_slot_dR(b_dS, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s, o_v, m_v,
+                      H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                      DECAY: tl.constexpr, PREC: tl.constexpr):
+    """Phase 1 of one K slot ``o_s`` of ``dS_C``: store it as the chunk's dh and return its share
+    ``K̃ dS_C`` of dR."""
+    tl.store(dh + p_dh + o_s[:, None] * V + o_v[None, :], b_dS, mask=(o_s < K)[:, None] & m_v[None, :])
+    b_k, _ = decayed_keys(k, G, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY)
+    return tl.dot(b_k, b_dS, input_precision=PREC)
+
+
+@triton.jit
+def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s, scale,
+                          H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, DECAY: tl.constexpr,
+                          ERASE: tl.constexpr, PREC: tl.constexpr):
+    """Phase 2 of one K slot: ``dS₀ = γ_C ⊙ dS_C + scale·Q_γᵀ dO − Ēᵀ dY``."""
+    m_k = o_s < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_s[None, :], mask=m_tk, other=0).to(tl.float32)
+    _, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_s, m_tk, H, HV, K, ERASE)
+    if DECAY == 2:
+        b_gam = tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0))
+        b_q *= b_gam
+        b_e *= b_gam
+        b_dS *= tl.exp(tl.load(G + (i_last * HV + i_hv) * K + o_s, mask=m_k, other=0))[:, None]
+    elif DECAY == 1:
+        b_gam = tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
+        b_q *= b_gam
+        b_e *= b_gam
+        b_dS *= tl.exp(tl.load(G + i_last * HV + i_hv))
+    b_dS += tl.dot(tl.trans(b_q * scale), b_do, input_precision=PREC)
+    if ERASE > 0:
+        b_dS -= tl.dot(tl.trans(b_e), b_dY, input_precision=PREC)
+    return b_dS
+
+
+@triton.autotune(
+    launch_configs((4, 8), (1, 2, 3)),
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE"],
+)
 @triton.jit
 def chunk_state_bwd_kernel(
     q, k, b, G, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
@@ -49,7 +100,8 @@ def chunk_state_bwd_kernel(
     """One program per (value block, sequence·head), last chunk first.
 
     Writes dh ``[NT, HV, K, V]`` (gradient of each chunk's outgoing state), dY ``[Ttot, HV, V]``
-    and dh0 ``[N, HV, K, V]``. BK covers all of K.
+    and dh0 ``[N, HV, K, V]``. The ``[K, BV]`` state gradient is held as up to four ``[BK, BV]``
+    slots, as in the forward's state kernel.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -57,60 +109,81 @@ def chunk_state_bwd_kernel(
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     i_c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    tl.static_assert(K <= 4 * BK)
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    p_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
+    m_v = o_v < V
+    o_s0, o_s1, o_s2, o_s3 = o_k, BK + o_k, 2 * BK + o_k, 3 * BK + o_k
+    p_n = i_nh.to(tl.int64) * K * V
 
-    b_dS = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dS0 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dS1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dS2 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dS3 = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
-        b_dS += tl.load(dht + i_nh.to(tl.int64) * K * V + p_kv, mask=m_kv, other=0)
-    i_c = tl.cdiv(eos - bos, BT) - 1
-    while i_c >= 0:
+        b_dS0 += load_slot(dht, p_n, o_s0, o_v, m_v, K, V)
+        if K > BK:
+            b_dS1 += load_slot(dht, p_n, o_s1, o_v, m_v, K, V)
+        if K > 2 * BK:
+            b_dS2 += load_slot(dht, p_n, o_s2, o_v, m_v, K, V)
+        if K > 3 * BK:
+            b_dS3 += load_slot(dht, p_n, o_s3, o_v, m_v, K, V)
+    NTs = tl.cdiv(eos - bos, BT)
+    for j in range(NTs):  # a for loop (software-pipelined) walking the chunks last to first
+        i_c = NTs - 1 - j
         o_row = bos + i_c * BT + o_t
         m_t = o_row < eos
-        m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        tl.store(dh + ((i_c0 + i_c) * HV + i_hv) * K * V + p_kv, b_dS, mask=m_kv)
+        p_dh = ((i_c0 + i_c) * HV + i_hv) * K * V
+        i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
         p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-        b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
-        b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
-        i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
-        if DECAY == 2:
-            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
-            b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=m_k, other=0)
-            b_k *= tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
-            b_q *= tl.exp(b_G)
-            b_e *= tl.exp(b_G)
-        elif DECAY == 1:
-            b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
-            b_gl = tl.load(G + i_last * HV + i_hv)
-            b_k *= tl.exp(tl.minimum(b_gl - b_G, 0.0))[:, None]
-            b_q *= tl.exp(b_G)[:, None]
-            b_e *= tl.exp(b_G)[:, None]
-        b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC) + tl.dot(b_k, b_dS, input_precision=PREC)
+        # dR = Mᵀ dO + K̃ dS_C
+        b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
+        b_dR += state_bwd_slot_dR(b_dS0, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
+                                  H, HV, K, V, DECAY, PREC)
+        if K > BK:
+            b_dR += state_bwd_slot_dR(b_dS1, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v, m_v,
+                                      H, HV, K, V, DECAY, PREC)
+        if K > 2 * BK:
+            b_dR += state_bwd_slot_dR(b_dS2, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v, m_v,
+                                      H, HV, K, V, DECAY, PREC)
+        if K > 3 * BK:
+            b_dR += state_bwd_slot_dR(b_dS3, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v, m_v,
+                                      H, HV, K, V, DECAY, PREC)
         if ERASE > 0:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
             b_dY = tl.dot(tl.trans(b_A), b_dR, input_precision=PREC)
         else:
             b_dY = b_dR
         tl.store(dY + p_tv, b_dY, mask=m_tv)
-        if DECAY == 2:
-            b_dS *= tl.exp(b_gl)[:, None]
-        elif DECAY == 1:
-            b_dS *= tl.exp(b_gl)
-        b_dS += tl.dot(tl.trans(b_q * scale), b_do, input_precision=PREC)
-        if ERASE > 0:
-            b_dS -= tl.dot(tl.trans(b_e), b_dY, input_precision=PREC)
-        i_c -= 1
+        b_dS0 = state_bwd_slot_update(b_dS0, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s0,
+                                      scale, H, HV, K, DECAY, ERASE, PREC)
+        if K > BK:
+            b_dS1 = state_bwd_slot_update(b_dS1, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s1,
+                                          scale, H, HV, K, DECAY, ERASE, PREC)
+        if K > 2 * BK:
+            b_dS2 = state_bwd_slot_update(b_dS2, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s2,
+                                          scale, H, HV, K, DECAY, ERASE, PREC)
+        if K > 3 * BK:
+            b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s3,
+                                          scale, H, HV, K, DECAY, ERASE, PREC)
     if STORE_DH0:
-        tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_kv, b_dS, mask=m_kv)
+        store_slot(dh0, p_n, b_dS0, o_s0, o_v, m_v, K, V)
+        if K > BK:
+            store_slot(dh0, p_n, b_dS1, o_s1, o_v, m_v, K, V)
+        if K > 2 * BK:
+            store_slot(dh0, p_n, b_dS2, o_s2, o_v, m_v, K, V)
+        if K > 3 * BK:
+            store_slot(dh0, p_n, b_dS3, o_s3, o_v, m_v, K, V)
 
 
+@triton.autotune(
+    launch_configs((4, 8), (1, 2)),
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE"],
+)
 @triton.jit
 def chunk_grad_kernel(
     q, k, v, g, b, w, G, R, h, do, dY, dh,
@@ -313,9 +386,8 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
             q, k, q if b is None else b, M if G is None else G, M, M if A is None else A, do, dY, dh,
             dh if dht is None else dht, dh if dh0 is None else dh0, cu, chunk_offsets, scale,
-            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=_pow2(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
+            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
-            num_warps=TUNING["state_bwd_warps"],
         )
         chunk_grad_kernel[(NK, NT, HV)](
             q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
@@ -323,7 +395,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw,
             cu, chunk_indices, scale, Ttot,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PREC=PREC, num_warps=TUNING["grad_warps"],
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PREC=PREC,
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)

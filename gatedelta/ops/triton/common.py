@@ -27,14 +27,24 @@ import triton.language as tl
 G_MIN = tl.constexpr(-110.0)
 # Chunk length (the (I + T)⁻¹ solve is written for 4 blocks of 16, the pair split for 6 levels).
 CHUNK = 64
-# Launch parameters of the chunk kernels (warps, K / V block widths). Module-level so that
-# `benchmarks/tune_kernels.py` can sweep them; the values here are the best of
-# its sweep on the H200 (benchmarks/results/tune_gdn2_h200.json).
-TUNING = {
-    "intra_warps": 8, "intra_bk": 32,  # intra_bk: K block of the per-channel-decay intra kernel
-    "state_warps": 4, "output_warps": 8, "output_bk": 128,
-    "state_bwd_warps": 4, "grad_warps": 8, "grad_bk": 32, "grad_bv": 32,
-}
+# Block widths of the chunk kernels (K / V tiles). Module-level so that
+# `benchmarks/tune_kernels.py` can sweep them; the values here are the best of its sweep on the
+# H200 (benchmarks/results/tune_gdn2_h200.json). Warps and pipeline stages are autotuned per shape.
+TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32}
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def launch_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[triton.Config]:
+    """Autotuning candidates (warps × software-pipeline stages); one under the interpreter.
+
+    Every chunk kernel only stores (no accumulation into its outputs), so re-running it while
+    tuning is harmless.
+    """
+    if INTERPRET:
+        return [triton.Config({}, num_warps=4, num_stages=1)]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
+
+
 # Debug mode (tests): fill every kernel output with NaN before the kernels write it, so an element
 # a kernel forgets to write cannot pass.
 POISON = os.environ.get("GATEDELTA_TRITON_POISON") == "1"

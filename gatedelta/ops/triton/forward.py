@@ -27,6 +27,7 @@ from .common import (
     empty,
     gate_form,
     inverse_precision,
+    launch_configs,
     pair_matrices,
     prepare_chunks,
 )
@@ -133,6 +134,17 @@ def load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV: tl.constexpr, K: tl.conste
 
 
 @triton.jit
+def load_slot(x, p_n, o_s, o_v, m_v, K: tl.constexpr, V: tl.constexpr):
+    """Rows ``o_s`` of one ``[K, V]`` fp32 state at ``x + p_n``, value columns ``o_v``."""
+    return tl.load(x + p_n + o_s[:, None] * V + o_v[None, :], mask=(o_s < K)[:, None] & m_v[None, :], other=0)
+
+
+@triton.jit
+def store_slot(x, p_n, b_S, o_s, o_v, m_v, K: tl.constexpr, V: tl.constexpr):
+    tl.store(x + p_n + o_s[:, None] * V + o_v[None, :], b_S, mask=(o_s < K)[:, None] & m_v[None, :])
+
+
+@triton.jit
 def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl.constexpr,
                         BT: tl.constexpr, BK: tl.constexpr):
     """Chunk-local cumulative per-channel log-decay, G ``[Ttot, HV, K]`` fp32, for the stages that
@@ -150,6 +162,10 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
     tl.store(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], b_G, mask=m_tk)
 
 
+@triton.autotune(
+    launch_configs((4, 8), (1, 2)),
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE"],
+)
 @triton.jit
 def chunk_intra_kernel(
     q, k, v, g, b, w, G, M, A, W, U, cu_seqlens, chunk_indices, scale,
@@ -226,6 +242,56 @@ def chunk_intra_kernel(
 
 
 @triton.jit
+def decayed_keys(k, G, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
+                 K: tl.constexpr, DECAY: tl.constexpr):
+    """One K slot of a chunk: the keys decayed to the chunk end, ``k̃_r = exp(G_C − G_r) ⊙ k_r``
+    ``[BT, BK]`` fp32, and the chunk's total decay ``γ_C`` (``[BK, 1]``, a scalar, or 1)."""
+    m_tk = m_t[:, None] & m_k[None, :]
+    b_k = tl.load(k + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+    if DECAY == 2:
+        b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+        b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=m_k, other=0)
+        b_k *= tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
+        b_decay = tl.exp(b_gl)[:, None]
+    elif DECAY == 1:
+        b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
+        b_gl = tl.load(G + i_last * HV + i_hv)
+        b_k *= tl.exp(tl.minimum(b_gl - b_G, 0.0))[:, None]
+        b_decay = tl.exp(b_gl)
+    else:
+        b_decay = 1.0
+    return b_k, b_decay
+
+
+@triton.jit
+def state_slot_step(b_S, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s, o_v, m_v,
+                    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                    DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr):
+    """Phase 1 of one K slot ``o_s`` of the state: store it as the chunk's incoming state and
+    return its share of ``W S₀`` (0 without an erase gate)."""
+    m_k = o_s < K
+    tl.store(h + p_h + o_s[:, None] * V + o_v[None, :], b_S, mask=m_k[:, None] & m_v[None, :])
+    if ERASE > 0:
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_W = tl.load(W + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0)
+        return tl.dot(b_W, b_S, input_precision=PREC)
+    else:
+        return tl.zeros(b_R.shape, dtype=tl.float32)
+
+
+@triton.jit
+def state_slot_update(b_S, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s, H: tl.constexpr, HV: tl.constexpr,
+                      K: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
+    """Phase 2 of one K slot: ``S ← γ_C ⊙ S + K̃ᵀ R``."""
+    b_k, b_decay = decayed_keys(k, G, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY)
+    return b_S * b_decay + tl.dot(tl.trans(b_k), b_R, input_precision=PREC)
+
+
+@triton.autotune(
+    launch_configs((4, 8), (1, 2, 3)),
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE"],
+)
+@triton.jit
 def chunk_state_kernel(
     k, v, w, G, W, U, R, h, h0, ht, cu_seqlens, chunk_offsets,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -236,7 +302,10 @@ def chunk_state_kernel(
     """One program per (value block, sequence·head), walking the sequence's chunks in order.
 
     Writes the incoming state of each chunk h ``[NT, HV, K, V]`` fp32, the corrected values
-    R ``[Ttot, HV, V]`` fp32 and the final state ht ``[N, HV, K, V]``. BK covers all of K.
+    R ``[Ttot, HV, V]`` fp32 and the final state ht ``[N, HV, K, V]``.
+
+    The ``[K, BV]`` state is held as up to four ``[BK, BV]`` slots (K ≤ 4·BK), each its own
+    register tile: one ``[K, BV]`` tile with its ``[BT, K]`` operands spills at K = 128.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -244,51 +313,74 @@ def chunk_state_kernel(
     bos = tl.load(cu_seqlens + i_n).to(tl.int64)
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     i_c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    tl.static_assert(K <= 4 * BK)
     o_t = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    p_kv = o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
+    m_v = o_v < V
+    o_s0, o_s1, o_s2, o_s3 = o_k, BK + o_k, 2 * BK + o_k, 3 * BK + o_k
+    p_n = i_nh.to(tl.int64) * K * V
 
-    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    b_S0 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_S2 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_S3 = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
-        b_S += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_kv, mask=m_kv, other=0)
-    # A while loop: the trip count is data (sequence length), which Triton's interpreter cannot
-    # take as a range bound.
-    NTs = tl.cdiv(eos - bos, BT)
-    i_c = 0
-    while i_c < NTs:
+        b_S0 += load_slot(h0, p_n, o_s0, o_v, m_v, K, V)
+        if K > BK:
+            b_S1 += load_slot(h0, p_n, o_s1, o_v, m_v, K, V)
+        if K > 2 * BK:
+            b_S2 += load_slot(h0, p_n, o_s2, o_v, m_v, K, V)
+        if K > 3 * BK:
+            b_S3 += load_slot(h0, p_n, o_s3, o_v, m_v, K, V)
+    # A for loop over a data-dependent trip count (not a while loop): the compiler software-
+    # pipelines it, prefetching the next chunk's rows while this chunk's products run.
+    for i_c in range(tl.cdiv(eos - bos, BT)):
         o_row = bos + i_c * BT + o_t
         m_t = o_row < eos
-        m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        tl.store(h + ((i_c0 + i_c) * HV + i_hv) * K * V + p_kv, b_S, mask=m_kv)
+        p_h = ((i_c0 + i_c) * HV + i_hv) * K * V
+        i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
         if ERASE > 0:
-            b_W = tl.load(W + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
             b_R = tl.load(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_tv, other=0)
-            b_R -= tl.dot(b_W, b_S, input_precision=PREC)
         else:
             b_R = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
+        b_R -= state_slot_step(b_S0, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
+                               H, HV, K, V, DECAY, ERASE, PREC)
+        if K > BK:
+            b_R -= state_slot_step(b_S1, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v, m_v,
+                                   H, HV, K, V, DECAY, ERASE, PREC)
+        if K > 2 * BK:
+            b_R -= state_slot_step(b_S2, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v, m_v,
+                                   H, HV, K, V, DECAY, ERASE, PREC)
+        if K > 3 * BK:
+            b_R -= state_slot_step(b_S3, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v, m_v,
+                                   H, HV, K, V, DECAY, ERASE, PREC)
         tl.store(R + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], b_R, mask=m_tv)
-        b_k = tl.load(k + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
-        i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
-        if DECAY == 2:
-            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
-            b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=m_k, other=0)
-            b_S *= tl.exp(b_gl)[:, None]
-            b_k *= tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
-        elif DECAY == 1:
-            b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
-            b_gl = tl.load(G + i_last * HV + i_hv)
-            b_S *= tl.exp(b_gl)
-            b_k *= tl.exp(tl.minimum(b_gl - b_G, 0.0))[:, None]
-        b_S += tl.dot(tl.trans(b_k), b_R, input_precision=PREC)
-        i_c += 1
+        b_S0 = state_slot_update(b_S0, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K, DECAY, PREC)
+        if K > BK:
+            b_S1 = state_slot_update(b_S1, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s1, H, HV, K, DECAY,
+                                     PREC)
+        if K > 2 * BK:
+            b_S2 = state_slot_update(b_S2, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s2, H, HV, K, DECAY,
+                                     PREC)
+        if K > 3 * BK:
+            b_S3 = state_slot_update(b_S3, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s3, H, HV, K, DECAY,
+                                     PREC)
     if STORE_HT:
-        tl.store(ht + i_nh.to(tl.int64) * K * V + p_kv, b_S, mask=m_kv)
+        store_slot(ht, p_n, b_S0, o_s0, o_v, m_v, K, V)
+        if K > BK:
+            store_slot(ht, p_n, b_S1, o_s1, o_v, m_v, K, V)
+        if K > 2 * BK:
+            store_slot(ht, p_n, b_S2, o_s2, o_v, m_v, K, V)
+        if K > 3 * BK:
+            store_slot(ht, p_n, b_S3, o_s3, o_v, m_v, K, V)
 
 
+@triton.autotune(
+    launch_configs((4, 8), (1, 2, 3)),
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY"],
+)
 @triton.jit
 def chunk_output_kernel(
     q, G, M, R, h, o, cu_seqlens, chunk_indices, scale,
@@ -333,6 +425,11 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
+def state_slot(K: int) -> int:
+    """Rows per state slot of the sequential kernels (the state is up to 4 slots of K rows)."""
+    return min(64, _pow2(K))
+
+
 def state_block_v(V: int, K: int, programs: int) -> int:
     """Value-block width of the sequential kernels: narrow enough to give the GPU ≥ ~256 programs
     (long single sequences have few heads to spread over), wide enough to feed the matrix units."""
@@ -369,7 +466,7 @@ def chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, *, store_a: bool
         # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
         H=H, HV=HV, K=K, V=V, BT=BT, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
         BV=min(64, _pow2(V)), DECAY=DECAY, ERASE=ERASE, WRITE=WRITE,
-        PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype), num_warps=TUNING["intra_warps"],
+        PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
     )
     return G, M, A, W, U
 
@@ -386,9 +483,8 @@ def chunk_state(k, v, w, G, W, U, h0, cu, chunk_offsets, NT, N, *, erase: int, d
     chunk_state_kernel[(triton.cdiv(V, BV), N * HV)](
         k, v, k if w is None else w, k if G is None else G, k if W is None else W, k if U is None else U,
         R, h, ht if h0 is None else h0, ht, cu, chunk_offsets,
-        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=_pow2(K), BV=BV, DECAY=decay, ERASE=erase,
+        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=decay, ERASE=erase,
         WRITE=gate_form(w), USE_H0=h0 is not None, STORE_HT=True, PREC=dot_precision(k.dtype),
-        num_warps=TUNING["state_warps"],
     )
     return h, R, ht
 
@@ -418,6 +514,6 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
         q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(TUNING["output_bk"], _pow2(K)), BV=BV, DECAY=gate_form(g),
-        PREC=dot_precision(q.dtype), num_warps=TUNING["output_warps"],
+        PREC=dot_precision(q.dtype),
     )
     return o, ht
