@@ -13,6 +13,8 @@ Padding, packing and positions, decided once here and handed to every block:
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -235,6 +237,13 @@ class GatedDeltaModel(GatedDeltaPreTrainedModel):
         )
 
 
+# The name under which GenerationMixin passes the cache between steps.
+_GENERATION_CACHE_KEY = (
+    "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+    else "past_key_values"
+)
+
+
 def _cache_argument(past_key_values: HybridCache | None, kwargs: dict) -> HybridCache | None:
     """Recent transformers (5.x) hand the cache to ``forward`` as ``cache=`` (``past_key_values`` is
     its deprecated name); accept either, so ``generate()`` keeps decoding from its cache."""
@@ -390,9 +399,13 @@ class GatedDeltaForCausalLM(GatedDeltaPreTrainedModel, GenerationMixin):
         return result if return_dict else result.to_tuple()
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs) -> None:
-        """generate(): start from a fresh :class:`HybridCache` unless the caller passed one."""
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache is not False:
-            model_kwargs["past_key_values"] = HybridCache(self.config)
+        """generate(): start from a fresh :class:`HybridCache` unless the caller passed one.
+
+        The cache goes under the name this transformers version's generation loop uses (``cache``
+        since 5.2x, ``past_key_values`` before), so no deprecation path copies it under both."""
+        given = model_kwargs.get("cache") or model_kwargs.get("past_key_values")
+        if given is None and generation_config.use_cache is not False:
+            model_kwargs[_GENERATION_CACHE_KEY] = HybridCache(self.config)
 
 
 def causal_lm_loss(logits: Tensor, labels: Tensor, *, cu_seqlens: Tensor | None = None) -> Tensor:
