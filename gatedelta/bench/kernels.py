@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import sys
 import time
 import traceback
 
@@ -437,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
         "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",), op_names=tuple(a.ops)),
     }
     for name in a.steps:
-        res = {"env": env, "command": "gatedelta bench kernels " + " ".join(argv or [])}
+        args = sys.argv[1:] if argv is None else argv
+        res = {"env": env, "command": "gatedelta bench kernels " + " ".join(args)}
         path = os.path.join(a.out, f"kernels_{name}_{a.tag}.json" if name not in ("speed", "check") else
                             f"kernels_{name}_{'_'.join(a.ops)}_{a.tag}.json")
         t0 = time.time()
