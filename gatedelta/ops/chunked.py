@@ -290,8 +290,9 @@ class _PairWork:
         self.xp = new(N, C, m, K)  # x ⊙ P_h for each x
         self.kq = new(N, C, K)  # k ⊙ Q_h
         self.out = like.new_zeros(N, C, m, C)  # pairs [r, x, s]
-        self.diag = self.out.diagonal(dim1=1, dim2=3).view(N, m, C)  # [n, x, r]: (r, r)
-        self.prod = new(N, C, m, K)  # x_r ⊙ k_r, summed into the diagonal
+        self.diag = self.out.diagonal(dim1=1, dim2=3).permute(1, 0, 2)  # [x, n, r]: (r, r)
+        # x_r ⊙ k_r and its sums, one dense slab per x (a strided output costs ~2x here)
+        self.prod, self.dsum = new(m, N, C, K), new(m, N, C)
         self.levels = []
         tot, h = self.a, 1
         while h < C:
@@ -325,11 +326,11 @@ class _PairWork:
         kq = self.kq.view(shape)
         kq.copy_(k)
         xp = self.xp.view(*shape[:-1], m, shape[-1])
-        prod = self.prod.view(*shape[:-1], m, shape[-1])
         for i, x in enumerate(xs):
-            torch.mul(x, kq, out=prod[..., i, :])
+            torch.mul(x, kq, out=self.prod[i].view(shape))
             torch.mul(x, a, out=xp[..., i, :])
-        torch.sum(self.prod, -1, out=self.diag.transpose(1, 2))
+        torch.sum(self.prod, -1, out=self.dsum)
+        self.diag.copy_(self.dsum)
         for lv in self.levels:
             x_, k_, o_ = lv["mm"]
             if lv["prod"] is None:
@@ -420,8 +421,16 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
     e = _gate(k, b)
     m, t = decay.pairs([q, e], k)
     e_bar = decay.rows(e)
+    z = z.expand(*e_bar.shape[:-1], z.shape[-1])
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in (t, e_bar, z))):
+        # Without autograd: (I + T)⁻¹ itself (the same substitution on the identity: C columns
+        # instead of K + V), then W and R as one matmul each. No [Ē | Z] copy is made, and the
+        # two [C, C] x [C, ·] products run faster than the substitution's smaller ones.
+        inv = _wy_inverse(t)
+        z = z.contiguous()  # the matmul would copy it anyway (w ⊙ v keeps the chunk view's order)
+        return _Intra(decay.rows(q), m, inv @ e_bar, inv @ z, decay.tails(k).mT, decay.last)
     K = k.shape[-1]
-    rhs = torch.cat([e_bar, z.expand(*e_bar.shape[:-1], z.shape[-1])], dim=-1)
+    rhs = torch.cat([e_bar, z], dim=-1)
     wr = _wy_solve(t, rhs)  # [W | R] = (I + T)⁻¹ [Ē | Z]
     return _Intra(decay.rows(q), m, wr[..., :K], wr[..., K:], decay.tails(k).mT, decay.last)
 
@@ -473,6 +482,32 @@ def _wy_solve(t: Tensor, rhs: Tensor) -> Tensor:
             rows.append(xi)
     x = x if inplace else torch.cat(rows, dim=1)
     return x.view(*lead, C, D)
+
+
+def _wy_inverse(t: Tensor) -> Tensor:
+    """``(I + strict_tril(t))⁻¹`` for ``t`` ``[..., C, C]`` (only its strict lower triangle is read).
+
+    Block lower triangular over leaves of ``c = gcd(C, LEAF)`` tokens: the diagonal blocks are
+    the leaf inverses (one batched triangular solve, as in :func:`_wy_solve`); below them, leaf
+    row by leaf row, ``A_{i,<i} = −A_ii T_{i,<i} A_{<i,<i}`` (two matmuls per leaf row).
+    """
+    C = t.shape[-1]
+    c = math.gcd(C, LEAF)
+    n = C // c
+    eye = torch.eye(c, dtype=t.dtype, device=t.device)
+    if n == 1:
+        return torch.linalg.solve_triangular(t, eye.expand(t.shape), upper=False, unitriangular=True)
+    leaves = t.unflatten(-1, (n, c)).unflatten(-3, (n, c)).diagonal(dim1=-4, dim2=-2).movedim(-1, -3)
+    a = torch.linalg.solve_triangular(leaves, eye, upper=False, unitriangular=True)  # [..., n, c, c]
+    a = a.reshape(-1, n, c, c)
+    t3 = t.reshape(-1, C, C)
+    inv = t.new_zeros(t3.shape)
+    inv.view(-1, n, c, n, c).diagonal(dim1=1, dim2=3).copy_(a.permute(0, 2, 3, 1))
+    for i in range(1, n):
+        r0, r1 = i * c, (i + 1) * c
+        y = torch.bmm(t3[:, r0:r1, :r0], inv[:, :r0, :r0])
+        inv[:, r0:r1, :r0] = torch.baddbmm(y, a[:, i], y, beta=0, alpha=-1)
+    return inv.view(t.shape)
 
 
 def _flat(x: Tensor, lead: tuple[int, int, int]) -> Tensor:

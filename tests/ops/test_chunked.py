@@ -317,6 +317,10 @@ def test_wy_solve_matches_triangular_solve(C):
     assert rel_err(chunked._wy_solve(tg, rg).detach(), ref) < 1e-12
     if C in (5, 32):
         torch.autograd.gradcheck(chunked._wy_solve, (tg[:1, :1], rg[:1, :1]))
+    # the explicit inverse (no-autograd path: W and R as one matmul each)
+    eye = torch.eye(C, dtype=torch.float64).expand(t.shape)
+    inv = torch.linalg.solve_triangular(t, eye, upper=False, unitriangular=True)
+    assert rel_err(chunked._wy_inverse(t), inv) < 1e-12
 
 
 @pytest.mark.parametrize("op", ["gdn2", "gdn", "delta_rule"])
