@@ -118,7 +118,9 @@ def _rev_excl_cumsum(x: Tensor, dim: int) -> Tensor:
 #   rows(x)    γ_r ⊙ x_r                      [..., C, D] -> [..., C, D]
 #   tails(k)   (γ_C/γ_s) ⊙ k_s                [..., C, K] -> [..., C, K]
 #   pairs(xs, k)  for each x: tril([x_rᵀ Diag(γ_r/γ_s) k_s]_{r,s})  [..., C, K] -> [..., C, C]
-#                 (diagonal included); the k side is shared by the xs
+#                 (diagonal included; the buffered per-channel path forms it for xs[0] only and
+#                 leaves 0 for the rest: only T = the second x is paired without it, and T's
+#                 diagonal is never read); the k side is shared by the xs
 #   last       γ_C, [..., 1] or [..., K], or None for no decay
 # pairs() is called first; rows() is asked only for the xs given to it and tails() for its k
 # (the per-channel plan forms those three along with the pairs).
@@ -272,11 +274,13 @@ class _PairWork:
     """The per-channel pair hierarchy of :class:`_ChannelDecay` for leaves of one token and a
     power-of-two C, without autograd, in buffers reused by every block of one shape.
 
-    Same operations as the general path (so the same values), but each one writes into a
-    preallocated buffer through views built once here: at C = 32 a block then costs ~35 tensor
-    ops instead of ~175, and with ~2k token-heads per block the per-op dispatch (view ops
-    included) was the larger part of the hierarchy's time. The pair matrix is zeroed once: every
-    block writes exactly the same entries (the diagonal and each level's blocks), the rest stay 0.
+    The same hierarchy as the general path (values agree up to rounding: exp(g) is taken as
+    exp2), but each op writes into a preallocated buffer through views built once here: at
+    C = 32 a block then costs ~35 tensor ops instead of ~175, and with ~2k token-heads per block
+    the per-op dispatch (view ops included) was the larger part of the hierarchy's time. The
+    diagonal is formed for ``xs[0]`` only (see the plans' contract above). The pair matrix is
+    zeroed once: every block writes exactly the same entries (the first x's diagonal and each
+    level's blocks), the rest stay 0.
     Outputs are views of the buffers, valid until the next block runs (the caller is done with
     a block's terms before it forms the next block's).
     """
@@ -291,8 +295,10 @@ class _PairWork:
         self.kq = new(N, C, K)  # k ⊙ Q_h
         self.out = like.new_zeros(N, C, m, C)  # pairs [r, x, s]
         self.diag = self.out.diagonal(dim1=1, dim2=3).permute(1, 0, 2)  # [x, n, r]: (r, r)
-        # x_r ⊙ k_r and its sums, one dense slab per x (a strided output costs ~2x here)
-        self.prod, self.dsum = new(m, N, C, K), new(m, N, C)
+        # x_r ⊙ k_r and its sums, for the first x only (T's diagonal is never read: the other
+        # xs keep 0 there), dense (a strided output costs ~2x here)
+        self.diag = self.diag[0]
+        self.prod, self.dsum = new(N, C, K), new(N, C)
         self.levels = []
         tot, h = self.a, 1
         while h < C:
@@ -326,8 +332,8 @@ class _PairWork:
         kq = self.kq.view(shape)
         kq.copy_(k)
         xp = self.xp.view(*shape[:-1], m, shape[-1])
+        torch.mul(xs[0], kq, out=self.prod.view(shape))
         for i, x in enumerate(xs):
-            torch.mul(x, kq, out=self.prod[i].view(shape))
             torch.mul(x, a, out=xp[..., i, :])
         torch.sum(self.prod, -1, out=self.dsum)
         self.diag.copy_(self.dsum)
@@ -364,6 +370,8 @@ def _cached_members(kind: str, c: int, like: Tensor) -> Tensor:
             m = torch.cat([_members(lambda r, l: l <= r, c, like), _members(lambda s, l: l > s, c, like)])
         elif kind == "leaf_pairs":  # Σ_{s < l ≤ r} for each (r, s)
             m = _pair_members(lambda r, s, l: (s < l) & (l <= r), c, like)
+        elif kind == "eye":
+            m = torch.eye(c, dtype=like.dtype, device=like.device)
         else:  # "leaf_lower": s ≤ r
             m = _members(lambda r, s: s <= r, c, like)
         _MEMBERS[key] = m
@@ -384,6 +392,15 @@ def _gate(x: Tensor, gate: Tensor | None) -> Tensor:
     if gate is None:
         return x
     return x * (gate[..., None] if gate.ndim == x.ndim - 1 else gate)
+
+
+def _dense_gate(x: Tensor, gate: Tensor | None) -> Tensor:
+    """:func:`_gate` written into a dense tensor: the product of two chunk views keeps their
+    strided order, which a matmul would copy again."""
+    if gate is None or (torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad)):
+        return _gate(x, gate)
+    gate = gate[..., None] if gate.ndim == x.ndim - 1 else gate
+    return torch.mul(x, gate, out=x.new_empty(_broadcast_shape(x.shape, gate.shape)))
 
 
 # Stage 2: intra-chunk terms.
@@ -412,7 +429,7 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
         w: None or per head / per V channel.
     """
     decay = _decay_plan(g, q, sub, work)
-    z = _gate(v, w)
+    z = _dense_gate(v, w) if b is not None else _gate(v, w)
     if b is None:
         # No erase: U = Z, the state only decays and accumulates.
         (m,) = decay.pairs([q], k)
@@ -427,7 +444,7 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
         # instead of K + V), then W and R as one matmul each. No [Ē | Z] copy is made, and the
         # two [C, C] x [C, ·] products run faster than the substitution's smaller ones.
         inv = _wy_inverse(t)
-        z = z.contiguous()  # the matmul would copy it anyway (w ⊙ v keeps the chunk view's order)
+        z = z.contiguous()  # dense for the matmul (a no-op for z from _dense_gate)
         return _Intra(decay.rows(q), m, inv @ e_bar, inv @ z, decay.tails(k).mT, decay.last)
     K = k.shape[-1]
     rhs = torch.cat([e_bar, z], dim=-1)
@@ -494,7 +511,7 @@ def _wy_inverse(t: Tensor) -> Tensor:
     C = t.shape[-1]
     c = math.gcd(C, LEAF)
     n = C // c
-    eye = torch.eye(c, dtype=t.dtype, device=t.device)
+    eye = _cached_members("eye", c, t)
     if n == 1:
         return torch.linalg.solve_triangular(t, eye.expand(t.shape), upper=False, unitriangular=True)
     leaves = t.unflatten(-1, (n, c)).unflatten(-3, (n, c)).diagonal(dim1=-4, dim2=-2).movedim(-1, -3)
