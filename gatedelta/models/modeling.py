@@ -13,6 +13,7 @@ Padding, packing and positions, decided once here and handed to every block:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 
 import torch
@@ -231,10 +232,22 @@ class GatedDeltaModel(GatedDeltaPreTrainedModel):
             past_key_values.key_mask = key_mask
         return BaseModelOutputWithPast(
             last_hidden_state=self.norm(x),
-            past_key_values=past_key_values if use_cache else None,
+            **{_OUTPUT_CACHE_FIELD: past_key_values if use_cache else None},
             hidden_states=None if all_hidden is None else tuple(all_hidden),
             attentions=None if all_probs is None else tuple(all_probs),
         )
+
+
+# The cache field of the output classes: ``cache`` in transformers 5.2x, ``past_key_values``
+# before. Writing and reading it under its own name avoids the deprecation path (and its warning).
+_OUTPUT_CACHE_FIELD = (
+    "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+)
+
+
+def output_cache(out: object) -> HybridCache | None:
+    """The cache of a model output, under whichever name the installed transformers uses."""
+    return getattr(out, _OUTPUT_CACHE_FIELD)
 
 
 # The name under which GenerationMixin passes the cache between steps.
@@ -393,7 +406,7 @@ class GatedDeltaForCausalLM(GatedDeltaPreTrainedModel, GenerationMixin):
         if labels is not None:
             loss = causal_lm_loss(logits, labels, cu_seqlens=cu_seqlens)
         result = CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values,
+            loss=loss, logits=logits, **{_OUTPUT_CACHE_FIELD: output_cache(out)},
             hidden_states=out.hidden_states, attentions=out.attentions,
         )
         return result if return_dict else result.to_tuple()

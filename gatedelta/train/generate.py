@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 
 from ..data.tokenizer import DataError
+from ..models.modeling import output_cache
 from .config import UserError
 
 
@@ -36,7 +37,7 @@ def stream_tokens(model: torch.nn.Module, input_ids: torch.Tensor, *, max_new_to
     """Yield sampled token ids one at a time (``input_ids``: ``[1, T]`` prompt)."""
     vocab = vocab or model.config.vocab_size
     out = model(input_ids=input_ids, use_cache=True)
-    cache = getattr(out, "past_key_values", None)
+    cache = output_cache(out)
     ids = input_ids
     for _ in range(max_new_tokens):
         nxt = sample_next(out.logits[:, -1], temperature=temperature, top_k=top_k, vocab=vocab)
@@ -48,7 +49,7 @@ def stream_tokens(model: torch.nn.Module, input_ids: torch.Tensor, *, max_new_to
         ids = torch.cat([ids, step], 1)
         if cache is not None:
             out = model(input_ids=step, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            cache = output_cache(out)
         else:
             out = model(input_ids=ids)
 
