@@ -42,10 +42,10 @@ from .forward import (
     chunk_state,
     decayed_keys,
     load_erase,
-    load_slot,
+    load_slots,
     state_block_v,
     state_slot,
-    store_slot,
+    store_slots,
 )
 
 
@@ -117,18 +117,7 @@ def chunk_state_bwd_kernel(
     o_s0, o_s1, o_s2, o_s3 = o_k, BK + o_k, 2 * BK + o_k, 3 * BK + o_k
     p_n = i_nh.to(tl.int64) * K * V
 
-    b_dS0 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dS1 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dS2 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dS3 = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_DHT:
-        b_dS0 += load_slot(dht, p_n, o_s0, o_v, m_v, K, V)
-        if K > BK:
-            b_dS1 += load_slot(dht, p_n, o_s1, o_v, m_v, K, V)
-        if K > 2 * BK:
-            b_dS2 += load_slot(dht, p_n, o_s2, o_v, m_v, K, V)
-        if K > 3 * BK:
-            b_dS3 += load_slot(dht, p_n, o_s3, o_v, m_v, K, V)
+    b_dS0, b_dS1, b_dS2, b_dS3 = load_slots(dht, p_n, o_k, o_v, m_v, K, V, BK, BV, USE_DHT)
     NTs = tl.cdiv(eos - bos, BT)
     for j in range(NTs):  # a for loop (software-pipelined) walking the chunks last to first
         i_c = NTs - 1 - j
@@ -171,13 +160,7 @@ def chunk_state_bwd_kernel(
             b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s3,
                                           scale, H, HV, K, DECAY, ERASE, PREC)
     if STORE_DH0:
-        store_slot(dh0, p_n, b_dS0, o_s0, o_v, m_v, K, V)
-        if K > BK:
-            store_slot(dh0, p_n, b_dS1, o_s1, o_v, m_v, K, V)
-        if K > 2 * BK:
-            store_slot(dh0, p_n, b_dS2, o_s2, o_v, m_v, K, V)
-        if K > 3 * BK:
-            store_slot(dh0, p_n, b_dS3, o_s3, o_v, m_v, K, V)
+        store_slots(dh0, p_n, b_dS0, b_dS1, b_dS2, b_dS3, o_k, o_v, m_v, K, V, BK)
 
 
 @triton.autotune(

@@ -140,8 +140,41 @@ def load_slot(x, p_n, o_s, o_v, m_v, K: tl.constexpr, V: tl.constexpr):
 
 
 @triton.jit
+def load_slots(x, p_n, o_k, o_v, m_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               USE: tl.constexpr):
+    """A ``[K, BV]`` fp32 state as four ``[BK, BV]`` slots (rows ``i·BK + o_k``): read from
+    ``x + p_n`` when USE, else zeros; slots past K stay zero (and are never used)."""
+    b_0 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_1 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_2 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_3 = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE:
+        b_0 += load_slot(x, p_n, o_k, o_v, m_v, K, V)
+        if K > BK:
+            b_1 += load_slot(x, p_n, BK + o_k, o_v, m_v, K, V)
+        if K > 2 * BK:
+            b_2 += load_slot(x, p_n, 2 * BK + o_k, o_v, m_v, K, V)
+        if K > 3 * BK:
+            b_3 += load_slot(x, p_n, 3 * BK + o_k, o_v, m_v, K, V)
+    return b_0, b_1, b_2, b_3
+
+
+@triton.jit
 def store_slot(x, p_n, b_S, o_s, o_v, m_v, K: tl.constexpr, V: tl.constexpr):
     tl.store(x + p_n + o_s[:, None] * V + o_v[None, :], b_S, mask=(o_s < K)[:, None] & m_v[None, :])
+
+
+@triton.jit
+def store_slots(x, p_n, b_0, b_1, b_2, b_3, o_k, o_v, m_v, K: tl.constexpr, V: tl.constexpr,
+                BK: tl.constexpr):
+    """Write the slots of :func:`load_slots` back as one ``[K, BV]`` state at ``x + p_n``."""
+    store_slot(x, p_n, b_0, o_k, o_v, m_v, K, V)
+    if K > BK:
+        store_slot(x, p_n, b_1, BK + o_k, o_v, m_v, K, V)
+    if K > 2 * BK:
+        store_slot(x, p_n, b_2, 2 * BK + o_k, o_v, m_v, K, V)
+    if K > 3 * BK:
+        store_slot(x, p_n, b_3, 3 * BK + o_k, o_v, m_v, K, V)
 
 
 @triton.jit
@@ -321,18 +354,7 @@ def chunk_state_kernel(
     o_s0, o_s1, o_s2, o_s3 = o_k, BK + o_k, 2 * BK + o_k, 3 * BK + o_k
     p_n = i_nh.to(tl.int64) * K * V
 
-    b_S0 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_S1 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_S2 = tl.zeros([BK, BV], dtype=tl.float32)
-    b_S3 = tl.zeros([BK, BV], dtype=tl.float32)
-    if USE_H0:
-        b_S0 += load_slot(h0, p_n, o_s0, o_v, m_v, K, V)
-        if K > BK:
-            b_S1 += load_slot(h0, p_n, o_s1, o_v, m_v, K, V)
-        if K > 2 * BK:
-            b_S2 += load_slot(h0, p_n, o_s2, o_v, m_v, K, V)
-        if K > 3 * BK:
-            b_S3 += load_slot(h0, p_n, o_s3, o_v, m_v, K, V)
+    b_S0, b_S1, b_S2, b_S3 = load_slots(h0, p_n, o_k, o_v, m_v, K, V, BK, BV, USE_H0)
     # A for loop over a data-dependent trip count (not a while loop): the compiler software-
     # pipelines it, prefetching the next chunk's rows while this chunk's products run.
     for i_c in range(tl.cdiv(eos - bos, BT)):
@@ -368,13 +390,7 @@ def chunk_state_kernel(
             b_S3 = state_slot_update(b_S3, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s3, H, HV, K, DECAY,
                                      PREC)
     if STORE_HT:
-        store_slot(ht, p_n, b_S0, o_s0, o_v, m_v, K, V)
-        if K > BK:
-            store_slot(ht, p_n, b_S1, o_s1, o_v, m_v, K, V)
-        if K > 2 * BK:
-            store_slot(ht, p_n, b_S2, o_s2, o_v, m_v, K, V)
-        if K > 3 * BK:
-            store_slot(ht, p_n, b_S3, o_s3, o_v, m_v, K, V)
+        store_slots(ht, p_n, b_S0, b_S1, b_S2, b_S3, o_k, o_v, m_v, K, V, BK)
 
 
 @triton.autotune(
