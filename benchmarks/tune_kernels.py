@@ -24,7 +24,8 @@ from gatedelta.ops.triton.common import TUNING
 FORWARD_KEYS = ("intra_bk", "output_bk")
 # values tried for each entry; the current default of each is skipped (warps and pipeline stages
 # are autotuned by the kernels themselves)
-CHOICES = {"intra_bk": [32, 64], "output_bk": [64, 128], "grad_bk": [32, 64], "grad_bv": [32, 64]}
+CHOICES = {"intra_bk": [32, 64], "output_bk": [64, 128], "grad_bk": [32, 64], "grad_bv": [32, 64],
+           "fuse_wu": [True, False]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:
@@ -64,7 +65,8 @@ def kernel_report() -> dict:
     from gatedelta.ops.triton import backward, forward
 
     report = {}
-    for kern in (forward.chunk_intra_kernel, forward.chunk_state_kernel, forward.chunk_output_kernel,
+    for kern in (forward.chunk_intra_kernel, forward.chunk_wu_kernel, forward.chunk_state_kernel,
+                 forward.chunk_output_kernel,
                  backward.chunk_state_bwd_kernel, backward.chunk_grad_kernel):
         name = kern.fn.__name__
         rep = {"chosen": [str(c) for c in getattr(kern, "cache", {}).values()], "compiled": []}
@@ -88,6 +90,7 @@ def main() -> None:
     p.add_argument("--op", default="gdn2", choices=["gdn2", "kda"])
     p.add_argument("--T", type=int, default=2048)
     p.add_argument("--out", default=None)
+    p.add_argument("--keys", nargs="*", default=list(CHOICES), help="TUNING entries to sweep")
     args = p.parse_args()
     x = inputs(args.op, 32768 // args.T, args.T)
     do = torch.randn_like(x[2])
@@ -96,8 +99,8 @@ def main() -> None:
     rows = [{"variant": "defaults", "fwd_ms": base["fwd_ms"], "fwdbwd_ms": base["fwdbwd_ms"]}]
     print(json.dumps(rows[-1]), flush=True)
     best = dict(defaults)
-    for key, values in CHOICES.items():
-        for value in values:
+    for key in args.keys:
+        for value in CHOICES[key]:
             if value == defaults[key]:
                 continue
             TUNING.update(defaults)

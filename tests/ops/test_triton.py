@@ -68,6 +68,24 @@ def test_forward_backward_every_op(op):
     _compare(op, args, s0)
 
 
+@pytest.mark.parametrize("op", ["gdn2", "gdn", "delta_rule"])
+def test_unfused_wu_path(op, monkeypatch):
+    # TUNING["fuse_wu"] = False: W = A Ē and U = A Z by their own kernel, R = U − W S₀ in the state
+    # kernel (the fused default forms R = A (Z − Ē S₀) there).
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setitem(common.TUNING, "fuse_wu", False)
+    args, s0 = make_inputs(op, B=2, T=75, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    _compare(op, args, s0)
+
+
+def test_backward_through_the_decode_kernel():
+    # ≤ 4 tokens with a state take the decode kernel, which leaves no chunk matrices: the backward
+    # recomputes them.
+    args, s0 = make_inputs("gdn2", B=2, T=3, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    _compare("gdn2", args, s0)
+
+
 def test_head_dims_not_powers_of_two():
     args, s0 = make_inputs("gdn2", B=1, T=70, H=1, G=2, K=24, V=40, dtype=torch.float32)
     _compare("gdn2", args, s0)

@@ -31,7 +31,7 @@ def recurrence(r: Recurrence) -> tuple[torch.Tensor, torch.Tensor | None]:
         )
     from .op import recurrence_fwd
 
-    o, final = recurrence_fwd(r.q, r.k, r.v, r.g, r.b, r.w, r.scale, r.initial_state, r.cu_seqlens)
+    o, final, _, _ = recurrence_fwd(r.q, r.k, r.v, r.g, r.b, r.w, r.scale, r.initial_state, r.cu_seqlens)
     return o, (final if r.output_final_state else None)
 
 

@@ -1,7 +1,8 @@
 """Gate-aware chunkwise backward (DESIGN §1's written-out chain rule), same flags as the forward.
 
-Nothing but the inputs is kept from the forward: the backward recomputes stage 1 (``G, M, A, W,
-U``) and stage 2 (``h = S₀`` per chunk, ``R``), then
+The forward keeps its inputs and the chunk matrices M and A (fp32, 2·BT values per token and
+value head); the backward recomputes ``G`` (stage 0) and stage 2 (``h = S₀`` per chunk, ``R``) —
+stage 1 too when M and A were not kept — then
 
 4. ``chunk_state_bwd_kernel`` (sequential, last chunk first), per chunk with ``dS_C`` given:
    ``dR = Mᵀ dO + K̃ dS_C``, ``dY = Aᵀ dR`` (stored), and
@@ -38,6 +39,7 @@ from .common import (
 )
 from .forward import (
     _pow2,
+    chunk_cumdecay,
     chunk_intra,
     chunk_state,
     decayed_keys,
@@ -335,11 +337,11 @@ def chunk_grad_kernel(
         tl.store(dg + (i_k * Ttot + o_row) * HV + i_hv, tl.where(b_g > G_MIN, b_dg, 0.0), mask=m_t)
 
 
-def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht):
+def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
     """Gradients of :func:`chunk_forward` on packed inputs.
 
-    Args: as :func:`gatedelta.ops.triton.forward.chunk_forward`, plus ``do [Ttot, HV, V]`` and
-    ``dht [N, HV, K, V]`` (or None).
+    Args: as :func:`gatedelta.ops.triton.forward.chunk_forward`, plus ``do [Ttot, HV, V]``,
+    ``dht [N, HV, K, V]`` (or None) and the forward's M and A (None: recomputed).
 
     Returns ``(dq, dk, dv, dg, db, dw, dh0)`` shaped like the inputs (None for absent ones).
     """
@@ -361,8 +363,10 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     dw = None if w is None else empty(w.shape, dtype=w.dtype, device=dev)
     dh0 = None if h0 is None else empty(h0.shape, **f32)
     if NT > 0:
-        G, M, A, W, U = chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, store_a=True)
-        h, R, _ = chunk_state(k, v, w, G, W, U, h0, cu, chunk_offsets, NT, N, erase=ERASE, decay=DECAY)
+        G = chunk_cumdecay(g, cu, chunk_indices, NT)
+        if M is None or (ERASE and A is None):
+            M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
+        h, R, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N)
         dh = empty((NT, HV, K, V), **f32)
         dY = empty((Ttot, HV, V), **f32)
         BV = state_block_v(V, K, N * HV)

@@ -30,7 +30,8 @@ CHUNK = 64
 # Block widths of the chunk kernels (K / V tiles). Module-level so that
 # `benchmarks/tune_kernels.py` can sweep them; the values here are the best of its sweep on the
 # H200 (benchmarks/results/tune_gdn2_h200.json). Warps and pipeline stages are autotuned per shape.
-TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32}
+# fuse_wu: the state kernel forms R = A (Z − Ē S₀) itself instead of reading W = A Ē, U = A Z.
+TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": True}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 

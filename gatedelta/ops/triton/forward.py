@@ -2,15 +2,18 @@
 
 Stages (DESIGN §1, chunk of BT tokens, incoming state S₀):
 
-1. ``chunk_intra_kernel`` (chunk-parallel): the chunk-local cumulative log-decay ``G``; the
-   readout matrix ``M = scale·tril(Q_γ K̄ᵀ)`` and the erase matrix ``T = strict_tril(Ē K̄ᵀ)``, both
-   in the overflow-safe pairwise form; ``A = (I + T)⁻¹``, ``W = A Ē`` and ``U = A Z``.
+0. ``chunk_cumsum_kernel`` (chunk-parallel): the chunk-local cumulative log-decay ``G``.
+1. ``chunk_intra_kernel`` (chunk-parallel): the readout matrix ``M = scale·tril(Q_γ K̄ᵀ)`` and the
+   erase matrix ``T = strict_tril(Ē K̄ᵀ)``, both in the overflow-safe pairwise form, and
+   ``A = (I + T)⁻¹``.
 2. ``chunk_state_kernel`` (sequential over chunks, parallel over heads and value blocks): the
-   incoming state of every chunk ``h``, the corrected values ``R = U − W S₀`` and the final state
-   ``S_C = Diag(γ_C) S₀ + K̃ᵀ R``.
+   incoming state of every chunk ``h``, the corrected values ``R = A (Z − Ē S₀)`` and the final
+   state ``S_C = Diag(γ_C) S₀ + K̃ᵀ R``. (``R = U − W S₀`` with ``W = A Ē``, ``U = A Z``, without
+   ever writing W and U: the state kernel applies A to ``Z − Ē S₀`` directly.)
 3. ``chunk_output_kernel`` (chunk-parallel): ``O = Q_γ S₀ + M R``.
 
 Without an erase gate ``T = 0``, so ``A = I`` and ``R = Z``: stage 1 skips the inverse.
+M and A are returned for the backward, which then skips stage 1.
 """
 
 from __future__ import annotations
@@ -179,9 +182,9 @@ def store_slots(x, p_n, b_0, b_1, b_2, b_3, o_k, o_v, m_v, K: tl.constexpr, V: t
 
 @triton.jit
 def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl.constexpr,
-                        BT: tl.constexpr, BK: tl.constexpr):
-    """Chunk-local cumulative per-channel log-decay, G ``[Ttot, HV, K]`` fp32, for the stages that
-    read partner rows of G from memory. One program per (chunk, value head, K block)."""
+                        BT: tl.constexpr, BK: tl.constexpr, DECAY: tl.constexpr):
+    """Chunk-local cumulative log-decay: G ``[Ttot, HV, K]`` (per channel) or ``[Ttot, HV]`` (per
+    head), fp32. One program per (chunk, value head, K block)."""
     i_t, i_hv, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
     i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
@@ -189,27 +192,28 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
     eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
     o_row = bos + i_c * BT + tl.arange(0, BT)
     m_t = o_row < eos
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_tk = m_t[:, None] & (o_k < K)[None, :]
-    b_G = load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, 2)
-    tl.store(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], b_G, mask=m_tk)
+    if DECAY == 2:
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        b_G = load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, 2)
+        tl.store(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], b_G, mask=m_tk)
+    else:
+        b_G1 = load_cumdecay(g, o_row, m_t, i_hv, o_row, m_t, HV, K, 1)
+        tl.store(G + o_row * HV + i_hv, b_G1, mask=m_t)
 
 
 @triton.autotune(
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE"],
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE"],
 )
 @triton.jit
 def chunk_intra_kernel(
-    q, k, v, g, b, w, G, M, A, W, U, cu_seqlens, chunk_indices, scale,
-    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr,
-    PREC: tl.constexpr, PREC_INV: tl.constexpr,
+    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
 ):
-    """One program per (chunk, value head). Reads G (per channel) or writes it (per head); writes
-    M ``[Ttot, HV, BT]`` and with an erase gate A ``[Ttot, HV, BT]``, W ``[Ttot, HV, K]``,
-    U ``[Ttot, HV, V]``."""
+    """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
+    erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
@@ -239,8 +243,7 @@ def chunk_intra_kernel(
             if ERASE > 0:
                 b_T += tl.dot(b_e, tl.trans(b_k), input_precision=PREC)
     if DECAY == 1:
-        b_G1 = load_cumdecay(g, o_row, m_t, i_hv, o_t, m_tt, HV, K, DECAY)
-        tl.store(G + o_row * HV + i_hv, b_G1, mask=m_t)
+        b_G1 = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
         b_rho = tl.exp(tl.minimum(b_G1[:, None] - b_G1[None, :], 0.0))
         b_M *= b_rho
         b_T *= b_rho
@@ -252,26 +255,49 @@ def chunk_intra_kernel(
         tl.store(A + p_tt, tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0), mask=m_tt)
         tl.debug_barrier()
         solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC_INV)
-        tl.debug_barrier()
-        b_A = tl.load(A + p_tt, mask=m_tt, other=0)
-        # W = A Ē, Ē rows γ_r ⊙ e_r (≤ 1 factors only)
-        for i_k in range(tl.cdiv(K, BK)):
-            o_k = i_k * BK + tl.arange(0, BK)
-            m_tk = m_t[:, None] & (o_k < K)[None, :]
-            b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
-            if DECAY == 2:
-                p_G = G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
-                b_e *= tl.exp(tl.load(p_G, mask=m_tk, other=0))
-            elif DECAY == 1:
-                b_e *= tl.exp(b_G1)[:, None]
-            b_W = tl.dot(b_A, b_e, input_precision=PREC)
-            tl.store(W + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], b_W, mask=m_tk)
-        for i_v in range(tl.cdiv(V, BV)):
-            o_v = i_v * BV + tl.arange(0, BV)
-            m_tv = m_t[:, None] & (o_v < V)[None, :]
-            b_z = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
-            b_U = tl.dot(b_A, b_z, input_precision=PREC)
-            tl.store(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], b_U, mask=m_tv)
+
+
+@triton.autotune(
+    launch_configs((4, 8), (1, 2)),
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE"],
+)
+@triton.jit
+def chunk_wu_kernel(
+    k, v, b, w, G, A, W, U, cu_seqlens, chunk_indices,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr,
+):
+    """One program per (chunk, value head): ``W = A Ē`` ``[Ttot, HV, K]`` (Ē rows ``γ_r ⊙ e_r``,
+    factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]``, fp32, for the unfused state kernel."""
+    i_t, i_hv = tl.program_id(0), tl.program_id(1)
+    i_h = i_hv // (HV // H)
+    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
+    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_row = bos + i_c * BT + o_t
+    m_t = o_row < eos
+    b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+    if DECAY == 1:
+        b_gam1 = tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        _, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
+        if DECAY == 2:
+            b_e *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0))
+        elif DECAY == 1:
+            b_e *= b_gam1[:, None]
+        tl.store(W + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], tl.dot(b_A, b_e, input_precision=PREC),
+                 mask=m_tk)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        b_z = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
+        tl.store(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], tl.dot(b_A, b_z, input_precision=PREC),
+                 mask=m_tv)
 
 
 @triton.jit
@@ -297,19 +323,28 @@ def decayed_keys(k, G, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.constexpr,
 
 
 @triton.jit
-def state_slot_step(b_S, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s, o_v, m_v,
+def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_v, m_v,
                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                    DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr):
+                    DECAY: tl.constexpr, ERASE: tl.constexpr, FUSED_WU: tl.constexpr, PREC: tl.constexpr):
     """Phase 1 of one K slot ``o_s`` of the state: store it as the chunk's incoming state and
-    return its share of ``W S₀`` (0 without an erase gate)."""
+    return its share of ``Ē S₀`` (FUSED_WU: ``Ē`` rows ``γ_r ⊙ b_r ⊙ k_r`` built here) or of
+    ``W S₀`` (W from memory); 0 without an erase gate."""
     m_k = o_s < K
     tl.store(h + p_h + o_s[:, None] * V + o_v[None, :], b_S, mask=m_k[:, None] & m_v[None, :])
     if ERASE > 0:
         m_tk = m_t[:, None] & m_k[None, :]
-        b_W = tl.load(W + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0)
-        return tl.dot(b_W, b_S, input_precision=PREC)
+        if FUSED_WU:
+            _, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_s, m_tk, H, HV, K, ERASE)
+            if DECAY == 2:
+                p_G = G + (o_row[:, None] * HV + i_hv) * K + o_s[None, :]
+                b_e *= tl.exp(tl.load(p_G, mask=m_tk, other=0))
+            elif DECAY == 1:
+                b_e *= tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
+        else:
+            b_e = tl.load(W + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0)
+        return tl.dot(b_e, b_S, input_precision=PREC)
     else:
-        return tl.zeros(b_R.shape, dtype=tl.float32)
+        return tl.zeros(b_Y.shape, dtype=tl.float32)
 
 
 @triton.jit
@@ -326,16 +361,18 @@ def state_slot_update(b_S, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s, H: tl.
 )
 @triton.jit
 def chunk_state_kernel(
-    k, v, w, G, W, U, R, h, h0, ht, cu_seqlens, chunk_offsets,
+    k, v, b, w, G, A, W, U, R, h, h0, ht, cu_seqlens, chunk_offsets,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FUSED_WU: tl.constexpr,
     USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (value block, sequence·head), walking the sequence's chunks in order.
 
     Writes the incoming state of each chunk h ``[NT, HV, K, V]`` fp32, the corrected values
-    R ``[Ttot, HV, V]`` fp32 and the final state ht ``[N, HV, K, V]``.
+    R ``[Ttot, HV, V]`` fp32 and the final state ht ``[N, HV, K, V]``. With an erase gate,
+    ``R = A (Z − Ē S₀)`` (FUSED_WU: from A and the inputs) or ``R = U − W S₀`` (W, U from
+    :func:`chunk_wu_kernel`); one or the other is faster depending on the compiler's registers.
 
     The ``[K, BV]`` state is held as up to four ``[BK, BV]`` slots (K ≤ 4·BK), each its own
     register tile: one ``[K, BV]`` tile with its ``[BT, K]`` operands spills at K = 128.
@@ -363,21 +400,27 @@ def chunk_state_kernel(
         m_tv = m_t[:, None] & m_v[None, :]
         p_h = ((i_c0 + i_c) * HV + i_hv) * K * V
         i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
-        if ERASE > 0:
-            b_R = tl.load(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_tv, other=0)
+        # FUSED_WU: Y = Z − Ē S₀, then R = A Y. Else R = U − W S₀.
+        if ERASE > 0 and not FUSED_WU:
+            b_Y = tl.load(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_tv, other=0)
         else:
-            b_R = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
-        b_R -= state_slot_step(b_S0, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
-                               H, HV, K, V, DECAY, ERASE, PREC)
+            b_Y = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
+        b_Y -= state_slot_step(b_S0, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s0, o_v, m_v,
+                               H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
         if K > BK:
-            b_R -= state_slot_step(b_S1, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v, m_v,
-                                   H, HV, K, V, DECAY, ERASE, PREC)
+            b_Y -= state_slot_step(b_S1, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s1,
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
         if K > 2 * BK:
-            b_R -= state_slot_step(b_S2, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v, m_v,
-                                   H, HV, K, V, DECAY, ERASE, PREC)
+            b_Y -= state_slot_step(b_S2, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s2,
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
         if K > 3 * BK:
-            b_R -= state_slot_step(b_S3, b_R, k, W, G, h, p_h, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v, m_v,
-                                   H, HV, K, V, DECAY, ERASE, PREC)
+            b_Y -= state_slot_step(b_S3, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s3,
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
+        if ERASE > 0 and FUSED_WU:
+            b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+            b_R = tl.dot(b_A, b_Y, input_precision=PREC)
+        else:
+            b_R = b_Y
         tl.store(R + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], b_R, mask=m_tv)
         b_S0 = state_slot_update(b_S0, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K, DECAY, PREC)
         if K > BK:
@@ -458,49 +501,63 @@ def state_block_v(V: int, K: int, programs: int) -> int:
     return BV
 
 
-def chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, *, store_a: bool):
-    """Stage 1 on packed inputs (cumulative decay, then the intra-chunk kernel).
+def chunk_cumdecay(g, cu, chunk_indices, NT):
+    """Stage 0: G, fp32 like g (per head or per channel), or None without decay."""
+    if g is None:
+        return None
+    HV = g.shape[1]
+    K = g.shape[2] if g.ndim == 3 else 1
+    G = empty(g.shape, dtype=torch.float32, device=g.device)
+    BK = min(64, _pow2(K))
+    chunk_cumsum_kernel[(NT, HV, triton.cdiv(K, BK))](g, G, cu, chunk_indices, HV=HV, K=K, BT=CHUNK, BK=BK,
+                                                      DECAY=gate_form(g), num_warps=4)
+    return G
 
-    Returns ``(G, M, A, W, U)`` (None where not needed)."""
+
+def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
+    """Stage 1 on packed inputs (G from :func:`chunk_cumdecay`; HV value heads). Returns
+    ``(M, A)``, A None without an erase gate."""
     Ttot, H, K = q.shape
-    HV, V = v.shape[1], v.shape[2]
-    BT, dev = CHUNK, q.device
-    DECAY, ERASE, WRITE = gate_form(g), gate_form(b), gate_form(w)
-    f32 = dict(dtype=torch.float32, device=dev)
-    G = None if g is None else empty(g.shape, **f32)
-    M = empty((Ttot, HV, BT), **f32)
-    A = empty((Ttot, HV, BT), **f32) if ERASE else None  # also the scratch of the inverse
-    W = empty((Ttot, HV, K), **f32) if ERASE else None
-    U = empty((Ttot, HV, V), **f32) if ERASE else None
-    if DECAY == 2:
-        chunk_cumsum_kernel[(NT, HV, triton.cdiv(K, 64))](g, G, cu, chunk_indices, HV=HV, K=K, BT=BT,
-                                                          BK=min(64, _pow2(K)), num_warps=4)
+    DECAY, ERASE = gate_form(G), gate_form(b)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    M = empty((Ttot, HV, CHUNK), **f32)
+    A = empty((Ttot, HV, CHUNK), **f32) if ERASE else None  # also the scratch of the inverse
     chunk_intra_kernel[(NT, HV)](
-        q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
-        M if G is None else G, M, M if A is None else A, M if W is None else W, M if U is None else U,
+        q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
         cu, chunk_indices, scale,
         # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
-        H=H, HV=HV, K=K, V=V, BT=BT, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
-        BV=min(64, _pow2(V)), DECAY=DECAY, ERASE=ERASE, WRITE=WRITE,
-        PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
+        H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
+        DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
     )
-    return G, M, A, W, U
+    return M, A
 
 
-def chunk_state(k, v, w, G, W, U, h0, cu, chunk_offsets, NT, N, *, erase: int, decay: int):
-    """Stage 2. Returns ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])``, all fp32."""
+def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N):
+    """Stage 2 (with the W, U kernel first unless ``TUNING["fuse_wu"]``). Returns
+    ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])``, all fp32."""
     Ttot, H, K = k.shape
     HV, V = v.shape[1], v.shape[2]
     f32 = dict(dtype=torch.float32, device=k.device)
+    DECAY, ERASE, WRITE = gate_form(G), gate_form(b), gate_form(w)
+    fused = bool(TUNING["fuse_wu"])
+    W = U = None
+    if ERASE and not fused:
+        W, U = empty((Ttot, HV, K), **f32), empty((Ttot, HV, V), **f32)
+        chunk_wu_kernel[(NT, HV)](
+            k, v, b, k if w is None else w, k if G is None else G, A, W, U, cu, chunk_indices,
+            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)),
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PREC=dot_precision(k.dtype),
+        )
     h = empty((NT, HV, K, V), **f32)
     R = empty((Ttot, HV, V), **f32)
     ht = empty((N, HV, K, V), **f32)
     BV = state_block_v(V, K, N * HV)
+    x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
     chunk_state_kernel[(triton.cdiv(V, BV), N * HV)](
-        k, v, k if w is None else w, k if G is None else G, k if W is None else W, k if U is None else U,
-        R, h, ht if h0 is None else h0, ht, cu, chunk_offsets,
-        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=decay, ERASE=erase,
-        WRITE=gate_form(w), USE_H0=h0 is not None, STORE_HT=True, PREC=dot_precision(k.dtype),
+        k, v, x if b is None else b, x if w is None else w, x if G is None else G, x if A is None else A,
+        x if W is None else W, x if U is None else U, R, h, ht if h0 is None else h0, ht, cu, chunk_offsets,
+        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
+        WRITE=WRITE, FUSED_WU=fused, USE_H0=h0 is not None, STORE_HT=True, PREC=dot_precision(k.dtype),
     )
     return h, R, ht
 
@@ -513,7 +570,8 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
         h0: ``[N, HV, K, V]`` fp32 or None; cu_seqlens: ``[N+1]`` or None (then N = B rows of T).
 
     Returns:
-        ``o [Ttot, HV, V]`` (v's dtype) and the final state ``[N, HV, K, V]`` fp32.
+        ``o [Ttot, HV, V]`` (v's dtype), the final state ``[N, HV, K, V]`` fp32, and for the
+        backward M ``[Ttot, HV, BT]`` and A ``[Ttot, HV, BT]`` fp32 (A None without an erase gate).
     """
     Ttot, H, K = q.shape
     HV, V = v.shape[1], v.shape[2]
@@ -522,14 +580,14 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     o = empty((Ttot, HV, V), dtype=v.dtype, device=v.device)
     if NT == 0:
         ht = h0.clone() if h0 is not None else torch.zeros(N, HV, K, V, dtype=torch.float32, device=q.device)
-        return o, ht
-    G, M, _, W, U = chunk_intra(q, k, v, g, b, w, scale, cu, chunk_indices, NT, store_a=False)
-    h, R, ht = chunk_state(k, v, w, G, W, U, h0, cu, chunk_offsets, NT, N,
-                           erase=gate_form(b), decay=gate_form(g))
+        return o, ht, None, None
+    G = chunk_cumdecay(g, cu, chunk_indices, NT)
+    M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
+    h, R, ht = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N)
     BV = min(64, _pow2(V))
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
         q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(TUNING["output_bk"], _pow2(K)), BV=BV, DECAY=gate_form(g),
         PREC=dot_precision(q.dtype),
     )
-    return o, ht
+    return o, ht, M, A

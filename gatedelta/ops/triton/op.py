@@ -2,12 +2,15 @@
 (meta) implementations, so ``torch.compile(fullgraph=True)`` traces through without graph breaks.
 
 * ``gatedelta::recurrence_fwd(q, k, v, g?, b?, w?, scale, initial_state?, cu_seqlens?)
-  -> (o, final_state)``: chunkwise forward, or the decode kernel for short inputs with a state.
-* ``gatedelta::recurrence_bwd(..., do, dht?) -> (dq, dk, dv, dg, db, dw, dh0)``: absent gradients
-  come back as empty tensors (custom ops cannot return None).
+  -> (o, final_state, M, A)``: chunkwise forward, or the decode kernel for short inputs with a
+  state. M and A (fp32 ``[B, T, HV, 64]``; A ``[0]`` without an erase gate) are the forward's chunk
+  matrices, kept for the backward (non-differentiable outputs).
+* ``gatedelta::recurrence_bwd(..., do, dht?, M, A) -> (dq, dk, dv, dg, db, dw, dh0)``: absent
+  gradients come back as empty tensors (custom ops cannot return None).
 
-The backward keeps nothing from the forward but its inputs (it recomputes the chunk stages), so
-the memory held for backward is the inputs themselves.
+The backward keeps the inputs and M, A (2 × 64 fp32 = 512 B per token and value head, less than
+FLA's 768 B) and recomputes the rest (cumulative decay, states, corrected values), so it skips
+the intra-chunk stage.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .backward import chunk_backward
+from .common import CHUNK
 from .decode import MAX_DECODE_TOKENS, recurrent_step
 from .forward import chunk_forward
 
@@ -42,54 +46,71 @@ def _use_decode(T: int, initial_state: Tensor | None, cu_seqlens: Tensor | None)
 def recurrence_fwd(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, w: Tensor | None,
     scale: float, initial_state: Tensor | None, cu_seqlens: Tensor | None,
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     B, T = q.shape[:2]
     args = (_packed(q), _packed(k), _packed(v), _packed(g), _packed(b), _packed(w), scale,
             None if initial_state is None else initial_state.contiguous(), cu_seqlens, B, T)
+    M = A = None
     if _use_decode(T, initial_state, cu_seqlens):
-        o, ht = recurrent_step(*args)
+        o, ht = recurrent_step(*args)  # no chunk matrices: the backward recomputes them
     else:
-        o, ht = chunk_forward(*args)
-    return o.view(v.shape), ht
+        o, ht, M, A = chunk_forward(*args)
+    M_shape, A_shape = _chunk_matrix_shapes(q, v, b)
+    M = q.new_empty(M_shape, dtype=torch.float32) if M is None else M.view(M_shape)
+    A = q.new_empty(A_shape, dtype=torch.float32) if A is None else A.view(A_shape)
+    return o.view(v.shape), ht, M, A
+
+
+def _chunk_matrix_shapes(q: Tensor, v: Tensor, b: Tensor | None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of the forward's M and A outputs: ``[B, T, HV, CHUNK]`` (A ``[0]`` without erase)."""
+    M_shape = (*v.shape[:3], CHUNK)
+    return M_shape, (M_shape if b is not None else (0,))
 
 
 @recurrence_fwd.register_fake
 def _(q, k, v, g, b, w, scale, initial_state, cu_seqlens):
     N = _num_sequences(q, cu_seqlens)
-    return v.new_empty(v.shape), v.new_empty((N, v.shape[2], q.shape[3], v.shape[3]), dtype=torch.float32)
+    M_shape, A_shape = _chunk_matrix_shapes(q, v, b)
+    return (v.new_empty(v.shape), v.new_empty((N, v.shape[2], q.shape[3], v.shape[3]), dtype=torch.float32),
+            v.new_empty(M_shape, dtype=torch.float32), v.new_empty(A_shape, dtype=torch.float32))
 
 
 @torch.library.custom_op("gatedelta::recurrence_bwd", mutates_args=())
 def recurrence_bwd(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, w: Tensor | None,
     scale: float, initial_state: Tensor | None, cu_seqlens: Tensor | None,
-    do: Tensor, dht: Tensor | None,
+    do: Tensor, dht: Tensor | None, M: Tensor, A: Tensor,
 ) -> list[Tensor]:
     B, T = q.shape[:2]
+    # The forward took the decode kernel (same decision, same inputs): it left no chunk matrices.
+    keep = not _use_decode(T, initial_state, cu_seqlens)
     grads = chunk_backward(
         _packed(q), _packed(k), _packed(v), _packed(g), _packed(b), _packed(w), scale,
         None if initial_state is None else initial_state.contiguous(), cu_seqlens, B, T,
         _packed(do), None if dht is None else dht.float().contiguous(),
+        M=_packed(M) if keep else None, A=_packed(A) if keep and b is not None else None,
     )
     shapes = (q, k, v, g, b, w, initial_state)
     return [q.new_empty(0) if d is None else d.view(x.shape) for d, x in zip(grads, shapes)]
 
 
 @recurrence_bwd.register_fake
-def _(q, k, v, g, b, w, scale, initial_state, cu_seqlens, do, dht):
+def _(q, k, v, g, b, w, scale, initial_state, cu_seqlens, do, dht, M, A):
     return [q.new_empty(0) if x is None else torch.empty_like(x) for x in (q, k, v, g, b, w, initial_state)]
 
 
 def _setup_context(ctx, inputs, output):
     q, k, v, g, b, w, scale, initial_state, cu_seqlens = inputs
-    ctx.save_for_backward(q, k, v, g, b, w, initial_state, cu_seqlens)
+    _, _, M, A = output
+    ctx.mark_non_differentiable(M, A)
+    ctx.save_for_backward(q, k, v, g, b, w, initial_state, cu_seqlens, M, A)
     ctx.scale = scale
 
 
-def _backward(ctx, do, dht):
-    q, k, v, g, b, w, initial_state, cu_seqlens = ctx.saved_tensors
+def _backward(ctx, do, dht, _dM, _dA):
+    q, k, v, g, b, w, initial_state, cu_seqlens, M, A = ctx.saved_tensors
     dq, dk, dv, dg, db, dw, dh0 = recurrence_bwd(
-        q, k, v, g, b, w, ctx.scale, initial_state, cu_seqlens, do.contiguous(), dht,
+        q, k, v, g, b, w, ctx.scale, initial_state, cu_seqlens, do.contiguous(), dht, M, A,
     )
     some = lambda d, x: None if x is None else d
     return dq, dk, dv, some(dg, g), some(db, b), some(dw, w), None, some(dh0, initial_state), None
