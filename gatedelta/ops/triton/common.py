@@ -31,7 +31,9 @@ CHUNK = 64
 # `benchmarks/tune_kernels.py` can sweep them; the values here are the best of its sweep on the
 # H200 (benchmarks/results/tune_gdn2_h200.json). Warps and pipeline stages are autotuned per shape.
 # fuse_wu: the state kernel forms R = A (Z − Ē S₀) itself instead of reading W = A Ē, U = A Z.
-TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": True}
+# grad_one_split: the gradient kernel's four pair products share one dyadic level loop.
+TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": True,
+          "grad_one_split": True, "state_bv_min": 32}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -196,3 +198,32 @@ def pair_right(b_D, b_x, b_D2, b_x2, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV:
             b_part2 = tl.dot(tl.trans(tl.where(same, b_D2, 0.0)), b_xr2, input_precision=PREC)
             b_o2 += tl.where(right[:, None], 0.0, b_part2 * b_e)
     return b_o, b_o2
+
+
+@triton.jit
+def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
+              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
+    """:func:`pair_left` ``(D, D2; y)`` and :func:`pair_right` ``(D, x; D2, x2)`` in one level loop:
+    each level's split (anchor rows and one exp) serves all four products. Returns
+    ``(left, left2, right, right2)``, each ``[BT, BK]``."""
+    tl.static_assert(BT == 64)
+    eye = o_t[:, None] == o_t[None, :]
+    b_diag = tl.where(eye, b_D, 0.0)
+    b_l = tl.sum(b_diag, 1)[:, None] * b_y
+    b_r = tl.sum(b_diag, 0)[:, None] * b_x
+    b_diag2 = tl.where(eye, b_D2, 0.0)
+    b_l2 = tl.sum(b_diag2, 1)[:, None] * b_y
+    b_r2 = tl.sum(b_diag2, 0)[:, None] * b_x2
+    for lvl in tl.static_range(6):
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+        b_Ds = tl.where(same, b_D, 0.0)
+        b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
+        b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
+        b_l += tl.where(right[:, None], tl.dot(b_Ds, b_ys, input_precision=PREC) * b_e, 0.0)
+        b_r += tl.where(right[:, None], 0.0, tl.dot(tl.trans(b_Ds), b_xr, input_precision=PREC) * b_e)
+        if TWO:
+            b_D2s = tl.where(same, b_D2, 0.0)
+            b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
+            b_l2 += tl.where(right[:, None], tl.dot(b_D2s, b_ys, input_precision=PREC) * b_e, 0.0)
+            b_r2 += tl.where(right[:, None], 0.0, tl.dot(tl.trans(b_D2s), b_xr2, input_precision=PREC) * b_e)
+    return b_l, b_l2, b_r, b_r2

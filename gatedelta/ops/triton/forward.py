@@ -493,9 +493,10 @@ def state_block_v(V: int, K: int, programs: int) -> int:
     """Value-block width of the sequential kernels: narrow enough to give the GPU ≥ ~256 programs
     (long single sequences have few heads to spread over), wide enough to feed the matrix units."""
     BV = min(_pow2(V), 64 if K <= 64 else 32)
-    # Not below 32 for K > 64: a [128, 16] state tile at 8 warps faulted (illegal address) on the
-    # H100 with Triton 3.6 (benchmarks/kernels_notes.md).
-    lo = 16 if K <= 64 else 32
+    # For K > 64 not below TUNING["state_bv_min"] (32): when the state was one [128, 16] tile, 8
+    # warps faulted (illegal address) on the H100 with Triton 3.6 (benchmarks/kernels_notes.md);
+    # the state is now held in 64-row slots.
+    lo = 16 if K <= 64 else TUNING["state_bv_min"]
     while BV > lo and programs * triton.cdiv(V, BV) < 256:
         BV //= 2
     return BV
