@@ -9,6 +9,10 @@ Protocol (DESIGN §5, model level; the anchor is ``anchors/models-1.3b-h100-trai
    that length (timed), then ``--decode-steps`` single-token steps (timed); report decode tokens/s,
    the cache's bytes (recurrent states vs KV) and peak memory.
 
+``--compile [MODE]`` compiles each decoder block for training (regional ``torch.compile``, static
+shapes; :func:`gatedelta.models.compile_for_training`): every (model, T) point compiles in its
+warm-up steps, which are not timed but count against ``--max-seconds``. Decoding stays eager.
+
 Every point runs in its own try block: an out-of-memory error (or any other) is recorded in the
 row's ``error`` field and the run goes on. The GDN-2 hybrid and the Transformer run in the same
 process, so their numbers compare. ``--tiny`` runs tiny presets at toy lengths on the CPU: a smoke
@@ -33,7 +37,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..models import GatedDeltaForCausalLM, HybridCache, preset_config
+from ..models import COMPILE_MODES, GatedDeltaForCausalLM, HybridCache, compile_for_training, preset_config
 
 
 def _parse_ints(text: str) -> list[int]:
@@ -62,6 +66,10 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--skip-train", action="store_true", help="only the decode measurements")
     p.add_argument("--skip-decode", action="store_true", help="only the training measurements")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                   metavar="MODE", help="torch.compile each decoder block for training (regional; "
+                   f"MODE one of {', '.join(COMPILE_MODES)}; default: default). The warm-up steps pay "
+                   "the compilation, so give at least 1")
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny presets, toy lengths")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     p.add_argument("--max-seconds", default=460.0, type=float,
@@ -119,7 +127,7 @@ def _error(e: BaseException) -> str:
 def bench_train(name: str, T: int, args: argparse.Namespace) -> dict:
     """One training point: forward + backward + fused AdamW at ``B = tokens_per_step / T``."""
     B = max(1, args.tokens_per_step // T)
-    row = {"model": name, "size": args.size, "T": T, "B": B}
+    row = {"model": name, "size": args.size, "T": T, "B": B, "compile": args.compile}
     _reset_memory(args.device)
     try:
         row.update(_train_point(name, T, B, args))
@@ -131,6 +139,10 @@ def bench_train(name: str, T: int, args: argparse.Namespace) -> dict:
 
 def _train_point(name: str, T: int, B: int, args: argparse.Namespace) -> dict:
     model = _build(name, args).train()
+    if args.compile:
+        # Static shapes: each (B, T) point compiles its own graphs in the warm-up steps, once per
+        # block kind; the timed steps then run them without guards failing.
+        compile_for_training(model, mode=args.compile, dynamic=False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.device.type == "cuda")
     ids = torch.randint(0, model.config.vocab_size, (B, T), device=args.device)
 
@@ -198,7 +210,9 @@ def _fmt(v: object, spec: str) -> str:
 
 def _print_tables(train: list[dict], decode: list[dict]) -> None:
     if train:
-        print(f"\ntraining (fwd+bwd+AdamW), {train[0]['size']}")
+        mode = train[0].get("compile")
+        print(f"\ntraining (fwd+bwd+AdamW), {train[0]['size']}, "
+              + (f"compiled blocks ({mode})" if mode else "eager"))
         print(f"{'model':<20}{'T':>7}{'B':>5}{'params':>15}{'s/step':>10}{'tok/s':>11}{'peak GB':>9}  error")
         for r in train:
             print(f"{r['model']:<20}{r['T']:>7}{_fmt(r.get('B'), 'd'):>5}{_fmt(r.get('params'), ','):>15}"
@@ -245,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": "gatedelta bench models " + " ".join(argv if argv is not None else sys.argv[1:]),
             "device": device_name or str(args.device),
             "torch": torch.__version__,
+            "compile": args.compile,  # torch.compile mode of the training points, None: eager
             "protocol": {k: (str(v) if isinstance(v, torch.device) else v) for k, v in vars(args).items()},
             "train": train,
             "decode": decode,

@@ -186,6 +186,10 @@ class DeltaLayer(nn.Module):
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
         )
+        # The conv returns a [B, D, T]-major view; one copy to token-major rows here lets the q/k
+        # L2 norms read whole rows and hands the op q, k in the [B, T, H, K] layout it packs without
+        # a copy (and that the custom op's compiled gradients are laid out in).
+        qkv = qkv.contiguous()
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q, k, v = q.view(B, T, H, D), k.view(B, T, H, D), v.view(B, T, HV, D)
         gates = self.gates(x)

@@ -99,7 +99,8 @@ class Mamba2(nn.Module):
             output_final_state=cache is not None,
             cu_seqlens=cu_seqlens,
         )
-        xv, Bk, Cq = xbc.split([self.inner, self.bc_dim, self.bc_dim], dim=-1)
+        # Token-major rows (the conv returns a [B, D, T]-major view): see DeltaLayer.forward.
+        xv, Bk, Cq = xbc.contiguous().split([self.inner, self.bc_dim, self.bc_dim], dim=-1)
         xv, Bk, Cq = xv.view(Bsz, T, HV, P), Bk.view(Bsz, T, G, N), Cq.view(Bsz, T, G, N)
         # bf16 dt + a float32 bias is promoted exactly: no separate upcast of dt.
         dt = dt if dt.dtype in (torch.bfloat16, torch.float16, torch.float32) else dt.float()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from .cache import HybridCache
+from .compile import COMPILE_MODES, compile_for_training
 from .config import MIXERS, RECURRENT_MIXERS, GatedDeltaConfig
 from .modeling import GatedDeltaForCausalLM, GatedDeltaModel, GatedDeltaPreTrainedModel
 from .presets import PRESETS, SIZES, preset_config
 
 __all__ = [
     "GatedDeltaConfig", "GatedDeltaModel", "GatedDeltaForCausalLM", "GatedDeltaPreTrainedModel",
-    "HybridCache", "MIXERS", "RECURRENT_MIXERS", "PRESETS", "SIZES", "preset_config", "register_auto",
+    "HybridCache", "compile_for_training", "COMPILE_MODES",
+    "MIXERS", "RECURRENT_MIXERS", "PRESETS", "SIZES", "preset_config", "register_auto",
 ]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,10 @@ class Block(GradientCheckpointingLayer):
     (``GradientCheckpointingLayer``; ``x`` is positional so the checkpoint sees it).
     """
 
+    # Set by :func:`gatedelta.models.compile_for_training`: ``torch.compile(Block.mix)``, one function
+    # shared by every block (Dynamo keeps one compiled graph per block kind and input shape).
+    compiled_mix: Callable[..., tuple[Tensor, Tensor | None]] | None = None
+
     def __init__(self, config: GatedDeltaConfig, layer_idx: int) -> None:
         super().__init__()
         self.kind = config.mixer_types[layer_idx]
@@ -102,6 +107,33 @@ class Block(GradientCheckpointingLayer):
         rope: tuple[Tensor, Tensor] | None = None,
         padding: KeyPadding | None = None,
     ) -> tuple[Tensor, Tensor | None]:
+        """``x [B, T, hidden_size] -> (x', attention probs or None)``; arguments as :meth:`mix`.
+
+        Training calls (no cache, no probabilities, no padded keys) take the compiled :meth:`mix`
+        when :func:`~gatedelta.models.compile_for_training` set one. Evaluation and decoding stay
+        eager: a decode step's growing KV cache would recompile at every token.
+        """
+        kwargs = dict(position_ids=position_ids, token_mask=token_mask, cu_seqlens=cu_seqlens, cache=cache,
+                      output_attentions=output_attentions, rope=rope, padding=padding)
+        compiled = self.compiled_mix
+        plain = cache is None and padding is None and not output_attentions
+        if compiled is not None and self.training and plain:
+            return compiled(self, x, **kwargs)
+        return self.mix(x, **kwargs)
+
+    def mix(
+        self,
+        x: Tensor,
+        *,
+        position_ids: Tensor,
+        token_mask: Tensor | None,
+        cu_seqlens: Tensor | None,
+        cache: object | None,
+        output_attentions: bool,
+        rope: tuple[Tensor, Tensor] | None = None,
+        padding: KeyPadding | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """The block itself: pre-norm mixer and MLP, each added to the residual stream."""
         h = self.mixer_norm(x)
         probs = None
         if isinstance(self.mixer, GatedAttention):

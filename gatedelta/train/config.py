@@ -92,7 +92,7 @@ class EvalConfig:
 class RuntimeConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | float32 | bfloat16
-    compile: bool = False  # torch.compile the model
+    compile: bool = False  # torch.compile each decoder block for training (evaluation stays eager)
     activation_checkpointing: bool = False  # recompute each block in backward (saves memory)
     seed: int = 0
     threads: int = 0  # CPU intra-op threads per process (0: PyTorch's default, one per core)

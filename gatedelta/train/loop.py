@@ -299,7 +299,14 @@ def _train(cfg: TrainConfig, d: distributed.Dist, model_factory: ModelFactory) -
     model.train()
     n_params = sum(p.numel() for p in model.parameters())
     model = distributed.wrap(model, d)
-    train_model = torch.compile(model) if rc.compile else model
+    # Regional compilation (each block; the same helper as `gatedelta bench models --compile`).
+    # dynamic=None: packed batches change cu_seqlens' length every step, which Dynamo then makes a
+    # dynamic dimension instead of recompiling for each length. Evaluation stays eager.
+    train_model = model
+    if rc.compile:
+        from ..models.compile import compile_for_training
+
+        train_model = compile_for_training(model, dynamic=None)
 
     # 4. Optimizer and schedule: AdamW without decay on norms/biases/gates; warmup + cosine ------
     fused = d.device.type == "cuda"  # one kernel for all parameters on GPU
