@@ -268,6 +268,7 @@ class _ChannelDecay:
 
 
 LOG2E = math.log2(math.e)
+TINY = 2
 
 
 class _PairWork:
@@ -311,7 +312,7 @@ class _PairWork:
             # second half (r, x), columns of the first half
             dst = self.out.view(N, n2, 2, h * m, n2, 2, h).diagonal(dim1=1, dim2=4)[:, 1, :, 0]
             blk = new(N * n2, h * m, h)
-            if h <= 2:  # tiny blocks: products and sums beat a bmm
+            if h <= TINY:  # tiny blocks: products and sums beat a bmm
                 prod = new(N * n2, h * m, h, K)
                 mm = (xv[:, 1, :, None, :], kv[:, 0, None, :, :], prod)
             else:
@@ -417,6 +418,7 @@ class _Intra:
     kt: Tensor  # K̃ᵀ                        [..., K, C]
     last: Tensor | None  # γ_C, [..., 1] or [..., K]; None = no decay
     psi: Tensor | None = None  # K̃ᵀ Z without erase (the update does not depend on S₀)
+    owned: bool = False  # no autograd, w and r are this call's: the carry may overwrite r with U
 
 
 def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, w: Tensor | None,
@@ -444,12 +446,33 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
         # instead of K + V), then W and R as one matmul each. No [Ē | Z] copy is made, and the
         # two [C, C] x [C, ·] products run faster than the substitution's smaller ones.
         inv = _wy_inverse(t)
-        z = z.contiguous()  # dense for the matmul (a no-op for z from _dense_gate)
-        return _Intra(decay.rows(q), m, inv @ e_bar, inv @ z, decay.tails(k).mT, decay.last)
+        w_, r_ = _bmm3(inv, e_bar, work, "w"), _bmm3(inv, z, work, "r")
+        return _Intra(decay.rows(q), m, w_, r_, decay.tails(k).mT, decay.last, owned=True)
     K = k.shape[-1]
     rhs = torch.cat([e_bar, z], dim=-1)
     wr = _wy_solve(t, rhs)  # [W | R] = (I + T)⁻¹ [Ē | Z]
     return _Intra(decay.rows(q), m, wr[..., :K], wr[..., K:], decay.tails(k).mT, decay.last)
+
+
+def _bmm3(a: Tensor, b: Tensor, work: dict | None = None, name: str = "") -> Tensor:
+    """``a @ b`` for ``a`` ``[..., C, C]`` (dense) and ``b`` ``[..., C, D]`` (rows may be strided) as
+    one 3-D bmm (``matmul`` on the 6-D block layout reshapes a strided ``b`` into a copy first).
+
+    With ``work``, into a buffer kept there under ``name`` for every block of that shape: the
+    blocks run one after another, each done with its terms before the next one writes them, and
+    reading from the same buffers lets :class:`_StateWork` build its views once per call.
+    """
+    lead = _broadcast_shape(a.shape[:-2], b.shape[:-2])
+    a3 = a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
+    b3 = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    shape = (*lead, a.shape[-2], b.shape[-1])
+    if work is None:
+        return torch.bmm(a3, b3).view(shape)
+    key = (name, shape, a.dtype, a.device)
+    if key not in work:
+        work[key] = a.new_empty(shape)
+    torch.bmm(a3, b3, out=work[key].view(a3.shape[0], *shape[-2:]))
+    return work[key]
 
 
 LEAF = 16
@@ -535,6 +558,72 @@ def _flat(x: Tensor, lead: tuple[int, int, int]) -> Tensor:
     return x.transpose(0, 1).reshape(-1, *x.shape[-2:])
 
 
+class _StateWork:
+    """Stages 3 and 4 of one block without autograd (erase and decay present), on per-chunk views
+    built once.
+
+    Every full block of a call finds its terms in the same buffers (those of :class:`_PairWork`
+    and :func:`_buffer`), so the views below (~6 per chunk) and the state and output buffers are
+    made once per call and reused (:meth:`get`), not rebuilt per block: with ~2k token-heads per
+    block that bookkeeping cost a quarter of the state loop. Terms not in reused buffers (other
+    gate forms, several rows, GVA copies) only lose the reuse.
+    """
+
+    def __init__(self, it: _Intra, s: Tensor, lead: tuple[int, int, int]) -> None:
+        n = it.r.shape[1]
+        terms = (it.w, it.r, it.kt, it.last[..., None], it.q_gamma, it.m)
+        flats = [_flat(x, lead) for x in terms]
+        self.w, r, self.kt, last, self.q, self.m = flats
+        # U overwrites R in place where R is ours (a view of an owned R, or _flat's copy)
+        self.u = r if it.owned or r.data_ptr() != it.r.data_ptr() else r.clone()
+        self.states = s.new_empty(n + 1, *s.shape)  # states[i]: before chunk i
+        self.s0 = self.states[:n].flatten(0, 1)
+        self.o = self.u.new_empty(self.u.shape[0], self.q.shape[1], self.u.shape[2])
+        per_chunk = lambda x: x.unflatten(0, (n, -1)).unbind(0)  # noqa: E731
+        self.steps = list(zip(per_chunk(self.w), per_chunk(self.u), per_chunk(self.kt), per_chunk(last),
+                              self.states[:n].unbind(0), self.states[1:].unbind(0)))
+        # reusable only if every term above is a view of the block's own tensors
+        reusable = all(f.data_ptr() == x.data_ptr() for f, x in zip(flats, terms))
+        self.key = _StateWork._key(it, s) if reusable else None
+
+    @staticmethod
+    def _key(it: _Intra, s: Tensor) -> tuple:
+        terms = (it.w, it.r, it.kt, it.last, it.q_gamma, it.m)
+        return (tuple((x.data_ptr(), x.shape, x.stride()) for x in terms), s.shape, s.dtype)
+
+    @staticmethod
+    def get(it: _Intra, s: Tensor, lead: tuple[int, int, int], work: dict | None) -> _StateWork:
+        """The cached one if this block's terms live where the last block's did, else a new one."""
+        cached = None if work is None else work.get("state")
+        if cached is not None and cached.key == _StateWork._key(it, s):
+            return cached
+        sw = _StateWork(it, s, lead)
+        if work is not None and sw.key is not None:
+            work["state"] = sw
+        return sw
+
+    def run(self, s: Tensor, j0: int, lay: _Layout, reset, scale: float) -> tuple:
+        """The state loop and the block's outputs.
+
+        Returns (O = scale · (Q_γ S₀ + M U) ``[n·R·H·G, C, V]``, last state, ``{chunk: state after
+        it}`` where a packed sequence ends); O and the last state are views of the buffers, valid
+        until the next block runs.
+        """
+        varlen = lay.token is not None
+        ends = {}
+        self.states[0].copy_(s)
+        for i, (w, u, kt, last, s_i, nxt) in enumerate(self.steps):
+            if varlen and j0 + i in lay.starts:
+                s_i.copy_(reset(j0 + i))
+            u.baddbmm_(w, s_i, alpha=-1)  # U = R − W S₀
+            torch.mul(s_i, last, out=nxt).baddbmm_(kt, u)  # S_C = Diag(γ_C) S₀ + K̃ᵀ U
+            if varlen and j0 + i in lay.ends:
+                ends[j0 + i] = nxt.clone()  # the buffer row may be overwritten by a reset
+        # beta = 0: the buffer's old contents are ignored
+        self.o.baddbmm_(self.q, self.s0, beta=0, alpha=scale).baddbmm_(self.m, self.u, alpha=scale)
+        return self.o, self.states[-1], ends
+
+
 def _carry(it: _Intra, s: Tensor, lead: tuple[int, int, int], j0: int, lay: _Layout, reset) -> tuple:
     """Stage 3: carry the state ``s`` ``[R·H·G, K, V]`` through the block's chunks.
 
@@ -554,26 +643,6 @@ def _carry(it: _Intra, s: Tensor, lead: tuple[int, int, int], j0: int, lay: _Lay
     else:
         ws = _flat(it.w, lead).unflatten(0, (n, -1)).unbind(0)
         kts = _flat(it.kt, lead).unflatten(0, (n, -1)).unbind(0)
-    varlen = lay.token is not None
-    if it.w is not None and lasts is not None and not (torch.is_grad_enabled() and any(
-            x.requires_grad for x in (s, it.r, it.w, it.kt, it.last))):
-        # Without autograd: states and U go straight into preallocated buffers (out=), so no
-        # per-chunk tensors are allocated and nothing is stacked afterwards.
-        states = s.new_empty(n + 1, *s.shape)  # states[i]: before chunk i
-        us_buf = it.r.new_empty(n, *rs[0].shape)
-        states[0] = s
-        ends = {}
-        st, ul = states.unbind(0), us_buf.unbind(0)  # views made once, not per chunk
-        for i in range(n):
-            j = j0 + i
-            if varlen and j in lay.starts:
-                st[i].copy_(reset(j))
-            s, u, nxt = st[i], ul[i], st[i + 1]
-            torch.baddbmm(rs[i], ws[i], s, alpha=-1, out=u)
-            torch.mul(s, lasts[i], out=nxt).baddbmm_(kts[i], u)
-            if varlen and j in lay.ends:
-                ends[j] = nxt.clone()  # the buffer row may be overwritten by a reset
-        return states[:n].flatten(0, 1), us_buf.flatten(0, 1), states[n].clone(), ends
     before, us, ends = [], [], {}
     for i in range(n):
         j = j0 + i
@@ -779,7 +848,8 @@ def recurrence(
     # (every slot of o is written below; only the varlen padding row needs no value)
     o = torch.empty(B, T + (lay.token is not None), HV, V, dtype=r.v.dtype, device=dev)
 
-    work: dict = {}  # buffers reused by every block of one shape (see _PairWork)
+    work: dict = {}  # buffers reused by every block of one shape (see _PairWork, _StateWork)
+    state_grad = torch.is_grad_enabled() and init is not None and init.requires_grad
     block = max(1, BLOCK_TOKENS * min(torch.get_num_threads(), 8) // (lay.rows * HV * C))
     n_chunks = lay.slots // C
     for j0 in range(0, n_chunks, block):
@@ -789,13 +859,18 @@ def recurrence(
         x = [None if t is None else _to_chunks(lay.take(t.to(dt), j0 * C, j1 * C), H, C)
              for t in (r.q, r.k, r.v, r.g, r.b, r.w)]
         # 2. intra-chunk terms of the block
-        it = _intra(*x, sub=sub, work=work)
-        # 3. carry the state through the block's chunks
-        s0, u, s, ends = _carry(it, s, lead, j0, lay, reset)
+        # (an initial state that needs a gradient: no buffers, the graph keeps every block's terms)
+        it = _intra(*x, sub=sub, work=None if state_grad else work)
+        # 3. carry the state through the block's chunks; 4. outputs of the block
+        # O = scale · (Q_γ S₀ + M U), [n · R·H·G, C, V]
+        if it.owned and it.last is not None and not state_grad:  # buffers and views reused
+            o_blk, s, ends = _StateWork.get(it, s, lead, work).run(s, j0, lay, reset, r.scale)
+        else:
+            s0, u, s, ends = _carry(it, s, lead, j0, lay, reset)
+            o_blk = torch.baddbmm(_flat(it.m, lead) @ u, _flat(it.q_gamma, lead), s0, beta=r.scale,
+                                  alpha=r.scale)
         for j, sj in ends.items():
             finals[lay.ends[j]] = sj
-        # 4. outputs of the block O = scale · (Q_γ S₀ + M U), [n · R·H·G, C, V]
-        o_blk = torch.baddbmm(_flat(it.m, lead) @ u, _flat(it.q_gamma, lead), s0, beta=r.scale, alpha=r.scale)
         # 5. written to their tokens
         o_blk = o_blk.view(j1 - j0, lay.rows, H, G, C, V).transpose(0, 1)
         lay.put(o, o_blk, j0 * C, j1 * C)
