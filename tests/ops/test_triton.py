@@ -70,13 +70,13 @@ def test_forward_backward_every_op(op):
 
 @pytest.mark.parametrize("op", ["gdn2", "gdn", "delta_rule"])
 def test_alternative_kernel_paths(op, monkeypatch):
-    # The TUNING switches off: W = A Ē and U = A Z by their own kernel, R = U − W S₀ in the state
-    # kernel (the fused default forms R = A (Z − Ē S₀) there); the gradient kernel's pair
-    # products in two level loops (the default shares one).
+    # The TUNING switches flipped: R = A (Z − Ē S₀) formed in the state kernel (the default reads
+    # W = A Ē and U = A Z from their own kernel); the gradient kernel's pair products in two
+    # level loops (the default shares one).
     from gatedelta.ops.triton import common
 
-    monkeypatch.setitem(common.TUNING, "fuse_wu", False)
-    monkeypatch.setitem(common.TUNING, "grad_one_split", False)
+    monkeypatch.setitem(common.TUNING, "fuse_wu", not common.TUNING["fuse_wu"])
+    monkeypatch.setitem(common.TUNING, "grad_one_split", not common.TUNING["grad_one_split"])
     args, s0 = make_inputs(op, B=2, T=75, H=1, G=2, K=16, V=16, dtype=torch.float32)
     _compare(op, args, s0)
 

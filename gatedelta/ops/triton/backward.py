@@ -361,11 +361,16 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     PREC = dot_precision(q.dtype)
     BK = min(TUNING["grad_bk"], _pow2(K))  # the gradient kernel keeps ~8 [BT, BK] fp32 tiles live
     NK = triton.cdiv(K, BK)
-    dq = empty((Ttot, HV, K), **f32)
-    dk = empty((Ttot, HV, K), **f32)
+    groups = HV // H
+    # Gradients the kernel writes whole are stored in the input's dtype; fp32 where partial sums
+    # follow (over the GVA group of a key head, or over K blocks for per-head gates).
+    dq = empty((Ttot, HV, K), dtype=q.dtype if groups == 1 else torch.float32, device=dev)
+    dk = empty((Ttot, HV, K), dtype=k.dtype if groups == 1 else torch.float32, device=dev)
     dv = empty((Ttot, HV, V), dtype=v.dtype, device=dev)
-    dg = None if g is None else empty((Ttot, HV, K) if DECAY == 2 else (NK, Ttot, HV), **f32)
-    db = None if b is None else empty((Ttot, HV, K) if ERASE == 2 else (NK, Ttot, HV), **f32)
+    dg = None if g is None else (empty((Ttot, HV, K), dtype=g.dtype, device=dev) if DECAY == 2
+                                 else empty((NK, Ttot, HV), **f32))
+    db = None if b is None else (empty((Ttot, HV, K), dtype=b.dtype, device=dev) if ERASE == 2
+                                 else empty((NK, Ttot, HV), **f32))
     dw = None if w is None else empty(w.shape, dtype=w.dtype, device=dev)
     dh0 = None if h0 is None else empty(h0.shape, **f32)
     if NT > 0:
@@ -392,15 +397,11 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
-    groups = HV // H
-    dq = dq.view(Ttot, H, groups, K).sum(2).to(q.dtype)
-    dk = dk.view(Ttot, H, groups, K).sum(2).to(k.dtype)
+    if groups > 1:
+        dq = dq.view(Ttot, H, groups, K).sum(2).to(q.dtype)
+        dk = dk.view(Ttot, H, groups, K).sum(2).to(k.dtype)
     if DECAY == 1:
-        dg = dg.sum(0)
+        dg = dg.sum(0).to(g.dtype)
     if ERASE == 1:
-        db = db.sum(0)
-    if db is not None:
-        db = db.to(b.dtype)
-    if dg is not None:
-        dg = dg.to(g.dtype)
+        db = db.sum(0).to(b.dtype)
     return dq, dk, dv, dg, db, dw, dh0
