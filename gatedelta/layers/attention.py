@@ -1,8 +1,8 @@
 """Gated softmax attention (Gated Attention paper, G1 gate) with QK-norm, RoPE, GQA and a window.
 
-    q, k, v = proj(x);  q, k = RoPE(RMSNorm_head(q), RMSNorm_head(k))
+    q, k, v, gate logits = in_proj(x) (one GEMM, split);  q, k = RoPE(RMSNorm_head(q), RMSNorm_head(k))
     o = softmax(q kᵀ · scale + causal/window mask) v          (ops.gated_attention)
-    o = o ⊙ sigmoid(gate_proj(x))     head-specific, "elementwise" [Hq·D] or "headwise" [Hq]
+    o = o ⊙ sigmoid(gate logits)      head-specific, "elementwise" [Hq·D] or "headwise" [Hq]
     out = o_proj(o)
 
 The gate is computed from the layer input (the pre-normed hidden state), which the paper found best
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .. import ops
+from .fused import register_legacy_split
 from .gates import residual_out
 from .norm import RMSNorm
 from .state import KVState
@@ -127,12 +128,15 @@ class GatedAttention(nn.Module):
             raise ValueError(f"window must be a positive number of tokens or None, got {window}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.gate, self.window, self.rope_theta, self.layer_idx = gate, window, rope_theta, layer_idx
-        self.q_proj = nn.Linear(hidden_size, num_heads * head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden_size, num_kv_heads * head_dim, bias=False)
+        # q, k, v and the gate logits are slices of one GEMM of x (each initialised as the separate
+        # projection it replaces); older checkpoints with q_proj/k_proj/v_proj/gate_proj still load.
+        self.in_widths: dict[str, int] = {
+            "q": num_heads * head_dim, "k": num_kv_heads * head_dim, "v": num_kv_heads * head_dim
+        }
         if gate is not None:
-            width = num_heads * head_dim if gate == "elementwise" else num_heads
-            self.gate_proj = nn.Linear(hidden_size, width, bias=False)
+            self.in_widths["gate"] = num_heads * head_dim if gate == "elementwise" else num_heads
+        self.in_proj = nn.Linear(hidden_size, sum(self.in_widths.values()), bias=False)
+        register_legacy_split(self, "in_proj", [f"{name}_proj" for name in self.in_widths])
         self.q_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.o_proj = residual_out(nn.Linear(num_heads * head_dim, hidden_size, bias=False))
@@ -171,14 +175,15 @@ class GatedAttention(nn.Module):
         Hq, Hkv, D = self.num_heads, self.num_kv_heads, self.head_dim
         if rope is None:
             rope = rotary_tables(position_ids, D, theta=self.rope_theta)
-        q = apply_rotary(self.q_norm(self.q_proj(x).view(B, T, Hq, D)), rope)
-        k = apply_rotary(self.k_norm(self.k_proj(x).view(B, T, Hkv, D)), rope)
-        v = self.v_proj(x).view(B, T, Hkv, D)
+        parts = dict(zip(self.in_widths, self.in_proj(x).split(list(self.in_widths.values()), dim=-1)))
+        q = apply_rotary(self.q_norm(parts["q"].view(B, T, Hq, D)), rope)
+        k = apply_rotary(self.k_norm(parts["k"].view(B, T, Hkv, D)), rope)
+        v = parts["v"].view(B, T, Hkv, D)
         gate = None
         if self.gate == "elementwise":
-            gate = self.gate_proj(x).view(B, T, Hq, D)
+            gate = parts["gate"].view(B, T, Hq, D)
         elif self.gate == "headwise":
-            gate = self.gate_proj(x)
+            gate = parts["gate"]
         if padding is not None:
             if cache is not None:
                 k, v, _ = cache.update(k, v, None)

@@ -2,9 +2,15 @@
 
 All four share one skeleton (:class:`DeltaLayer`) and differ only in their gates:
 
-    x ─ qkv_proj ─ short conv + SiLU ─ q, k (L2-normalised in the op), v
-    x ─ gates(x) ─ g (log-decay), erase, write                         ─┐
-    op(q, k, v, gates, state) ─ o ─ RMSNorm(o) ⊙ act(out_gate(x)) ─ o_proj
+    x ─ in_proj ─┬─ qkv ─ short conv + SiLU ─ q, k (L2-normalised in the op), v
+                 ├─ gate slices ─ g (log-decay), erase, write                  ─┐
+                 └─ out-gate slice                                              │
+    op(q, k, v, gates, state) ─ o ─ RMSNorm(o) ⊙ act(out gate) ─ o_proj
+
+Every projection of ``x`` (q, k, v, the gates' inputs, the output gate's) is one slice of a single
+``in_proj`` GEMM. Each slice is initialised as the separate layer it replaces was (all are plain
+linear maps of ``x`` with the same init), and a load hook turns the old separate weights
+(``qkv_proj``, ``b_proj``, ``f_proj.0``, …) into ``in_proj`` so older checkpoints still load.
 
 | layer              | op                | decay g             | erase        | write        | out gate |
 |--------------------|-------------------|---------------------|--------------|--------------|----------|
@@ -32,6 +38,7 @@ from torch import nn
 
 from .. import ops
 from .conv import ShortConvolution
+from .fused import register_legacy_split
 from .gates import CopyFn, a_log_init, dt_bias_init, no_weight_decay, plain_copy, residual_out
 from .norm import GatedRMSNorm
 from .state import RecurrentState, freeze_padding
@@ -84,29 +91,51 @@ class DeltaLayer(nn.Module):
         self.key_dim = num_heads * head_dim
         self.value_dim = num_v_heads * head_dim
 
-        # q, k, v in one GEMM and one conv call; split afterwards.
-        self.qkv_proj = nn.Linear(hidden_size, 2 * self.key_dim + self.value_dim, bias=False)
-        self.conv = ShortConvolution(dim=2 * self.key_dim + self.value_dim, kernel_size=conv_size)
-        self.build_gates()
+        # Every projection of x in one GEMM: q, k, v (one conv call), the gates' inputs, the
+        # output gate (low-rank: its first factor). `in_widths` names the slices in order.
+        qkv_dim = 2 * self.key_dim + self.value_dim
+        self.in_widths: dict[str, int] = {"qkv": qkv_dim, **self.build_gates()}
         if self.low_rank_out_gate:
-            self.out_gate = nn.Sequential(
-                nn.Linear(hidden_size, head_dim, bias=False), nn.Linear(head_dim, self.value_dim, bias=True)
-            )
-            no_weight_decay(self.out_gate[1].bias)
+            self.in_widths["out_gate"] = head_dim
+            self.out_gate_up_proj = nn.Linear(head_dim, self.value_dim, bias=True)
+            no_weight_decay(self.out_gate_up_proj.bias)
         else:
-            self.out_gate = nn.Linear(hidden_size, self.value_dim, bias=False)
+            self.in_widths["out_gate"] = self.value_dim
+        self.in_proj = nn.Linear(hidden_size, sum(self.in_widths.values()), bias=False)
+        self.conv = ShortConvolution(dim=qkv_dim, kernel_size=conv_size)
+        register_legacy_split(self, "in_proj", self._legacy_names(), renames=self.legacy_renames)
         self.o_norm = GatedRMSNorm(head_dim, activation=self.out_activation, eps=norm_eps)
         self.o_proj = residual_out(nn.Linear(self.value_dim, hidden_size, bias=False))
         self.reset_parameters()
 
+    # Where each in_proj slice lived before the projections were fused (the load hook reads them),
+    # and the modules that were renamed with it.
+    legacy_slices: dict[str, str] = {"qkv": "qkv_proj", "f": "f_proj.0", "b": "b_proj", "w": "w_proj",
+                                     "beta": "beta_proj", "a": "a_proj"}
+    legacy_renames: dict[str, str] = {"f_proj.1.": "f_up_proj.", "out_gate.1.": "out_gate_up_proj."}
+
     # -- variant hooks ----------------------------------------------------------------------------
-    def build_gates(self) -> None:
-        """Create the gate projections and parameters."""
+    def build_gates(self) -> dict[str, int]:
+        """Create the gate parameters (and any second low-rank factor); return the widths of the
+        gates' ``in_proj`` slices by name, in order."""
         raise NotImplementedError
 
-    def gates(self, x: Tensor) -> dict[str, Tensor]:
-        """Gate tensors for ``op`` by keyword (``g`` float32 log-decay, ``b``/``w``/``beta``)."""
+    def gates_from(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Gate tensors for ``op`` by keyword (``g`` float32 log-decay, ``b``/``w``/``beta``) from
+        the named ``in_proj`` slices ``parts[name] [B, T, width]``."""
         raise NotImplementedError
+
+    def project(self, x: Tensor) -> dict[str, Tensor]:
+        """``x [B, T, hidden_size]`` through ``in_proj``, split into its named slices (views)."""
+        return dict(zip(self.in_widths, self.in_proj(x).split(list(self.in_widths.values()), dim=-1)))
+
+    def gates(self, x: Tensor) -> dict[str, Tensor]:
+        """Gate tensors for ``op`` straight from ``x [B, T, hidden_size]`` (see :meth:`gates_from`)."""
+        return self.gates_from(self.project(x))
+
+    def _legacy_names(self) -> list[str]:
+        out_gate = "out_gate.0" if self.low_rank_out_gate else "out_gate"
+        return [out_gate if name == "out_gate" else self.legacy_slices[name] for name in self.in_widths]
 
     def reset_parameters(self, *, copy: CopyFn = plain_copy) -> None:
         """Paper init of the decay parameters (``A_log``, ``dt_bias``) and the conv kernel.
@@ -119,16 +148,14 @@ class DeltaLayer(nn.Module):
         self.conv.reset_parameters(copy=copy)
 
     # -- shared helpers ---------------------------------------------------------------------------
-    def _build_channel_decay(self) -> None:
+    def _build_channel_decay(self) -> dict[str, int]:
         """Per-key-channel log-decay parameters (GDN-2, KDA): a low-rank projection ``f`` (rank =
-        head_dim, as in KDA: the decay needs few degrees of freedom), ``A_log`` per q/k head and
-        ``dt_bias`` per key channel; read by :meth:`_decay`."""
-        self.f_proj = nn.Sequential(
-            nn.Linear(self.hidden_size, self.head_dim, bias=False),
-            nn.Linear(self.head_dim, self.key_dim, bias=False),
-        )
+        head_dim, as in KDA: the decay needs few degrees of freedom; its first factor is in_proj's
+        ``"f"`` slice), ``A_log`` per q/k head and ``dt_bias`` per key channel; read by :meth:`_decay`."""
+        self.f_up_proj = nn.Linear(self.head_dim, self.key_dim, bias=False)  # after in_proj's "f" slice
         self.A_log = no_weight_decay(nn.Parameter(torch.zeros(self.num_heads)))
         self.dt_bias = no_weight_decay(nn.Parameter(torch.zeros(self.key_dim)))
+        return {"f": self.head_dim}
 
     def _decay(self, raw: Tensor, heads: int) -> Tensor:
         """``−exp(A_log) · softplus(raw + dt_bias)`` in float32.
@@ -177,7 +204,8 @@ class DeltaLayer(nn.Module):
         """
         B, T, _ = x.shape
         H, HV, D = self.num_heads, self.num_v_heads, self.head_dim
-        qkv = self.qkv_proj(x)
+        parts = self.project(x)
+        qkv = parts["qkv"]
         if token_mask is not None:
             qkv = qkv * token_mask[..., None].to(qkv.dtype)
         qkv, conv_state = self.conv(
@@ -192,7 +220,7 @@ class DeltaLayer(nn.Module):
         qkv = qkv.contiguous()
         q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], dim=-1)
         q, k, v = q.view(B, T, H, D), k.view(B, T, H, D), v.view(B, T, HV, D)
-        gates = self.gates(x)
+        gates = self.gates_from(parts)
         k, g = freeze_padding(token_mask, k, gates.get("g"))
         if g is not None:
             gates["g"] = g
@@ -206,7 +234,10 @@ class DeltaLayer(nn.Module):
         )
         if cache is not None:
             cache.conv_state, cache.recurrent_state = conv_state, state
-        o = self.o_norm(o, self.out_gate(x).view(B, T, HV, D))
+        out_gate = parts["out_gate"]
+        if self.low_rank_out_gate:
+            out_gate = self.out_gate_up_proj(out_gate)
+        o = self.o_norm(o, out_gate.view(B, T, HV, D))
         return self.o_proj(o.reshape(B, T, self.value_dim))
 
 
@@ -220,16 +251,14 @@ class GatedDeltaNet2(DeltaLayer):
     out_activation = "sigmoid"
     low_rank_out_gate = True
 
-    def build_gates(self) -> None:
-        self._build_channel_decay()
-        self.b_proj = nn.Linear(self.hidden_size, self.key_dim, bias=False)
-        self.w_proj = nn.Linear(self.hidden_size, self.value_dim, bias=False)
+    def build_gates(self) -> dict[str, int]:
+        return {**self._build_channel_decay(), "b": self.key_dim, "w": self.value_dim}
 
-    def gates(self, x: Tensor) -> dict[str, Tensor]:
-        B, T, _ = x.shape
-        g = self._decay(self.f_proj(x), self.num_heads)  # [B, T, H, K]
-        b = self._erase(self.b_proj(x)).view(B, T, self.num_heads, self.head_dim)
-        w = torch.sigmoid(self.w_proj(x)).view(B, T, self.num_v_heads, self.head_dim)
+    def gates_from(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+        B, T, _ = parts["b"].shape
+        g = self._decay(self.f_up_proj(parts["f"]), self.num_heads)  # [B, T, H, K]
+        b = self._erase(parts["b"]).view(B, T, self.num_heads, self.head_dim)
+        w = torch.sigmoid(parts["w"]).view(B, T, self.num_v_heads, self.head_dim)
         return {"g": g, "b": b, "w": w}
 
 
@@ -241,13 +270,12 @@ class KimiDeltaAttention(DeltaLayer):
     out_activation = "sigmoid"
     low_rank_out_gate = True
 
-    def build_gates(self) -> None:
-        self._build_channel_decay()
-        self.beta_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
+    def build_gates(self) -> dict[str, int]:
+        return {**self._build_channel_decay(), "beta": self.num_v_heads}
 
-    def gates(self, x: Tensor) -> dict[str, Tensor]:
-        g = self._decay(self.f_proj(x), self.num_heads)  # [B, T, H, K]
-        beta = self._erase(self.beta_proj(x))  # [B, T, HV]
+    def gates_from(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+        g = self._decay(self.f_up_proj(parts["f"]), self.num_heads)  # [B, T, H, K]
+        beta = self._erase(parts["beta"])  # [B, T, HV]
         return {"g": g, "beta": beta}
 
 
@@ -256,15 +284,14 @@ class GatedDeltaNet(DeltaLayer):
 
     op = staticmethod(ops.gdn)
 
-    def build_gates(self) -> None:
-        self.a_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
-        self.beta_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
+    def build_gates(self) -> dict[str, int]:
         self.A_log = no_weight_decay(nn.Parameter(torch.zeros(self.num_v_heads)))
         self.dt_bias = no_weight_decay(nn.Parameter(torch.zeros(self.num_v_heads)))
+        return {"a": self.num_v_heads, "beta": self.num_v_heads}
 
-    def gates(self, x: Tensor) -> dict[str, Tensor]:
-        g = self._decay(self.a_proj(x), self.num_v_heads)  # [B, T, HV]
-        beta = self._erase(self.beta_proj(x))
+    def gates_from(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+        g = self._decay(parts["a"], self.num_v_heads)  # [B, T, HV]
+        beta = self._erase(parts["beta"])
         return {"g": g, "beta": beta}
 
 
@@ -273,11 +300,11 @@ class DeltaNet(DeltaLayer):
 
     op = staticmethod(ops.delta_rule)
 
-    def build_gates(self) -> None:
-        self.beta_proj = nn.Linear(self.hidden_size, self.num_v_heads, bias=False)
+    def build_gates(self) -> dict[str, int]:
+        return {"beta": self.num_v_heads}
 
-    def gates(self, x: Tensor) -> dict[str, Tensor]:
-        return {"beta": self._erase(self.beta_proj(x))}
+    def gates_from(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"beta": self._erase(parts["beta"])}
 
 
 class GatedLinearAttention(DeltaLayer):
@@ -290,13 +317,11 @@ class GatedLinearAttention(DeltaLayer):
     # GLA's temperature: logsigmoid(·)/16 keeps the initial decay close to 1 (long memory).
     gate_normalizer = 16.0
 
-    def build_gates(self) -> None:
-        self.f_proj = nn.Sequential(
-            nn.Linear(self.hidden_size, 16, bias=False),
-            nn.Linear(16, self.key_dim, bias=True),
-        )
+    def build_gates(self) -> dict[str, int]:
+        self.f_up_proj = nn.Linear(16, self.key_dim, bias=True)  # after in_proj's rank-16 "f" slice
+        return {"f": 16}
 
-    def gates(self, x: Tensor) -> dict[str, Tensor]:
-        B, T, _ = x.shape
-        g = nn.functional.logsigmoid(self.f_proj(x).float()) / self.gate_normalizer
+    def gates_from(self, parts: dict[str, Tensor]) -> dict[str, Tensor]:
+        B, T, _ = parts["f"].shape
+        g = nn.functional.logsigmoid(self.f_up_proj(parts["f"]).float()) / self.gate_normalizer
         return {"g": g.view(B, T, self.num_heads, self.head_dim)}

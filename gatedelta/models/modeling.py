@@ -160,6 +160,31 @@ class GatedDeltaPreTrainedModel(PreTrainedModel):
     # bf16 step of 0.03, which would move every head's time scale by ~3%.
     _keep_in_fp32_modules_strict = ["A_log", "dt_bias"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: object, *args: object, **kwargs: object):
+        """Hugging Face's ``from_pretrained``, which also reads checkpoints written before the
+        layers' input projections were fused (``qkv_proj``, ``b_proj``, ``q_proj``, … instead of one
+        ``in_proj``; see :mod:`gatedelta.layers.fused`).
+
+        transformers' loader never calls ``load_state_dict``, so it reports those old keys as
+        unexpected and initialises ``in_proj`` at random; they are then read again and loaded
+        through ``load_state_dict``, whose hooks fuse them. The returned loading info (with
+        ``output_loading_info=True``) lists what is still missing or unexpected after that.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True,
+                                              **kwargs)
+        if info.get("unexpected_keys") and any(".mixer." in k for k in info["unexpected_keys"]):
+            state = _read_safetensors(pretrained_model_name_or_path, kwargs)
+            result = model.load_state_dict(state, strict=False)
+            info["missing_keys"] = set(info.get("missing_keys", ())) & set(result.missing_keys)
+            info["unexpected_keys"] = set(result.unexpected_keys)
+            if info["missing_keys"] or info["unexpected_keys"]:
+                missing, unexpected = sorted(info["missing_keys"]), sorted(info["unexpected_keys"])
+                raise ValueError(f"{pretrained_model_name_or_path}: weights still missing {missing[:5]}, "
+                                 f"unexpected {unexpected[:5]} after reading the old layout")
+        return (model, info) if want_info else model
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Every init choice, in one place (tensors already loaded from a checkpoint are skipped):
@@ -189,6 +214,24 @@ class GatedDeltaPreTrainedModel(PreTrainedModel):
             init.ones_(module.weight)
         elif isinstance(module, (Mamba2, DeltaLayer, ShortConvolution)):
             module.reset_parameters(copy=init.copy_)
+
+
+def _read_safetensors(path: object, kwargs: dict) -> dict[str, Tensor]:
+    """Every tensor of a ``save_pretrained`` checkpoint (a directory or a Hub id), on the CPU."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    local = Path(str(path))
+    if not local.is_dir():
+        from huggingface_hub import snapshot_download
+
+        hub = {k: kwargs[k] for k in ("revision", "token", "cache_dir", "local_files_only") if k in kwargs}
+        local = Path(snapshot_download(str(path), allow_patterns=["*.safetensors", "*.json"], **hub))
+    state: dict[str, Tensor] = {}
+    for file in sorted(local.glob("*.safetensors")):
+        state.update(load_file(str(file)))
+    return state
 
 
 class GatedDeltaModel(GatedDeltaPreTrainedModel):

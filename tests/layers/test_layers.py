@@ -120,7 +120,7 @@ def test_attention_decode_and_window_cache(gate, window):
         hidden_size=HIDDEN, num_heads=4, num_kv_heads=2, head_dim=6, gate=gate, window=window
     )
     if gate is not None:
-        assert attn.gate_proj.out_features == (24 if gate == "elementwise" else 4)
+        assert attn.in_widths["gate"] == (24 if gate == "elementwise" else 4)
     x = torch.randn(2, 9, HIDDEN, requires_grad=True)
     pos = torch.arange(9)[None].expand(2, 9)
     full, probs = attn(x, position_ids=pos, output_attentions=True)
@@ -189,3 +189,64 @@ def test_sliding_window_cache_survives_buffer_compaction():
             steps.append(attn(x[:, t:t + 1], position_ids=pos[:, t:t + 1], cache=state)[0])
             assert state.key.shape[1] == 5
     torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+# The separate projections each layer had before they were fused into `in_proj`, in row order.
+LEGACY_SLICES = {
+    GatedDeltaNet2: ["qkv_proj", "f_proj.0", "b_proj", "w_proj", "out_gate.0"],
+    KimiDeltaAttention: ["qkv_proj", "f_proj.0", "beta_proj", "out_gate.0"],
+    GatedDeltaNet: ["qkv_proj", "a_proj", "beta_proj", "out_gate"],
+    DeltaNet: ["qkv_proj", "beta_proj", "out_gate"],
+    GatedLinearAttention: ["qkv_proj", "f_proj.0", "out_gate"],
+    GatedAttention: ["q_proj", "k_proj", "v_proj", "gate_proj"],
+}
+LEGACY_RENAMES = {"f_up_proj.": "f_proj.1.", "out_gate_up_proj.": "out_gate.1."}
+
+
+def legacy_state_dict(layer: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``layer``'s weights in the layout written before the input projections were fused."""
+    state = {}
+    for key, value in layer.state_dict().items():
+        if key == "in_proj.weight":
+            rows = value.split(list(layer.in_widths.values()), dim=0)
+            state.update({f"{name}.weight": w.clone() for name, w in zip(LEGACY_SLICES[type(layer)], rows)})
+            continue
+        for new, old in LEGACY_RENAMES.items():
+            key = old + key[len(new):] if key.startswith(new) else key
+        state[key] = value.clone()
+    return state
+
+
+@pytest.mark.parametrize("cls", DELTA + [GatedAttention])
+def test_fused_projections_load_the_old_layout(cls):
+    if cls is GatedAttention:
+        make_layer = lambda: GatedAttention(hidden_size=HIDDEN, num_heads=4, num_kv_heads=2, head_dim=6)  # noqa: E731
+    else:
+        make_layer = lambda: make(cls, backend="reference")  # noqa: E731
+    layer = make_layer()
+    old = legacy_state_dict(layer)
+    assert "in_proj.weight" not in old and len(old) > len(layer.state_dict())
+    torch.manual_seed(1)  # different weights, overwritten by the load
+    fresh = make_layer()
+    fresh.load_state_dict(old, strict=True)
+    for key, value in layer.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    x = torch.randn(2, 5, HIDDEN)
+    if cls is GatedAttention:
+        pos = torch.arange(5)[None]
+        assert torch.equal(fresh(x, position_ids=pos)[0], layer(x, position_ids=pos)[0])
+    else:
+        assert torch.equal(fresh(x), layer(x))
+    # the new layout loads untouched
+    fresh.load_state_dict(layer.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("cls", [GatedDeltaNet2, GatedDeltaNet, GatedLinearAttention])
+def test_fused_projection_slices_keep_their_init_and_weight_decay(cls):
+    layer = make(cls)
+    # nn.Linear's default init depends on fan_in only, the same hidden_size for every slice
+    bound = 1 / math.sqrt(HIDDEN)
+    assert layer.in_proj.weight.abs().max() <= bound
+    assert list(layer.in_widths)[0] == "qkv" and list(layer.in_widths)[-1] == "out_gate"
+    assert layer.in_proj.out_features == sum(layer.in_widths.values())
+    assert not getattr(layer.in_proj.weight, "_no_weight_decay", False)

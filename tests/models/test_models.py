@@ -109,6 +109,50 @@ def test_save_load_identical_logits(tmp_path):
         assert torch.equal(p, q), n
 
 
+def _legacy_layout(model: GatedDeltaForCausalLM) -> dict[str, torch.Tensor]:
+    """The model's weights as checkpoints wrote them before the input projections were fused:
+    each mixer's ``in_proj`` rows back under the separate projections' names."""
+    legacy = {"gdn2": ["qkv_proj", "f_proj.0", "b_proj", "w_proj", "out_gate.0"],
+              "kda": ["qkv_proj", "f_proj.0", "beta_proj", "out_gate.0"],
+              "gdn": ["qkv_proj", "a_proj", "beta_proj", "out_gate"],
+              "attn": ["q_proj", "k_proj", "v_proj", "gate_proj"], "swa": ["q_proj", "k_proj", "v_proj"]}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for i, block in enumerate(model.model.layers):
+        prefix = f"model.layers.{i}.mixer."
+        if block.kind not in legacy:
+            continue
+        rows = state.pop(prefix + "in_proj.weight").split(list(block.mixer.in_widths.values()))
+        state.update({f"{prefix}{name}.weight": w for name, w in zip(legacy[block.kind], rows)})
+        for new, old in (("f_up_proj.", "f_proj.1."), ("out_gate_up_proj.", "out_gate.1.")):
+            for key in [k for k in state if k.startswith(prefix + new)]:
+                state[prefix + old + key[len(prefix + new):]] = state.pop(key)
+    return state
+
+
+@pytest.mark.parametrize("name", ["gdn2-hybrid", "kimi-linear", "qwen3-next"])
+def test_old_checkpoint_layout_loads_to_identical_logits(name, tmp_path):
+    from safetensors.torch import save_file
+
+    model = tiny_model(name)
+    old = _legacy_layout(model)
+    assert not any("in_proj" in k for k in old if ".mixer." in k and "mamba" not in k)
+    ids = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        want = model(ids).logits
+    # load_state_dict: the layers' pre-hooks fuse the old weights
+    fresh = GatedDeltaForCausalLM(model.config).eval()
+    fresh.load_state_dict(old, strict=True)
+    # from_pretrained of a directory in the old layout (transformers' loader bypasses the hooks)
+    model.config.save_pretrained(tmp_path)
+    save_file({k: v.contiguous() for k, v in old.items() if k != "lm_head.weight" or not
+               model.config.tie_word_embeddings}, str(tmp_path / "model.safetensors"))
+    loaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        assert torch.equal(fresh(ids).logits, want)
+        assert torch.equal(loaded.eval()(ids).logits, want)
+
+
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_auto_classes_build_every_preset(name):
     config = preset_config(name, "tiny")
