@@ -73,3 +73,19 @@ def test_compile_for_training_rejects_unknown_mode():
     model = GatedDeltaForCausalLM(preset_config("gdn2", "tiny"))
     with pytest.raises(ValueError, match="mode must be one of"):
         compile_for_training(model, mode="fastest")
+
+
+def test_bench_models_compile_records_the_mode(tmp_path):
+    import json
+
+    from gatedelta.bench.models import main
+
+    backend = _backend()
+    out = tmp_path / "models.json"
+    argv = ["--tiny", "--compile", "--models", "gdn2-hybrid", "--seq-lens", "16", "--skip-decode",
+            "--backend", backend, "--out", str(out)]
+    assert main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["compile"] == "default"
+    (row,) = result["train"]
+    assert "error" not in row and row["compile"] == "default" and row["tok_s"] > 0
