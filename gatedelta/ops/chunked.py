@@ -268,7 +268,6 @@ class _ChannelDecay:
 
 
 LOG2E = math.log2(math.e)
-TINY = 2
 
 
 class _PairWork:
@@ -312,7 +311,7 @@ class _PairWork:
             # second half (r, x), columns of the first half
             dst = self.out.view(N, n2, 2, h * m, n2, 2, h).diagonal(dim1=1, dim2=4)[:, 1, :, 0]
             blk = new(N * n2, h * m, h)
-            if h <= TINY:  # tiny blocks: products and sums beat a bmm
+            if h == 1:  # 1x1 blocks: products and sums beat a bmm (2x2 ones no longer do)
                 prod = new(N * n2, h * m, h, K)
                 mm = (xv[:, 1, :, None, :], kv[:, 0, None, :, :], prod)
             else:
@@ -437,7 +436,7 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
         (m,) = decay.pairs([q], k)
         kt = decay.tails(k).mT
         return _Intra(decay.rows(q), m, None, z, kt, decay.last, kt @ z)
-    e = _gate(k, b)
+    e = _dense_gate(k, b)
     m, t = decay.pairs([q, e], k)
     e_bar = decay.rows(e)
     z = z.expand(*e_bar.shape[:-1], z.shape[-1])
