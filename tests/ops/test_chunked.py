@@ -336,6 +336,43 @@ def test_no_grad_and_grad_paths_agree(op):
     assert rel_err(o, o_g.detach()) < 1e-13 and rel_err(s, s_g.detach()) < 1e-13
 
 
+@pytest.mark.parametrize("op", ["gdn2", "kda", "gdn", "delta_rule"])
+@pytest.mark.parametrize("varlen", [False, True])
+def test_buffers_reused_across_blocks(op, varlen, monkeypatch):
+    # Blocks of one or two chunks: without autograd every block goes through the same buffers
+    # (_PairWork, W and R, the state loop's views in _StateWork), the last block has another
+    # shape, and packed sequences reset the state and end in the middle of blocks. Stale values
+    # from an earlier block would show against the reference.
+    monkeypatch.setattr(chunked, "BLOCK_TOKENS", 64)
+    if varlen:
+        lens = [40, 0, 75, 9, 64]
+        cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()])
+        args, _ = make_inputs(op, B=1, T=sum(lens), H=2, G=1, K=8, V=8)
+        s0 = torch.randn(len(lens), 2, 8, 8, dtype=torch.float64)
+        kw = dict(cu_seqlens=cu)
+    else:
+        args, s0 = make_inputs(op, B=1, T=150, H=2, G=2, K=8, V=8)
+        kw = {}
+    with torch.no_grad():
+        o, s = run(op, args, "torch", initial_state=s0, output_final_state=True, **kw)
+    o_ref, s_ref = run(op, args, "reference", initial_state=s0, output_final_state=True, **kw)
+    assert rel_err(o, o_ref) < 1e-10 and rel_err(s, s_ref) < 1e-10
+
+
+@pytest.mark.parametrize("op", ["gdn2", "gdn"])
+def test_gradient_of_initial_state_only(op):
+    # Only the initial state needs a gradient: the inputs' terms then skip the reused buffers
+    # (the graph keeps every block's terms), and the state's gradient matches the reference's.
+    args, s0 = make_inputs(op, B=1, T=150, H=2, G=2, K=8, V=8)
+    grads = []
+    for backend in ("torch", "reference"):
+        leaf = s0.clone().requires_grad_()
+        o, s = run(op, args, backend, initial_state=leaf, output_final_state=True)
+        (o.square().sum() + s.square().sum()).backward()
+        grads.append(leaf.grad)
+    assert rel_err(*grads) < 1e-10
+
+
 @pytest.mark.parametrize("C", [2, 4, 32])
 def test_pair_buffers_match_general_hierarchy(C):
     # The no-grad per-channel path (_PairWork: preallocated buffers reused across blocks, exp as
