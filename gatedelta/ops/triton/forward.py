@@ -203,7 +203,7 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
 
 
 @triton.autotune(
-    launch_configs((4, 8), (1, 2)),
+    launch_configs((8,), (1, 2)),  # 4 warps spill ~250 B (H200 sweep, tune_gdn2_h200.json)
     key=["H", "HV", "K", "BK", "DECAY", "ERASE"],
 )
 @triton.jit
@@ -258,7 +258,7 @@ def chunk_intra_kernel(
 
 
 @triton.autotune(
-    launch_configs((4, 8), (1, 2)),
+    launch_configs((4,), (1, 2)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE"],
 )
 @triton.jit
@@ -437,7 +437,7 @@ def chunk_state_kernel(
 
 
 @triton.autotune(
-    launch_configs((4, 8), (1, 2, 3)),
+    launch_configs((4,), (1, 2)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY"],
 )
 @triton.jit

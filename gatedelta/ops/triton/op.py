@@ -96,7 +96,8 @@ def recurrence_bwd(
 
 @recurrence_bwd.register_fake
 def _(q, k, v, g, b, w, scale, initial_state, cu_seqlens, do, dht, M, A):
-    return [q.new_empty(0) if x is None else torch.empty_like(x) for x in (q, k, v, g, b, w, initial_state)]
+    # contiguous like the real op's gradients (empty_like would keep a permuted input's strides)
+    return [q.new_empty(0) if x is None else x.new_empty(x.shape) for x in (q, k, v, g, b, w, initial_state)]
 
 
 def _setup_context(ctx, inputs, output):
