@@ -18,6 +18,10 @@ Stages of :func:`recurrence`, one block of chunks at a time:
    two small matmuls per chunk, ``U = R − W S₀`` and ``S_C = Diag(γ_C) S₀ + K̃ᵀ U``;
 4. ``O = scale · (Q_γ S₀ + M U)`` for the block; 5. written straight into the output ``[B, T, HV, V]``.
 
+Without autograd (per-channel decay with erase: gdn2, kda) every block's terms land in buffers
+allocated once per call, so stages 3 and 4 run on per-chunk views built once (:class:`_PairWork`,
+:func:`_bmm3`, :class:`_StateWork`): the state loop is then three ops per chunk and nothing else.
+
 Blocks bound the working memory: besides the output only per-block tensors exist (O(T·HV·V) in
 all), never a ``[T, T]`` matrix, a per-token state or a padded copy of the inputs.
 
