@@ -398,13 +398,27 @@ def _gate(x: Tensor, gate: Tensor | None) -> Tensor:
     return x * (gate[..., None] if gate.ndim == x.ndim - 1 else gate)
 
 
-def _dense_gate(x: Tensor, gate: Tensor | None) -> Tensor:
+def _dense_gate(x: Tensor, gate: Tensor | None, work: dict | None = None, name: str = "") -> Tensor:
     """:func:`_gate` written into a dense tensor: the product of two chunk views keeps their
-    strided order, which a matmul would copy again."""
+    strided order, which a matmul would copy again. With ``work``, into a buffer kept there under
+    ``name`` for every block of that shape (see :func:`_bmm3`): a fresh half-MiB tensor per block
+    costs its page faults again, more than the product itself."""
     if gate is None or (torch.is_grad_enabled() and (x.requires_grad or gate.requires_grad)):
         return _gate(x, gate)
     gate = gate[..., None] if gate.ndim == x.ndim - 1 else gate
-    return torch.mul(x, gate, out=x.new_empty(_broadcast_shape(x.shape, gate.shape)))
+    return torch.mul(x, gate, out=_work_buffer(work, name, _broadcast_shape(x.shape, gate.shape), x))
+
+
+def _work_buffer(work: dict | None, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised tensor of ``shape``: kept in ``work`` under ``name`` for every block of that
+    shape (the blocks run one after another, each done with its terms before the next one writes
+    them), or a fresh one without ``work``."""
+    if work is None:
+        return like.new_empty(shape)
+    key = (name, shape, like.dtype, like.device)
+    if key not in work:
+        work[key] = like.new_empty(shape)
+    return work[key]
 
 
 # Stage 2: intra-chunk terms.
@@ -434,13 +448,13 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
         w: None or per head / per V channel.
     """
     decay = _decay_plan(g, q, sub, work)
-    z = _dense_gate(v, w) if b is not None else _gate(v, w)
+    z = _dense_gate(v, w, work, "z") if b is not None else _gate(v, w)
     if b is None:
         # No erase: U = Z, the state only decays and accumulates.
         (m,) = decay.pairs([q], k)
         kt = decay.tails(k).mT
         return _Intra(decay.rows(q), m, None, z, kt, decay.last, kt @ z)
-    e = _dense_gate(k, b)
+    e = _dense_gate(k, b, work, "e")
     m, t = decay.pairs([q, e], k)
     e_bar = decay.rows(e)
     z = z.expand(*e_bar.shape[:-1], z.shape[-1])
@@ -448,7 +462,7 @@ def _intra(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, 
         # Without autograd: (I + T)⁻¹ itself (the same substitution on the identity: C columns
         # instead of K + V), then W and R as one matmul each. No [Ē | Z] copy is made, and the
         # two [C, C] x [C, ·] products run faster than the substitution's smaller ones.
-        inv = _wy_inverse(t)
+        inv = _wy_inverse(t, work)
         w_, r_ = _bmm3(inv, e_bar, work, "w"), _bmm3(inv, z, work, "r")
         return _Intra(decay.rows(q), m, w_, r_, decay.tails(k).mT, decay.last, owned=True)
     K = k.shape[-1]
@@ -471,11 +485,9 @@ def _bmm3(a: Tensor, b: Tensor, work: dict | None = None, name: str = "") -> Ten
     shape = (*lead, a.shape[-2], b.shape[-1])
     if work is None:
         return torch.bmm(a3, b3).view(shape)
-    key = (name, shape, a.dtype, a.device)
-    if key not in work:
-        work[key] = a.new_empty(shape)
-    torch.bmm(a3, b3, out=work[key].view(a3.shape[0], *shape[-2:]))
-    return work[key]
+    out = _work_buffer(work, name, shape, a)
+    torch.bmm(a3, b3, out=out.view(a3.shape[0], *shape[-2:]))
+    return out
 
 
 LEAF = 16
@@ -527,12 +539,14 @@ def _wy_solve(t: Tensor, rhs: Tensor) -> Tensor:
     return x.view(*lead, C, D)
 
 
-def _wy_inverse(t: Tensor) -> Tensor:
+def _wy_inverse(t: Tensor, work: dict | None = None) -> Tensor:
     """``(I + strict_tril(t))⁻¹`` for ``t`` ``[..., C, C]`` (only its strict lower triangle is read).
 
     Block lower triangular over leaves of ``c = gcd(C, LEAF)`` tokens: the diagonal blocks are
     the leaf inverses (one batched triangular solve, as in :func:`_wy_solve`); below them, leaf
     row by leaf row, ``A_{i,<i} = −A_ii T_{i,<i} A_{<i,<i}`` (two matmuls per leaf row).
+    With ``work``, into a buffer kept there (zeroed once: every call writes the same entries,
+    those above the leaf diagonal blocks stay 0).
     """
     C = t.shape[-1]
     c = math.gcd(C, LEAF)
@@ -544,7 +558,13 @@ def _wy_inverse(t: Tensor) -> Tensor:
     a = torch.linalg.solve_triangular(leaves, eye, upper=False, unitriangular=True)  # [..., n, c, c]
     a = a.reshape(-1, n, c, c)
     t3 = t.reshape(-1, C, C)
-    inv = t.new_zeros(t3.shape)
+    if work is None:
+        inv = t.new_zeros(t3.shape)
+    else:
+        key = ("inv", t3.shape, t.dtype, t.device)
+        if key not in work:
+            work[key] = t.new_zeros(t3.shape)
+        inv = work[key]
     inv.view(-1, n, c, n, c).diagonal(dim1=1, dim2=3).copy_(a.permute(0, 2, 3, 1))
     for i in range(1, n):
         r0, r1 = i * c, (i + 1) * c
