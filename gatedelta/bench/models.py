@@ -29,6 +29,7 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -238,22 +239,13 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
 
-    def run(bench: Callable[..., dict], name: str, point: int, label: str) -> dict:
-        if time.perf_counter() - start > args.max_seconds:
-            return {"model": name, "size": args.size, label: point,
-                    "error": f"skipped: the run passed --max-seconds={args.max_seconds:g}"}
-        row = bench(name, point, args)
-        print(f"  {name} {label}={point}: " + (row.get("error") or "ok"), flush=True)
-        return row
+    train: list[dict] = []
+    decode: list[dict] = []
 
-    train, decode = [], []
-    if not args.skip_train:
-        train = [run(bench_train, n, T, "T") for n in names for T in args.seq_lens]
-    if not args.skip_decode:
-        decode = [run(bench_decode, n, L, "context") for n in names for L in args.contexts]
-    _print_tables(train, decode)
-
-    if args.out:
+    def save() -> None:
+        """Write what is measured so far: a run stopped from outside keeps its finished points."""
+        if not args.out:
+            return
         result = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "command": "gatedelta bench models " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -264,7 +256,32 @@ def main(argv: list[str] | None = None) -> int:
             "train": train,
             "decode": decode,
         }
-        with open(args.out, "w") as f:
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
             json.dump(result, f, indent=1)
+        os.replace(tmp, args.out)
+
+    def run(bench: Callable[..., dict], name: str, point: int, label: str, rows: list[dict]) -> None:
+        if time.perf_counter() - start > args.max_seconds:
+            row = {"model": name, "size": args.size, label: point,
+                   "error": f"skipped: the run passed --max-seconds={args.max_seconds:g}"}
+        else:
+            row = bench(name, point, args)
+        rows.append(row)
+        figure = row.get("tok_s") or row.get("decode_tok_s")
+        status = row.get("error") or (f"ok ({figure:,.1f})" if figure is not None else "ok")
+        print(f"  {name} {label}={point}: {status}", flush=True)
+        save()
+
+    if not args.skip_train:
+        for n in names:
+            for T in args.seq_lens:
+                run(bench_train, n, T, "T", train)
+    if not args.skip_decode:
+        for n in names:
+            for L in args.contexts:
+                run(bench_decode, n, L, "context", decode)
+    _print_tables(train, decode)
+    if args.out:
         print(f"\nwrote {args.out}")
     return 0
