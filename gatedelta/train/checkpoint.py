@@ -248,7 +248,13 @@ def load_model_weights(model: nn.Module, path: Path) -> None:
                             "was it written by a different model?")
     unexpected = set(state) - set(inner.state_dict().keys())
     if unexpected:
-        raise UserError(f"{path}: weights the model does not have: {', '.join(sorted(unexpected)[:5])}")
+        hint = ""
+        if any(k.endswith(("q_proj.weight", "qkv_proj.weight", "b_proj.weight")) for k in unexpected):
+            # the optimizer moments of the separate weights cannot be carried onto the fused ones
+            hint = (" (a checkpoint from before the input projections were fused into one in_proj: "
+                    "its weights load with GatedDeltaForCausalLM.from_pretrained, but the run "
+                    "cannot be resumed exactly; start a new run from those weights)")
+        raise UserError(f"{path}: weights the model does not have: {', '.join(sorted(unexpected)[:5])}{hint}")
     set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
 
