@@ -168,7 +168,7 @@ def chunk_state_bwd_kernel(
 
 @triton.autotune(
     launch_configs((8,), (1, 2)),  # 4 warps spill 460–880 B (H200 sweep)
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "ONE_SPLIT"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "ONE_SPLIT", "REG_ANCHOR"],
 )
 @triton.jit
 def chunk_grad_kernel(
@@ -177,7 +177,7 @@ def chunk_grad_kernel(
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, ONE_SPLIT: tl.constexpr,
-    PREC: tl.constexpr,
+    REG_ANCHOR: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (K block, chunk, value head).
 
@@ -254,12 +254,12 @@ def chunk_grad_kernel(
         row0 = bos + i_c * BT
         if ONE_SPLIT:
             b_dq, b_de, b_dk, b_dk1 = pair_both(b_dM, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv, o_t, o_k,
-                                                m_k, HV, K, BT, ERASE > 0, PREC)
+                                                m_k, HV, K, BT, ERASE > 0, PREC, REG_ANCHOR)
         else:
             b_dq, b_de = pair_left(b_dM, b_dT, b_k, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
-                                   ERASE > 0, PREC)
+                                   ERASE > 0, PREC, REG_ANCHOR)
             b_dk, b_dk1 = pair_right(b_dM, b_q, b_dT, b_e, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K,
-                                     BT, ERASE > 0, PREC)
+                                     BT, ERASE > 0, PREC, REG_ANCHOR)
         b_dq *= scale
         b_dk *= scale
         b_dG = b_q * b_dq - b_k * b_dk
@@ -393,7 +393,8 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw,
             cu, chunk_indices, scale, Ttot,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, ONE_SPLIT=bool(TUNING["grad_one_split"]), PREC=PREC,
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, ONE_SPLIT=bool(TUNING["grad_one_split"]),
+            REG_ANCHOR=bool(TUNING["reg_anchor"]), PREC=PREC,
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)

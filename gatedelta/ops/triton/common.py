@@ -34,8 +34,10 @@ CHUNK = 64
 # (H200, 2k / 32k: 18.4 / 26.7 ms f+b fused vs 18.1 / 24.8 unfused). grad_one_split: the gradient
 # kernel's four pair products share one dyadic level loop (18.4 vs 19.6 ms). state_bv_min: the
 # narrowest value block of the sequential kernels for K > 64 (32k: 16 beats 32 by 0.9 ms).
+# reg_anchor: the pair split's anchor rows picked from registers instead of re-read from memory
+# (not yet timed on a GPU).
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": False,
-          "grad_one_split": True, "state_bv_min": 16}
+          "grad_one_split": True, "state_bv_min": 16, "reg_anchor": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -116,17 +118,35 @@ def prepare_chunks(
 
 
 @triton.jit
-def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.constexpr, K: tl.constexpr):
+def anchor_rows(b_G, h: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """``out[r] = b_G[(r // 2h)·2h + h − 1]`` for ``b_G [BT, BK]``, in registers: the rows viewed as
+    ``[BT/2h, 2h, BK]``, the anchor picked by a masked sum over the middle axis (exact: one term)
+    and broadcast back."""
+    n: tl.constexpr = BT // (2 * h)
+    b_G3 = tl.reshape(b_G, [n, 2 * h, BK])
+    pick = tl.arange(0, 2 * h) == h - 1
+    b_gc = tl.sum(tl.where(pick[None, :, None], b_G3, 0.0), axis=1)
+    return tl.reshape(tl.broadcast_to(b_gc[:, None, :], [n, 2 * h, BK]), [BT, BK])
+
+
+@triton.jit
+def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.constexpr, K: tl.constexpr,
+                REG_ANCHOR: tl.constexpr):
     """One level of the dyadic pair split (see :func:`pair_matrix`): rows are grouped in blocks of
     ``2h``; the anchor of a block is its row ``h − 1`` (the last row of its left half).
 
     Returns ``(right, same, e)``: ``right [BT]`` marks rows in a right half, ``same [BT, BT]`` marks
     pairs in one block, and ``e = exp(−|G − G_anchor|) [BT, BK]`` is ``exp(G_r − G_c)`` on right
-    rows and ``exp(G_c − G_s)`` on left rows, each ≤ 1. The anchor rows of G are read from memory;
-    an anchor past the sequence end reads 0, which only reaches pairs with a row past the end."""
+    rows and ``exp(G_c − G_s)`` on left rows, each ≤ 1. The anchor rows of G are read from memory,
+    or picked from ``b_G`` in registers when REG_ANCHOR (same values: ``b_G`` holds 0 past the
+    sequence end like the masked load); an anchor past the end only reaches pairs with a row past
+    the end."""
     o_c = (o_t // (2 * h)) * (2 * h) + h - 1
-    m_c = (row0 + o_c < eos)[:, None] & m_k[None, :]
-    b_gc = tl.load(G + ((row0 + o_c)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_c, other=0)
+    if REG_ANCHOR:
+        b_gc = anchor_rows(b_G, h, o_t.shape[0], o_k.shape[0])
+    else:
+        m_c = (row0 + o_c < eos)[:, None] & m_k[None, :]
+        b_gc = tl.load(G + ((row0 + o_c)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_c, other=0)
     b_e = tl.exp(-tl.abs(b_G - b_gc))
     right = (o_t & h) != 0
     same = (o_t[:, None] // (2 * h)) == (o_t[None, :] // (2 * h))
@@ -135,7 +155,7 @@ def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.
 
 @triton.jit
 def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
-                  BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
+                  BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, REG_ANCHOR: tl.constexpr):
     """``P[r, s] = Σ_k x[r,k] y[s,k] exp(G[r,k] − G[s,k])`` for ``s ≤ r`` and, when TWO, the same
     with x2 for ``s < r`` (strict). All tiles ``[BT, BK]`` fp32 of one chunk (per-channel decay);
     G in memory serves the anchor rows. Returns two ``[BT, BT]`` fp32 tiles, zero above.
@@ -150,7 +170,7 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
     b_P = tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
     b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
     for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K, REG_ANCHOR)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
         b_P += tl.where(same, tl.dot(b_xr, tl.trans(b_ys), input_precision=PREC), 0.0)
@@ -162,7 +182,7 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
 
 @triton.jit
 def pair_left(b_D, b_D2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
-              BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
+              BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, REG_ANCHOR: tl.constexpr):
     """``out[r, k] = Σ_s D[r,s] y[s,k] exp(G[r,k] − G[s,k])`` for D lower-triangular ``[BT, BT]``
     and, when TWO, the same for D2; y ``[BT, BK]``. The dyadic split of :func:`pair_matrices`."""
     tl.static_assert(BT == 64)
@@ -170,7 +190,7 @@ def pair_left(b_D, b_D2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.con
     b_o = tl.sum(tl.where(eye, b_D, 0.0), 1)[:, None] * b_y
     b_o2 = tl.sum(tl.where(eye, b_D2, 0.0), 1)[:, None] * b_y
     for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K, REG_ANCHOR)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_part = tl.dot(tl.where(same, b_D, 0.0), b_ys, input_precision=PREC)
         b_o += tl.where(right[:, None], b_part * b_e, 0.0)
@@ -182,7 +202,8 @@ def pair_left(b_D, b_D2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.con
 
 @triton.jit
 def pair_right(b_D, b_x, b_D2, b_x2, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
-               K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
+               K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr,
+               REG_ANCHOR: tl.constexpr):
     """``out[s, k] = Σ_r D[r,s] x[r,k] exp(G[r,k] − G[s,k])`` for D lower-triangular ``[BT, BT]``
     and, when TWO, the same for (D2, x2); x, x2 ``[BT, BK]``. The dyadic split of
     :func:`pair_matrices`."""
@@ -191,7 +212,7 @@ def pair_right(b_D, b_x, b_D2, b_x2, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV:
     b_o = tl.sum(tl.where(eye, b_D, 0.0), 0)[:, None] * b_x
     b_o2 = tl.sum(tl.where(eye, b_D2, 0.0), 0)[:, None] * b_x2
     for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K, REG_ANCHOR)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
         b_part = tl.dot(tl.trans(tl.where(same, b_D, 0.0)), b_xr, input_precision=PREC)
         b_o += tl.where(right[:, None], 0.0, b_part * b_e)
@@ -204,7 +225,8 @@ def pair_right(b_D, b_x, b_D2, b_x2, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV:
 
 @triton.jit
 def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
-              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr):
+              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr,
+              REG_ANCHOR: tl.constexpr):
     """:func:`pair_left` ``(D, D2; y)`` and :func:`pair_right` ``(D, x; D2, x2)`` in one level loop:
     each level's split (anchor rows and one exp) serves all four products. Returns
     ``(left, left2, right, right2)``, each ``[BT, BK]``."""
@@ -217,7 +239,7 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     b_l2 = tl.sum(b_diag2, 1)[:, None] * b_y
     b_r2 = tl.sum(b_diag2, 0)[:, None] * b_x2
     for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K, REG_ANCHOR)
         b_Ds = tl.where(same, b_D, 0.0)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
