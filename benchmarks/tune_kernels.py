@@ -26,7 +26,7 @@ FORWARD_KEYS = ("intra_bk", "output_bk")
 # are autotuned by the kernels themselves)
 CHOICES = {"intra_bk": [32, 64], "output_bk": [64, 128], "grad_bk": [32, 64], "grad_bv": [32, 64],
            "fuse_wu": [True, False], "grad_one_split": [True, False], "state_bv_min": [16, 32],
-           "reg_anchor": [False, True]}
+           "reg_anchor": [False, True], "grad_k_loop": [False, True]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:
