@@ -36,7 +36,7 @@ def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> 
     k = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(bf)
     v = torch.randn(B, T, H, V, device=dev, dtype=bf)
     gate = lambda *s: torch.sigmoid(torch.randn(B, T, H, *s, device=dev)).to(bf)  # noqa: E731
-    g = F.logsigmoid(torch.randn(B, T, H, K, device=dev))
+    g = F.logsigmoid(torch.randn(B, T, H, *(() if op == "gdn" else (K,)), device=dev))  # gdn: per head
     gates = (g, gate(K), gate(V)) if op == "gdn2" else (g, gate())
     return [x.requires_grad_() for x in (q, k, v, *gates)]
 
@@ -88,7 +88,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--op", default="gdn2", choices=["gdn2", "kda"])
+    p.add_argument("--op", default="gdn2", choices=["gdn2", "kda", "gdn"])
     p.add_argument("--T", type=int, default=2048)
     p.add_argument("--out", default=None)
     p.add_argument("--keys", nargs="*", default=list(CHOICES), help="TUNING entries to sweep")

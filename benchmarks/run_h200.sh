@@ -1,0 +1,26 @@
+#!/bin/bash
+# The H200 runs planned in benchmarks/kernels_notes.md ("Next"), one phase per device call (each
+# fits the 10-minute call limit; run from a `git archive` snapshot, FLA as a wheel in ../.whl):
+#   bash benchmarks/run_h200.sh sweep    # TUNING variants not yet timed, at 2k and 32k; gdn's W/U
+#   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
+#   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
+# Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
+export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
+OUT=${OUT:-benchmarks/results}
+K="python3 benchmarks/kernels.py --out $OUT --tag h200 --no-ceilings"
+case "$1" in
+sweep)
+    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys reg_anchor grad_k_loop --out $OUT/tune_2k.json
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys reg_anchor --out $OUT/tune_32k.json
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn --keys fuse_wu --out $OUT/tune_gdn_2k.json
+    timeout 60 $K profile ;;
+fla)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 380 $K fla-speed --ops gdn2 kda --T 2048 32768
+    timeout 150 $K speed --ops gdn2 kda sdpa --T 2048 32768 ;;
+models)
+    timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
+        --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
+*)
+    echo "usage: $0 sweep|fla|models"; exit 2 ;;
+esac
