@@ -29,6 +29,7 @@ from .common import (
     CHUNK,
     G_MIN,
     TUNING,
+    chunk_rows,
     dot_precision,
     empty,
     gate_form,
@@ -358,13 +359,7 @@ def chunk_grad_kernel(
     """
     i_t, i_hv = tl.program_id(1), tl.program_id(2)
     i_h = i_hv // (HV // H)
-    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
-    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    o_t = tl.arange(0, BT)
-    o_row = bos + i_c * BT + o_t
-    m_t = o_row < eos
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
     if K_LOOP:
         o_k = tl.arange(0, BK)

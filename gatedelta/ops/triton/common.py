@@ -118,6 +118,20 @@ def prepare_chunks(
 
 
 @triton.jit
+def chunk_rows(cu_seqlens, chunk_indices, i_t, BT: tl.constexpr):
+    """Rows of the chunk-parallel program ``i_t`` (see :func:`prepare_chunks`): its sequence's
+    bounds ``bos, eos`` and chunk index ``i_c`` (int64), ``o_t = 0..BT−1``, the packed rows
+    ``o_row`` and their mask ``m_t`` (rows past the sequence end are masked)."""
+    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
+    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
+    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    o_t = tl.arange(0, BT)
+    o_row = bos + i_c * BT + o_t
+    return bos, eos, i_c, o_t, o_row, o_row < eos
+
+
+@triton.jit
 def anchor_rows(b_G, h: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
     """``out[r] = b_G[(r // 2h)·2h + h − 1]`` for ``b_G [BT, BK]``, in registers: the rows viewed as
     ``[BT/2h, 2h, BK]``, the anchor picked by a masked sum over the middle axis (exact: one term)

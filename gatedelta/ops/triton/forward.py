@@ -26,6 +26,7 @@ from .common import (
     CHUNK,
     G_MIN,
     TUNING,
+    chunk_rows,
     dot_precision,
     empty,
     gate_form,
@@ -186,12 +187,7 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
     """Chunk-local cumulative log-decay: G ``[Ttot, HV, K]`` (per channel) or ``[Ttot, HV]`` (per
     head), fp32. One program per (chunk, value head, K block)."""
     i_t, i_hv, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
-    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    o_row = bos + i_c * BT + tl.arange(0, BT)
-    m_t = o_row < eos
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     if DECAY == 2:
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
@@ -217,13 +213,7 @@ def chunk_intra_kernel(
     erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
-    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
-    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    o_t = tl.arange(0, BT)
-    o_row = bos + i_c * BT + o_t
-    m_t = o_row < eos
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     m_tt = m_t[:, None] & (o_t[None, :] < BT)
 
     b_M = tl.zeros([BT, BT], dtype=tl.float32)
@@ -273,13 +263,7 @@ def chunk_wu_kernel(
     factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]``, fp32, for the unfused state kernel."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
-    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
-    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    o_t = tl.arange(0, BT)
-    o_row = bos + i_c * BT + o_t
-    m_t = o_row < eos
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
     if DECAY == 1:
         b_gam1 = tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))
@@ -450,13 +434,7 @@ def chunk_output_kernel(
     """One program per (value block, chunk, value head): ``O = scale·(γ ⊙ Q) S₀ + M R``."""
     i_v, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h = i_hv // (HV // H)
-    i_n = tl.load(chunk_indices + i_t * 2).to(tl.int64)
-    i_c = tl.load(chunk_indices + i_t * 2 + 1).to(tl.int64)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
-    o_t = tl.arange(0, BT)
-    o_row = bos + i_c * BT + o_t
-    m_t = o_row < eos
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
 
