@@ -5,8 +5,12 @@
 
 1. Speed: ``ops.gdn2`` forward, fp32, B=1, T=4096, H=4, K=V=64 (per-channel g, b, w), backend
    "torch" (chunked) vs "reference" (token by token). Both are timed in full at the same T (no
-   extrapolation): chunked as the median of several runs after a warm-up, the reference as the
-   median of ``--ref-repeats`` runs (3). Each setting runs in a fresh subprocess:
+   extrapolation), interleaved in ``--ref-repeats`` rounds (3) after three chunked warm-up calls:
+   each round times ``--repeats`` chunked calls (7) and then one reference call, and its speedup
+   is the reference time over the round's chunked median. The reported speedup is the median over
+   rounds (a slow stretch of this shared VM then slows both sides of a round); chunked and
+   reference medians over all calls are reported beside it. Each setting runs in a fresh
+   subprocess:
    - ``default``: torch's default thread count and OpenMP settings (what a user gets);
    - ``passive``: the same threads with ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep
      instead of spinning. On a machine shared with other jobs, spinning threads steal the cores
@@ -71,27 +75,33 @@ def _timed(x: tuple[torch.Tensor, ...], backend: str) -> tuple[torch.Tensor, flo
 
 
 def time_speed(T: int, threads: int, repeats: int, ref_repeats: int = 3) -> dict:
-    """Seconds per forward: chunked (median and min of ``repeats``), reference (median of ``ref_repeats``).
+    """Seconds per forward, interleaved in rounds (see the module docstring): chunked median and
+    min over all calls, reference median, and the median over rounds of reference ÷ chunked.
 
     CPU seconds are reported beside wall seconds: with one thread they are the compute time even
     when other jobs share the machine.
     """
     torch.set_num_threads(threads)
     x = inputs(T)
-    forward(x, "torch")  # warm-up
-    runs = [_timed(x, "torch") for _ in range(repeats)]
-    o = runs[0][0]
-    refs = [_timed(x, "reference") for _ in range(ref_repeats)]
-    o_ref = refs[0][0]
+    for _ in range(3):  # warm-up: lazy init, the allocator's pools for the per-call buffers
+        forward(x, "torch")
+    runs, refs, ratios = [], [], []
+    for _ in range(ref_repeats):
+        chunk = [_timed(x, "torch") for _ in range(repeats)]
+        ref = _timed(x, "reference")
+        runs += chunk
+        refs.append(ref)
+        ratios.append(ref[1] / statistics.median(r[1] for r in chunk))
+    o, o_ref = runs[0][0], refs[0][0]
     ref_s, ref_cpu = statistics.median(r[1] for r in refs), statistics.median(r[2] for r in refs)
     err = float((o.double() - o_ref.double()).norm() / o_ref.double().norm())
     chunked_s = statistics.median(r[1] for r in runs)
     chunked_cpu = statistics.median(r[2] for r in runs)
     return dict(threads=threads, T=T, chunked_median_s=chunked_s, chunked_min_s=min(r[1] for r in runs),
                 chunked_cpu_median_s=chunked_cpu, reference_s=ref_s, reference_min_s=min(r[1] for r in refs),
-                reference_cpu_s=ref_cpu, reference_runs=ref_repeats,
-                speedup=ref_s / chunked_s, speedup_cpu_time=ref_cpu / chunked_cpu,
-                rel_err_fp32_vs_reference=err)
+                reference_cpu_s=ref_cpu, reference_runs=ref_repeats, chunked_runs=len(runs),
+                speedup=statistics.median(ratios), speedup_per_round=ratios,
+                speedup_cpu_time=ref_cpu / chunked_cpu, rel_err_fp32_vs_reference=err)
 
 
 def speed_child(threads: int, T: int, repeats: int, ref_repeats: int) -> None:
