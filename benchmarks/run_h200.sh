@@ -1,7 +1,7 @@
 #!/bin/bash
 # The H200 runs planned in benchmarks/kernels_notes.md ("Next"), one phase per device call (each
 # fits the 10-minute call limit; run from a `git archive` snapshot, FLA as a wheel in ../.whl):
-#   bash benchmarks/run_h200.sh sweep    # TUNING variants not yet timed, at 2k and 32k; gdn's W/U
+#   bash benchmarks/run_h200.sh sweep    # bf16 check of 5 ops; untimed TUNING variants; gdn's W/U
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -10,6 +10,8 @@ OUT=${OUT:-benchmarks/results}
 K="python3 benchmarks/kernels.py --out $OUT --tag h200 --no-ceilings"
 case "$1" in
 sweep)
+    # the ops not checked in bf16 on a GPU since the cumsum / W-U kernels changed (2026-11-29)
+    timeout 90 $K check --ops gdn delta_rule gla ssd linear_attn
     timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys reg_anchor grad_k_loop --out $OUT/tune_2k.json
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys reg_anchor --out $OUT/tune_32k.json
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn --keys fuse_wu --out $OUT/tune_gdn_2k.json
