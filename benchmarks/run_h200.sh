@@ -12,8 +12,8 @@ case "$1" in
 sweep)
     # the ops not checked in bf16 on a GPU since the cumsum / W-U kernels changed (2026-11-29)
     timeout 90 $K check --ops gdn delta_rule gla ssd linear_attn
-    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys reg_anchor grad_k_loop --out $OUT/tune_2k.json
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys reg_anchor --out $OUT/tune_32k.json
+    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys reg_anchor grad_k_loop split_solve --out $OUT/tune_2k.json
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys reg_anchor split_solve --out $OUT/tune_32k.json
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn --keys fuse_wu --out $OUT/tune_gdn_2k.json
     timeout 60 $K profile ;;
 fla)

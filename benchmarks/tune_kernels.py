@@ -21,12 +21,13 @@ import triton.testing
 from gatedelta import ops
 from gatedelta.ops.triton.common import TUNING
 
-FORWARD_KEYS = ("intra_bk", "output_bk")
+FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve")
 # values tried for each entry; the current default of each is skipped (warps and pipeline stages
 # are autotuned by the kernels themselves)
 CHOICES = {"intra_bk": [32, 64], "output_bk": [64, 128], "grad_bk": [32, 64], "grad_bv": [32, 64],
            "fuse_wu": [True, False], "grad_one_split": [True, False], "state_bv_min": [16, 32],
-           "reg_anchor": [False, True], "grad_k_loop": [False, True]}
+           "reg_anchor": [False, True], "grad_k_loop": [False, True],
+           "split_solve": [False, True]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:

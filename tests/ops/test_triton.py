@@ -73,13 +73,15 @@ def test_alternative_kernel_paths(op, monkeypatch):
     # The TUNING switches flipped: R = A (Z − Ē S₀) formed in the state kernel (the default reads
     # W = A Ē and U = A Z from their own kernel); the gradient kernel's pair products in two
     # level loops (the default shares one); the pair split's anchor rows from the other source;
-    # the gradient kernel's K blocks in one program per chunk (or one program each).
+    # the gradient kernel's K blocks in one program per chunk (or one program each); the
+    # (I + T)⁻¹ solve in its own kernel (or at the end of the intra kernel).
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "fuse_wu", not common.TUNING["fuse_wu"])
     monkeypatch.setitem(common.TUNING, "grad_one_split", not common.TUNING["grad_one_split"])
     monkeypatch.setitem(common.TUNING, "reg_anchor", not common.TUNING["reg_anchor"])
     monkeypatch.setitem(common.TUNING, "grad_k_loop", not common.TUNING["grad_k_loop"])
+    monkeypatch.setitem(common.TUNING, "split_solve", not common.TUNING["split_solve"])
     # K = 48: two K blocks of the gradient kernel (the second one part-masked)
     args, s0 = make_inputs(op, B=2, T=75, H=1, G=2, K=48, V=16, dtype=torch.float32)
     _compare(op, args, s0)

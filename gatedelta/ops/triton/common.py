@@ -35,9 +35,11 @@ CHUNK = 64
 # kernel's four pair products share one dyadic level loop (18.4 vs 19.6 ms). state_bv_min: the
 # narrowest value block of the sequential kernels for K > 64 (32k: 16 beats 32 by 0.9 ms).
 # reg_anchor: the pair split's anchor rows picked from registers instead of re-read from memory;
-# grad_k_loop: one gradient program per chunk looping over K blocks (not yet timed on a GPU).
+# grad_k_loop: one gradient program per chunk looping over K blocks; split_solve: (I + T)⁻¹ by its
+# own small kernel instead of at the end of the intra kernel (not yet timed on a GPU).
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": False,
-          "grad_one_split": True, "state_bv_min": 16, "reg_anchor": False, "grad_k_loop": False}
+          "grad_one_split": True, "state_bv_min": 16, "reg_anchor": False, "grad_k_loop": False,
+          "split_solve": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 

@@ -200,14 +200,14 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
 
 @triton.autotune(
     launch_configs((8,), (1, 2)),  # 4 warps spill ~250 B (H200 sweep, tune_gdn2_h200.json)
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "REG_ANCHOR"],
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "REG_ANCHOR", "SPLIT_SOLVE"],
 )
 @triton.jit
 def chunk_intra_kernel(
     q, k, b, G, M, A, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
-    REG_ANCHOR: tl.constexpr,
+    REG_ANCHOR: tl.constexpr, SPLIT_SOLVE: tl.constexpr,
 ):
     """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
     erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
@@ -242,10 +242,23 @@ def chunk_intra_kernel(
     p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
     tl.store(M + p_tt, b_M, mask=m_tt)
     if ERASE > 0:
-        # A = (I + T)⁻¹ through the A buffer (block rows of 16 need 16 rows' masks per block)
+        # A = (I + T)⁻¹ through the A buffer (block rows of 16 need 16 rows' masks per block),
+        # here or (SPLIT_SOLVE) by chunk_solve_kernel
         tl.store(A + p_tt, tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0), mask=m_tt)
-        tl.debug_barrier()
-        solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC_INV)
+        if not SPLIT_SOLVE:
+            tl.debug_barrier()
+            solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC_INV)
+
+
+@triton.jit
+def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+    """One program per (chunk, value head): ``A ← (I + T)⁻¹`` in place (T strictly lower, as the
+    intra kernel stored it). Small tiles and registers: many programs per SM hide the latency of
+    the substitution's serial steps, which the register-heavy intra kernel (one program per SM)
+    cannot. Not autotuned: it works in place, so a tuning rerun would invert twice."""
+    i_t, i_hv = tl.program_id(0), tl.program_id(1)
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
+    solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC)
 
 
 @triton.autotune(
@@ -508,8 +521,11 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
         # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
         H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
         DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
-        REG_ANCHOR=bool(TUNING["reg_anchor"]),
+        REG_ANCHOR=bool(TUNING["reg_anchor"]), SPLIT_SOLVE=bool(TUNING["split_solve"]),
     )
+    if ERASE and TUNING["split_solve"]:
+        chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
+                                     num_warps=2)
     return M, A
 
 
