@@ -38,8 +38,9 @@ def make(B=2, T=13, D=6, W=4, dtype=torch.float64, N=None):
 @pytest.mark.parametrize("W", [1, 2, 4, 5])
 @pytest.mark.parametrize("activation", ["silu", None])
 @pytest.mark.parametrize("with_state", [False, True])
-def test_matches_loop(W, activation, with_state):
-    x, weight, bias, state = make(W=W)
+@pytest.mark.parametrize("T", [1, 13])  # T = 1: the decode step's product-and-sum path
+def test_matches_loop(W, activation, with_state, T):
+    x, weight, bias, state = make(T=T, W=W)
     state = state if with_state else None
     y, s = ops.short_conv(x, weight, bias, activation=activation, initial_state=state,
                           output_final_state=True)
@@ -105,18 +106,19 @@ def test_empty_input_returns_state():
     torch.testing.assert_close(s, state)
 
 
-def test_bf16_close_to_fp64():
-    x, weight, bias, state = make(T=29, D=16, dtype=torch.bfloat16)
+@pytest.mark.parametrize("T", [1, 29])
+def test_bf16_close_to_fp64(T):
+    x, weight, bias, state = make(T=T, D=16, dtype=torch.bfloat16)
     y, _ = ops.short_conv(x, weight, bias, initial_state=state)
     y_ref, _ = naive(x, weight, bias, "silu", state)
     assert y.dtype == torch.bfloat16
     assert ((y.double() - y_ref).norm() / y_ref.norm()).item() < 5e-3
 
 
-@pytest.mark.parametrize("varlen", [False, True])
-def test_gradcheck(varlen):
+@pytest.mark.parametrize("varlen, T", [(False, 6), (True, 6), (False, 1)])
+def test_gradcheck(varlen, T):
     cu = torch.tensor([0, 2, 6]) if varlen else None
-    x, weight, bias, state = make(B=1 if varlen else 2, T=6, D=3, W=3, N=2)
+    x, weight, bias, state = make(B=1 if varlen else 2, T=T, D=3, W=3, N=2)
     args = [t.requires_grad_() for t in (x, weight, bias, state)]
 
     def fn(x, weight, bias, state):
