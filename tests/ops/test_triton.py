@@ -68,20 +68,22 @@ def test_forward_backward_every_op(op):
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("op", ["gdn2", "gdn", "delta_rule"])
-def test_alternative_kernel_paths(op, monkeypatch):
-    # The TUNING switches flipped: R = A (Z − Ē S₀) formed in the state kernel (the default reads
-    # W = A Ē and U = A Z from their own kernel); the gradient kernel's pair products in two
-    # level loops (the default shares one); the pair split's anchor rows from the other source;
-    # the gradient kernel's K blocks in one program per chunk (or one program each); the
-    # (I + T)⁻¹ solve in its own kernel (or at the end of the intra kernel).
+# The TUNING switches (gatedelta.ops.triton.common): fuse_wu forms R = A (Z − Ē S₀) in the state
+# kernel (else W = A Ē and U = A Z come from their own kernel); grad_one_split shares one level loop
+# among the gradient kernel's pair products; reg_anchor picks the pair split's anchor rows from
+# registers; grad_k_loop runs one gradient program per chunk over its K blocks; split_solve runs
+# the (I + T)⁻¹ solve as its own kernel.
+SWITCHES = ("fuse_wu", "grad_one_split", "reg_anchor", "grad_k_loop", "split_solve")
+
+
+@pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
+                         + [("gdn", SWITCHES), ("delta_rule", SWITCHES)])
+def test_alternative_kernel_paths(op, flip, monkeypatch):
+    # each switch flipped alone from the defaults (gdn2), and all of them at once (gdn, delta_rule)
     from gatedelta.ops.triton import common
 
-    monkeypatch.setitem(common.TUNING, "fuse_wu", not common.TUNING["fuse_wu"])
-    monkeypatch.setitem(common.TUNING, "grad_one_split", not common.TUNING["grad_one_split"])
-    monkeypatch.setitem(common.TUNING, "reg_anchor", not common.TUNING["reg_anchor"])
-    monkeypatch.setitem(common.TUNING, "grad_k_loop", not common.TUNING["grad_k_loop"])
-    monkeypatch.setitem(common.TUNING, "split_solve", not common.TUNING["split_solve"])
+    for name in flip:
+        monkeypatch.setitem(common.TUNING, name, not common.TUNING[name])
     # K = 48: two K blocks of the gradient kernel (the second one part-masked)
     args, s0 = make_inputs(op, B=2, T=75, H=1, G=2, K=48, V=16, dtype=torch.float32)
     _compare(op, args, s0)
