@@ -18,7 +18,8 @@ sweep)
     timeout 60 $K profile ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
-    timeout 380 $K fla-speed --ops gdn2 kda --T 2048 32768
+    # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)
+    timeout 420 $K fla-speed --ops gdn2 kda --T 2048 32768
     timeout 150 $K speed --ops gdn2 kda sdpa --T 2048 32768 ;;
 models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
