@@ -205,6 +205,16 @@ class GatedAttention(nn.Module):
             o, probs = self._attend_padded(q, k, v, gate, key_mask, output_attentions)
         return self.o_proj(o.reshape(B, T, Hq * D)), probs
 
+    def prepare_compiled(self, T: int, device: torch.device, cu_seqlens: Tensor | None = None) -> None:
+        """Build, eagerly, what a compiled training forward of ``T`` tokens would otherwise trace
+        into its graph and rebuild at every call: the sliding window's FlexAttention block mask
+        (CUDA, unpacked; see :func:`gatedelta.ops.attention.cached_block_mask`). The models'
+        blocks call it before their compiled :meth:`~gatedelta.models.modeling.Block.mix`."""
+        if self.window is not None and self.window < T and cu_seqlens is None and device.type == "cuda":
+            from ..ops.attention import cached_block_mask
+
+            cached_block_mask(T, T, causal=True, window=self.window, device=device)
+
     def _attend_padded(
         self, q: Tensor, k: Tensor, v: Tensor, gate: Tensor | None, key_mask: Tensor, output_attentions: bool
     ) -> tuple[Tensor, Tensor | None]:

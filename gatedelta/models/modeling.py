@@ -118,6 +118,8 @@ class Block(GradientCheckpointingLayer):
         compiled = self.compiled_mix
         plain = cache is None and padding is None and not output_attentions
         if compiled is not None and self.training and plain:
+            if isinstance(self.mixer, GatedAttention):
+                self.mixer.prepare_compiled(x.shape[1], x.device, cu_seqlens)
             return compiled(self, x, **kwargs)
         return self.mix(x, **kwargs)
 

@@ -340,16 +340,43 @@ def _flex(a: _Attention) -> Tensor | None:
 def _flex_block_mask(a: _Attention) -> object:
     T, S = a.q.shape[1], a.k.shape[1]
     if a.cu_seqlens is None:
-        return _cached_block_mask(T, S, a.offset, a.causal, a.window, a.q.device)
+        return cached_block_mask(T, S, causal=a.causal, window=a.window, device=a.q.device)
     return _build_block_mask(T, S, a.offset, a.causal, a.window, _sequence_ids(a.cu_seqlens, S))
 
 
-@functools.lru_cache(maxsize=16)
-def _cached_block_mask(
-    T: int, S: int, offset: int, causal: bool, window: int | None, device: torch.device
+# FlexAttention block masks by (T, S, offset, causal, window, device), oldest evicted first. A plain
+# dict rather than functools.lru_cache: Dynamo traces *through* an lru_cache (rebuilding the mask,
+# an O(T·S) vmap, inside every compiled graph at every call), whereas a mask found in this dict
+# enters a compiled graph as its eight index tensors.
+_BLOCK_MASKS: dict[tuple, object] = {}
+_BLOCK_MASKS_MAX = 16
+
+
+def cached_block_mask(
+    T: int, S: int, *, causal: bool = True, window: int | None = None, device: torch.device | str = "cuda"
 ) -> object:
-    # Every layer and step with the same shapes reuses one mask; packed masks depend on data.
-    return _build_block_mask(T, S, offset, causal, window, None, device)
+    """The FlexAttention block mask that :func:`gated_attention` uses for unpacked ``T`` queries
+    against ``S`` keys (after its key slicing: ``S == T`` in training), built once and reused by
+    every layer and step with the same shapes.
+
+    Call it eagerly before a compiled region that runs windowed attention (the models' blocks do,
+    see :meth:`gatedelta.layers.GatedAttention.prepare_compiled`): inside the region the mask is
+    then read, not rebuilt. Built inside a compiled region it is correct but traced into the graph
+    and not kept.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # one key for "cuda" and "cuda:0"
+        device = torch.device("cuda", torch.cuda.current_device())
+    offset = S - T if causal else 0
+    key = (T, S, offset, causal, window, device)
+    mask = _BLOCK_MASKS.get(key)
+    if mask is None:
+        mask = _build_block_mask(T, S, offset, causal, window, None, device)
+        if not torch.compiler.is_compiling():
+            if len(_BLOCK_MASKS) >= _BLOCK_MASKS_MAX:
+                _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))
+            _BLOCK_MASKS[key] = mask
+    return mask
 
 
 def _build_block_mask(

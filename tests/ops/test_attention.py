@@ -272,3 +272,31 @@ def test_attention_weights_bad_inputs():
         attention_weights(q, k, window=0)
     with pytest.raises(ValueError, match="multiple of"):
         attention_weights(q[:, :, :3], k)
+
+
+def test_cached_block_mask_is_reused_and_read_not_rebuilt_by_a_compiled_caller():
+    """The window's block mask is built once per shape; a compiled function that looks it up gets
+    its index tensors as graph inputs instead of tracing the O(T·S) mask construction."""
+    flex = pytest.importorskip("torch.nn.attention.flex_attention")
+    from gatedelta.ops import attention as attn
+
+    T, W = 256, 32
+    mask = attn.cached_block_mask(T, T, causal=True, window=W, device="cpu")
+    assert attn.cached_block_mask(T, T, causal=True, window=W, device="cpu") is mask
+    other = attn.cached_block_mask(T, T, causal=True, window=2 * W, device="cpu")
+    assert other is not mask
+    dense = mask.to_dense()  # [1, 1, T/128, T/128] blocks that hold any visible key
+    assert dense.shape[-1] == T // 128 and bool(dense.tril().eq(dense).all())
+    assert isinstance(mask, flex.BlockMask)
+
+    def lookup(x: torch.Tensor) -> torch.Tensor:
+        m = attn.cached_block_mask(x.shape[0], x.shape[0], causal=True, window=W, device=x.device)
+        return x + m.kv_num_blocks.sum()
+
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(lookup)(torch.zeros(T))
+    assert explained.graph_break_count == 0
+    assert explained.op_count <= 3  # a rebuilt mask traces ~70 ops (vmap over positions)
+    torch._dynamo.reset()
+    unseen = torch._dynamo.explain(lookup)(torch.zeros(T // 2))  # not cached: traced, still correct
+    assert unseen.op_count > 10
