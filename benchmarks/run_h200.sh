@@ -2,6 +2,7 @@
 # The H200 runs planned in benchmarks/kernels_notes.md ("Next"), one phase per device call (each
 # fits the 10-minute call limit; run from a `git archive` snapshot, FLA as a wheel in ../.whl):
 #   bash benchmarks/run_h200.sh sweep    # bf16 check of 5 ops; untimed TUNING variants; gdn's W/U
+#   bash benchmarks/run_h200.sh bf16     # the pair_bf16 switch: speed, block widths, accuracy
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -12,10 +13,19 @@ case "$1" in
 sweep)
     # the ops not checked in bf16 on a GPU since the cumsum / W-U kernels changed (2026-11-29)
     timeout 90 $K check --ops gdn delta_rule gla ssd linear_attn
-    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys reg_anchor grad_k_loop split_solve --out $OUT/tune_2k.json
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys reg_anchor split_solve --out $OUT/tune_32k.json
+    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys split_solve --out $OUT/tune_2k.json
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve --out $OUT/tune_32k.json
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn --keys fuse_wu --out $OUT/tune_gdn_2k.json
     timeout 60 $K profile ;;
+bf16)
+    # bf16 operands for the pair split's products: speed, then block widths with it, accuracy
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --keys pair_bf16 --out $OUT/tune_2k.json
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --set pair_bf16=True --keys grad_bk intra_bk \
+        --out $OUT/tune_2k_bf16.json
+    timeout 80 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pair_bf16 --out $OUT/tune_32k.json
+    timeout 60 $K accuracy
+    timeout 60 $K accuracy --tag h200-pair-bf16 --tuning pair_bf16=True
+    timeout 90 $K check --ops gdn2 kda linear_attn ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)

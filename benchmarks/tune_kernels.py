@@ -25,9 +25,8 @@ FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve")
 # values tried for each entry; the current default of each is skipped (warps and pipeline stages
 # are autotuned by the kernels themselves)
 CHOICES = {"intra_bk": [32, 64], "output_bk": [64, 128], "grad_bk": [32, 64], "grad_bv": [32, 64],
-           "fuse_wu": [True, False], "grad_one_split": [True, False], "state_bv_min": [16, 32],
-           "reg_anchor": [False, True], "grad_k_loop": [False, True],
-           "split_solve": [False, True]}
+           "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32], "split_solve": [False, True],
+           "pair_bf16": [False, True]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:
@@ -93,7 +92,12 @@ def main() -> None:
     p.add_argument("--T", type=int, default=2048)
     p.add_argument("--out", default=None)
     p.add_argument("--keys", nargs="*", default=list(CHOICES), help="TUNING entries to sweep")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="TUNING overrides applied before the sweep (its baseline)")
     args = p.parse_args()
+    from gatedelta.bench.kernels import _tuning_overrides
+
+    _tuning_overrides(args.set)
     x = inputs(args.op, 32768 // args.T, args.T)
     do = torch.randn_like(x[2])
     defaults = dict(TUNING)

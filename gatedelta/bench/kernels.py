@@ -409,6 +409,22 @@ def SAVE() -> None:  # replaced by main(): writes the current part's JSON as res
     pass
 
 
+def _tuning_overrides(pairs: list[str]) -> dict:
+    """Apply ``KEY=VALUE`` overrides (Python literals) to the Triton backend's TUNING table."""
+    import ast
+
+    from gatedelta.ops.triton.common import TUNING
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in TUNING:
+            raise SystemExit(f"--tuning: expected KEY=VALUE with KEY in {sorted(TUNING)}, got {pair!r}")
+        out[key] = ast.literal_eval(value)
+    TUNING.update(out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     global SAVE
     p = argparse.ArgumentParser(prog="gatedelta bench kernels", description=__doc__.split("\n")[0],
@@ -420,13 +436,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="h100", help="file name suffix: kernels_<step>_<tag>.json")
     p.add_argument("--ops", nargs="*", default=["gdn2", "kda", "gdn", "sdpa"], help="ops for speed / check")
     p.add_argument("--no-ceilings", action="store_true", help="skip the matmul / copy ceilings")
+    p.add_argument("--tuning", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override gatedelta.ops.triton.common.TUNING entries, e.g. pair_bf16=True")
     a = p.parse_args(argv)
+    overrides = _tuning_overrides(a.tuning)
     if not torch.cuda.is_available():
         print("gatedelta bench kernels needs a CUDA GPU")
         return 1
     os.makedirs(a.out, exist_ok=True)
     fla = _fla() if any(s_.startswith("fla") or s_ == "decode" for s_ in a.steps) else None
     env = _env(not a.no_ceilings)
+    if overrides:
+        env["tuning"] = overrides
     print("env " + json.dumps(env), flush=True)
     steps = {
         "accuracy": lambda o: accuracy(o, fla, who=("ours",)),

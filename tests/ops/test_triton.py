@@ -68,12 +68,17 @@ def test_forward_backward_every_op(op):
     _compare(op, args, s0)
 
 
-# The TUNING switches (gatedelta.ops.triton.common): fuse_wu forms R = A (Z − Ē S₀) in the state
-# kernel (else W = A Ē and U = A Z come from their own kernel); grad_one_split shares one level loop
-# among the gradient kernel's pair products; reg_anchor picks the pair split's anchor rows from
-# registers; grad_k_loop runs one gradient program per chunk over its K blocks; split_solve runs
-# the (I + T)⁻¹ solve as its own kernel.
-SWITCHES = ("fuse_wu", "grad_one_split", "reg_anchor", "grad_k_loop", "split_solve")
+# The TUNING switches (gatedelta.ops.triton.common) that pick another kernel path, each with its
+# flipped value: fuse_wu forms R = A (Z − Ē S₀) in the state kernel for the listed decay forms (else
+# W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
+# kernel (else at the end of the intra kernel). pair_bf16 only acts on 16-bit inputs (below).
+def _flipped(name: str, value: object) -> object:
+    if name == "fuse_wu":
+        return tuple(form for form in (0, 1, 2) if form not in value)
+    return not value
+
+
+SWITCHES = ("fuse_wu", "split_solve")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
@@ -83,10 +88,23 @@ def test_alternative_kernel_paths(op, flip, monkeypatch):
     from gatedelta.ops.triton import common
 
     for name in flip:
-        monkeypatch.setitem(common.TUNING, name, not common.TUNING[name])
+        monkeypatch.setitem(common.TUNING, name, _flipped(name, common.TUNING[name]))
     # K = 48: two K blocks of the gradient kernel (the second one part-masked)
     args, s0 = make_inputs(op, B=2, T=75, H=1, G=2, K=48, V=16, dtype=torch.float32)
     _compare(op, args, s0)
+
+
+@pytest.mark.parametrize("pair_bf16", [False, True])
+def test_bf16_inputs_with_and_without_bf16_pair_products(pair_bf16, monkeypatch):
+    # bf16 inputs (the switch's only users) vs the fp64 reference fed the same rounded inputs: the
+    # bf16 output rounding alone is ~2e-3; fp32 inputs never take bf16 operands. (The interpreter
+    # runs the bf16 products as bf16-rounded operands multiplied in fp32: the same numbers.)
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setitem(common.TUNING, "pair_bf16", pair_bf16)
+    assert bool(common.pair_low(torch.bfloat16)) is pair_bf16 and common.pair_low(torch.float32) == 0
+    args, s0 = make_inputs("gdn2", B=1, T=75, H=1, G=2, K=32, V=16, dtype=torch.bfloat16)
+    _compare("gdn2", args, s0.float(), tol=2e-2)
 
 
 def test_backward_through_the_decode_kernel():

@@ -35,8 +35,7 @@ from .common import (
     gate_form,
     launch_configs,
     pair_both,
-    pair_left,
-    pair_right,
+    pair_low,
     prepare_chunks,
 )
 from .forward import (
@@ -170,12 +169,11 @@ def chunk_state_bwd_kernel(
 @triton.jit
 def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, m_k, write_dv,
                 HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PAIRS: tl.constexpr,
-                STATE: tl.constexpr, PREC: tl.constexpr):
-    """Phase 1 of the gradient kernel, the contractions over V of one chunk: when PAIRS the
-    ``[BT, BT]`` gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``; when STATE the
-    K block ``o_k``'s state-side terms ``dO S₀ᵀ``, ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[BT, BK]`` and
-    ``Σ_v S₀ ⊙ dS_C`` ``[BK]`` (zeros where not asked). When write_dv, also dv and dw."""
+                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
+    """Phase 1 of the gradient kernel, the contractions over V of one chunk: the ``[BT, BT]``
+    gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``, the K block ``o_k``'s
+    state-side terms ``dO S₀ᵀ``, ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[BT, BK]`` and ``Σ_v S₀ ⊙ dS_C``
+    ``[BK]``. When write_dv, also dv and dw."""
     b_dM = tl.zeros([BT, BT], dtype=tl.float32)
     b_dT = tl.zeros([BT, BT], dtype=tl.float32)
     b_dqs = tl.zeros([BT, BK], dtype=tl.float32)
@@ -191,20 +189,18 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_R = tl.load(R + p_tv, mask=m_tv, other=0)
         b_dY = tl.load(dY + p_tv, mask=m_tv, other=0)
-        if PAIRS:
-            b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
-            if ERASE > 0:
-                b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
-        if STATE:
-            m_kv = m_k[:, None] & m_v[None, :]
-            b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-            b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-            b_dqs += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-            if ERASE > 0:
-                b_dEb += tl.dot(b_dY, tl.trans(b_h), input_precision=PREC)
-            b_dKt += tl.dot(b_R, tl.trans(b_dh), input_precision=PREC)
-            if DECAY > 0:
-                b_dgc += tl.sum(b_h * b_dh, 1)
+        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
+        if ERASE > 0:
+            b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        b_dqs += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        if ERASE > 0:
+            b_dEb += tl.dot(b_dY, tl.trans(b_h), input_precision=PREC)
+        b_dKt += tl.dot(b_R, tl.trans(b_dh), input_precision=PREC)
+        if DECAY > 0:
+            b_dgc += tl.sum(b_h * b_dh, 1)
         if write_dv:
             # z = w ⊙ v and dZ = dY
             b_v = tl.load(v + p_tv, mask=m_tv, other=0).to(tl.float32)
@@ -230,8 +226,7 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
 def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
                  bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv,
                  H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 DECAY: tl.constexpr, ERASE: tl.constexpr, ONE_SPLIT: tl.constexpr, REG_ANCHOR: tl.constexpr,
-                 PREC: tl.constexpr):
+                 DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr):
     """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms, dq, dk,
     the erase gate's db and the log-decay gradient dg of its rows."""
     o_k = i_k * BK + tl.arange(0, BK)
@@ -245,14 +240,8 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
         b_gam = tl.exp(b_G)
         row0 = bos + i_c * BT
-        if ONE_SPLIT:
-            b_dq, b_de, b_dk, b_dk1 = pair_both(b_dM, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv, o_t, o_k,
-                                                m_k, HV, K, BT, ERASE > 0, PREC, REG_ANCHOR)
-        else:
-            b_dq, b_de = pair_left(b_dM, b_dT, b_k, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
-                                   ERASE > 0, PREC, REG_ANCHOR)
-            b_dk, b_dk1 = pair_right(b_dM, b_q, b_dT, b_e, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K,
-                                     BT, ERASE > 0, PREC, REG_ANCHOR)
+        b_dq, b_de, b_dk, b_dk1 = pair_both(b_dM, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv, o_t, o_k,
+                                            m_k, HV, K, BT, ERASE > 0, PREC, LOW)
         b_dq *= scale
         b_dk *= scale
         b_dG = b_q * b_dq - b_k * b_dk
@@ -339,7 +328,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
 
 @triton.autotune(
     launch_configs((8,), (1, 2)),  # 4 warps spill 460–880 B (H200 sweep)
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "ONE_SPLIT", "REG_ANCHOR", "K_LOOP"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW"],
 )
 @triton.jit
 def chunk_grad_kernel(
@@ -347,45 +336,27 @@ def chunk_grad_kernel(
     dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, ONE_SPLIT: tl.constexpr,
-    REG_ANCHOR: tl.constexpr, K_LOOP: tl.constexpr, PREC: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One program per (K block, chunk, value head), or with K_LOOP one per (chunk, value head)
-    looping over the K blocks (dM and dT are then formed once per chunk instead of once per block).
+    """One program per (K block, chunk, value head). Each recomputes the chunk's ``dM``, ``dT``
+    (``[BT, BT]``, a contraction over V): one program per chunk looping over the K blocks would form
+    them once, but needs 408 KB of shared memory on sm_90 (Triton 3.6), twice what an SM has.
 
     Writes dq, dk ``[Ttot, HV, K]`` (per value head; GVA groups are summed by the caller),
     dv ``[Ttot, HV, V]``, dg / db (per channel: ``[Ttot, HV, K]``; per head: partial sums
     ``[NK, Ttot, HV]`` over each K block) and dw (``[Ttot, HV(, V)]``, with the first K block).
     """
-    i_t, i_hv = tl.program_id(1), tl.program_id(2)
+    i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
-    if K_LOOP:
-        o_k = tl.arange(0, BK)
-        # (distinct names for the unused results: a name re-bound in the loop must keep its type)
-        b_dM, b_dT, b_x0, b_x1, b_x2, b_x3 = grad_v_loop(
-            do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, True,
-            HV, V, BT, BK, BV, DECAY, ERASE, WRITE, True, False, PREC)
-        for i_k in range(tl.cdiv(K, BK)):
-            o_k = i_k * BK + tl.arange(0, BK)
-            b_y0, b_y1, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
-                do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, False,
-                HV, V, BT, BK, BV, DECAY, ERASE, WRITE, False, True, PREC)
-            grad_k_block(
-                q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-                bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, ONE_SPLIT,
-                REG_ANCHOR, PREC)
-    else:
-        i_k = tl.program_id(0)
-        o_k = i_k * BK + tl.arange(0, BK)
-        b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
-            do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
-            HV, V, BT, BK, BV, DECAY, ERASE, WRITE, True, True, PREC)
-        grad_k_block(
-            q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-            bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, ONE_SPLIT,
-            REG_ANCHOR, PREC)
+    o_k = i_k * BK + tl.arange(0, BK)
+    b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
+        do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
+        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
+    grad_k_block(
+        q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
+        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC)
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -432,15 +403,13 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
         )
-        k_loop = bool(TUNING["grad_k_loop"])
-        chunk_grad_kernel[(1 if k_loop else NK, NT, HV)](
+        chunk_grad_kernel[(NK, NT, HV)](
             q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
             M if G is None else G, R, h, do, dY, dh,
             dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw,
             cu, chunk_indices, scale, Ttot,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, ONE_SPLIT=bool(TUNING["grad_one_split"]),
-            REG_ANCHOR=bool(TUNING["reg_anchor"]), K_LOOP=k_loop, PREC=PREC,
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)

@@ -30,16 +30,15 @@ CHUNK = 64
 # Block widths of the chunk kernels (K / V tiles). Module-level so that
 # `benchmarks/tune_kernels.py` can sweep them; the values here are the best of its sweep on the
 # H200 (benchmarks/results/tune_gdn2_h200.json). Warps and pipeline stages are autotuned per shape.
-# fuse_wu: the state kernel forms R = A (Z − Ē S₀) itself instead of reading W = A Ē, U = A Z
-# (H200, 2k / 32k: 18.4 / 26.7 ms f+b fused vs 18.1 / 24.8 unfused). grad_one_split: the gradient
-# kernel's four pair products share one dyadic level loop (18.4 vs 19.6 ms). state_bv_min: the
-# narrowest value block of the sequential kernels for K > 64 (32k: 16 beats 32 by 0.9 ms).
-# reg_anchor: the pair split's anchor rows picked from registers instead of re-read from memory;
-# grad_k_loop: one gradient program per chunk looping over K blocks; split_solve: (I + T)⁻¹ by its
-# own small kernel instead of at the end of the intra kernel (not yet timed on a GPU).
-TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": False,
-          "grad_one_split": True, "state_bv_min": 16, "reg_anchor": False, "grad_k_loop": False,
-          "split_solve": False}
+# fuse_wu: the decay forms (0 none, 1 per head, 2 per channel) for which the state kernel forms
+# R = A (Z − Ē S₀) itself instead of reading W = A Ē, U = A Z from chunk_wu_kernel (H200 f+b:
+# gdn2 at 2k / 32k 18.4 / 26.7 ms fused vs 18.1 / 24.8 unfused; gdn at 2k 8.64 fused vs 9.12).
+# state_bv_min: the narrowest value block of the sequential kernels for K > 64 (32k: 16 beats 32
+# by 0.9 ms). split_solve: (I + T)⁻¹ by its own small kernel instead of at the end of the intra
+# kernel (gdn2 f+b 16.97 vs 17.50 ms at 2k, 23.28 vs 23.69 at 32k). pair_bf16: the pair split's
+# products from bf16 operands (fp32 accumulation) for 16-bit inputs, instead of tf32 (untimed).
+TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": (0, 1),
+          "state_bv_min": 16, "split_solve": True, "pair_bf16": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -72,6 +71,15 @@ def dot_precision(dtype: torch.dtype) -> str:
     if os.environ.get("TRITON_INTERPRET") == "1" or dtype == torch.float32:
         return "ieee"
     return "tf32"
+
+
+def pair_low(dtype: torch.dtype) -> int:
+    """Operands of the pair split's products (:func:`pair_dot`): 0 = fp32; 1 = bf16 (2 under the
+    interpreter), only for 16-bit inputs, whose own rounding is as coarse, and only when
+    ``TUNING["pair_bf16"]``."""
+    if not (TUNING["pair_bf16"] and dtype in (torch.bfloat16, torch.float16)):
+        return 0
+    return 2 if INTERPRET else 1
 
 
 def inverse_precision(dtype: torch.dtype) -> str:
@@ -134,35 +142,19 @@ def chunk_rows(cu_seqlens, chunk_indices, i_t, BT: tl.constexpr):
 
 
 @triton.jit
-def anchor_rows(b_G, h: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
-    """``out[r] = b_G[(r // 2h)·2h + h − 1]`` for ``b_G [BT, BK]``, in registers: the rows viewed as
-    ``[BT/2h, 2h, BK]``, the anchor picked by a masked sum over the middle axis (exact: one term)
-    and broadcast back."""
-    n: tl.constexpr = BT // (2 * h)
-    b_G3 = tl.reshape(b_G, [n, 2 * h, BK])
-    pick = tl.arange(0, 2 * h) == h - 1
-    b_gc = tl.sum(tl.where(pick[None, :, None], b_G3, 0.0), axis=1)
-    return tl.reshape(tl.broadcast_to(b_gc[:, None, :], [n, 2 * h, BK]), [BT, BK])
-
-
-@triton.jit
-def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.constexpr, K: tl.constexpr,
-                REG_ANCHOR: tl.constexpr):
-    """One level of the dyadic pair split (see :func:`pair_matrix`): rows are grouped in blocks of
+def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.constexpr, K: tl.constexpr):
+    """One level of the dyadic pair split (see :func:`pair_matrices`): rows are grouped in blocks of
     ``2h``; the anchor of a block is its row ``h − 1`` (the last row of its left half).
 
     Returns ``(right, same, e)``: ``right [BT]`` marks rows in a right half, ``same [BT, BT]`` marks
     pairs in one block, and ``e = exp(−|G − G_anchor|) [BT, BK]`` is ``exp(G_r − G_c)`` on right
-    rows and ``exp(G_c − G_s)`` on left rows, each ≤ 1. The anchor rows of G are read from memory,
-    or picked from ``b_G`` in registers when REG_ANCHOR (same values: ``b_G`` holds 0 past the
-    sequence end like the masked load); an anchor past the end only reaches pairs with a row past
+    rows and ``exp(G_c − G_s)`` on left rows, each ≤ 1. The anchor rows of G are re-read from
+    memory (L1/L2-resident: picking them from ``b_G`` in registers measured 6 % slower on the H200,
+    2026-11-29); an anchor past the sequence end reads 0 and only reaches pairs with a row past
     the end."""
     o_c = (o_t // (2 * h)) * (2 * h) + h - 1
-    if REG_ANCHOR:
-        b_gc = anchor_rows(b_G, h, o_t.shape[0], o_k.shape[0])
-    else:
-        m_c = (row0 + o_c < eos)[:, None] & m_k[None, :]
-        b_gc = tl.load(G + ((row0 + o_c)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_c, other=0)
+    m_c = (row0 + o_c < eos)[:, None] & m_k[None, :]
+    b_gc = tl.load(G + ((row0 + o_c)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_c, other=0)
     b_e = tl.exp(-tl.abs(b_G - b_gc))
     right = (o_t & h) != 0
     same = (o_t[:, None] // (2 * h)) == (o_t[None, :] // (2 * h))
@@ -170,8 +162,22 @@ def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.
 
 
 @triton.jit
+def pair_dot(a, b, PREC: tl.constexpr, LOW: tl.constexpr):
+    """``a @ b`` accumulated in fp32, from fp32 operands at precision PREC (LOW = 0), bf16 operands
+    (LOW = 1, see :func:`pair_low`), or operands rounded to bf16 and multiplied exactly (LOW = 2:
+    the same numbers, for the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9)."""
+    if LOW == 1:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
+    elif LOW == 2:
+        a_low = a.to(tl.bfloat16).to(tl.float32)
+        return tl.dot(a_low, b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b, input_precision=PREC)
+
+
+@triton.jit
 def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
-                  BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, REG_ANCHOR: tl.constexpr):
+                  BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """``P[r, s] = Σ_k x[r,k] y[s,k] exp(G[r,k] − G[s,k])`` for ``s ≤ r`` and, when TWO, the same
     with x2 for ``s < r`` (strict). All tiles ``[BT, BK]`` fp32 of one chunk (per-channel decay);
     G in memory serves the anchor rows. Returns two ``[BT, BT]`` fp32 tiles, zero above.
@@ -186,66 +192,28 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
     b_P = tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
     b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
     for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K, REG_ANCHOR)
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
-        b_P += tl.where(same, tl.dot(b_xr, tl.trans(b_ys), input_precision=PREC), 0.0)
+        b_P += tl.where(same, pair_dot(b_xr, tl.trans(b_ys), PREC, LOW), 0.0)
         if TWO:
             b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
-            b_P2 += tl.where(same, tl.dot(b_xr2, tl.trans(b_ys), input_precision=PREC), 0.0)
+            b_P2 += tl.where(same, pair_dot(b_xr2, tl.trans(b_ys), PREC, LOW), 0.0)
     return b_P, b_P2
 
 
 @triton.jit
-def pair_left(b_D, b_D2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
-              BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, REG_ANCHOR: tl.constexpr):
-    """``out[r, k] = Σ_s D[r,s] y[s,k] exp(G[r,k] − G[s,k])`` for D lower-triangular ``[BT, BT]``
-    and, when TWO, the same for D2; y ``[BT, BK]``. The dyadic split of :func:`pair_matrices`."""
-    tl.static_assert(BT == 64)
-    eye = o_t[:, None] == o_t[None, :]
-    b_o = tl.sum(tl.where(eye, b_D, 0.0), 1)[:, None] * b_y
-    b_o2 = tl.sum(tl.where(eye, b_D2, 0.0), 1)[:, None] * b_y
-    for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K, REG_ANCHOR)
-        b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
-        b_part = tl.dot(tl.where(same, b_D, 0.0), b_ys, input_precision=PREC)
-        b_o += tl.where(right[:, None], b_part * b_e, 0.0)
-        if TWO:
-            b_part2 = tl.dot(tl.where(same, b_D2, 0.0), b_ys, input_precision=PREC)
-            b_o2 += tl.where(right[:, None], b_part2 * b_e, 0.0)
-    return b_o, b_o2
-
-
-@triton.jit
-def pair_right(b_D, b_x, b_D2, b_x2, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
-               K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr,
-               REG_ANCHOR: tl.constexpr):
-    """``out[s, k] = Σ_r D[r,s] x[r,k] exp(G[r,k] − G[s,k])`` for D lower-triangular ``[BT, BT]``
-    and, when TWO, the same for (D2, x2); x, x2 ``[BT, BK]``. The dyadic split of
-    :func:`pair_matrices`."""
-    tl.static_assert(BT == 64)
-    eye = o_t[:, None] == o_t[None, :]
-    b_o = tl.sum(tl.where(eye, b_D, 0.0), 0)[:, None] * b_x
-    b_o2 = tl.sum(tl.where(eye, b_D2, 0.0), 0)[:, None] * b_x2
-    for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K, REG_ANCHOR)
-        b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
-        b_part = tl.dot(tl.trans(tl.where(same, b_D, 0.0)), b_xr, input_precision=PREC)
-        b_o += tl.where(right[:, None], 0.0, b_part * b_e)
-        if TWO:
-            b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
-            b_part2 = tl.dot(tl.trans(tl.where(same, b_D2, 0.0)), b_xr2, input_precision=PREC)
-            b_o2 += tl.where(right[:, None], 0.0, b_part2 * b_e)
-    return b_o, b_o2
-
-
-@triton.jit
 def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
-              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr,
-              REG_ANCHOR: tl.constexpr):
-    """:func:`pair_left` ``(D, D2; y)`` and :func:`pair_right` ``(D, x; D2, x2)`` in one level loop:
-    each level's split (anchor rows and one exp) serves all four products. Returns
-    ``(left, left2, right, right2)``, each ``[BT, BK]``."""
+              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+    """The four pairwise products of the gradient kernel, for D and (when TWO) D2 lower-triangular
+    ``[BT, BT]`` and x, x2, y ``[BT, BK]``, with ``ρ_rsk = exp(G[r,k] − G[s,k])``:
+
+    ``left[r, k] = Σ_s D[r,s] y[s,k] ρ_rsk``, ``left2`` the same with D2;
+    ``right[s, k] = Σ_r D[r,s] x[r,k] ρ_rsk``, ``right2`` the same with (D2, x2).
+
+    One level loop of the dyadic split of :func:`pair_matrices`: each level's split (anchor rows
+    and one exp) serves all four products (one loop measured 1.2 ms faster than one per side for
+    gdn2 at 2k on the H200). Returns ``(left, left2, right, right2)``."""
     tl.static_assert(BT == 64)
     eye = o_t[:, None] == o_t[None, :]
     b_diag = tl.where(eye, b_D, 0.0)
@@ -255,15 +223,15 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     b_l2 = tl.sum(b_diag2, 1)[:, None] * b_y
     b_r2 = tl.sum(b_diag2, 0)[:, None] * b_x2
     for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K, REG_ANCHOR)
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
         b_Ds = tl.where(same, b_D, 0.0)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
-        b_l += tl.where(right[:, None], tl.dot(b_Ds, b_ys, input_precision=PREC) * b_e, 0.0)
-        b_r += tl.where(right[:, None], 0.0, tl.dot(tl.trans(b_Ds), b_xr, input_precision=PREC) * b_e)
+        b_l += tl.where(right[:, None], pair_dot(b_Ds, b_ys, PREC, LOW) * b_e, 0.0)
+        b_r += tl.where(right[:, None], 0.0, pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW) * b_e)
         if TWO:
             b_D2s = tl.where(same, b_D2, 0.0)
             b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
-            b_l2 += tl.where(right[:, None], tl.dot(b_D2s, b_ys, input_precision=PREC) * b_e, 0.0)
-            b_r2 += tl.where(right[:, None], 0.0, tl.dot(tl.trans(b_D2s), b_xr2, input_precision=PREC) * b_e)
+            b_l2 += tl.where(right[:, None], pair_dot(b_D2s, b_ys, PREC, LOW) * b_e, 0.0)
+            b_r2 += tl.where(right[:, None], 0.0, pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW) * b_e)
     return b_l, b_l2, b_r, b_r2
