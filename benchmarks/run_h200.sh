@@ -29,8 +29,8 @@ bf16)
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)
-    timeout 420 $K fla-speed --ops gdn2 kda --T 2048 32768
-    timeout 150 $K speed --ops gdn2 kda sdpa --T 2048 32768 ;;
+    timeout 400 $K fla-speed --ops gdn2 kda --T 2048 32768
+    timeout 150 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768 ;;
 models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
