@@ -3,7 +3,6 @@
 # fits the 10-minute call limit; run from a `git archive` snapshot, FLA as a wheel in ../.whl):
 #   bash benchmarks/run_h200.sh sweep    # bf16 check of 5 ops; untimed TUNING variants; gdn's W/U
 #   bash benchmarks/run_h200.sh bf16     # the pair_bf16 switch: speed, block widths, accuracy
-#   bash benchmarks/run_h200.sh straddle # pair_bf16 with the straddle-summed dg: speed, accuracy
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -27,12 +26,6 @@ bf16)
     timeout 60 $K accuracy
     timeout 60 $K accuracy --tag h200-pair-bf16 --tuning pair_bf16=True
     timeout 90 $K check --ops gdn2 kda linear_attn ;;
-straddle)
-    # pair_bf16 with dg's pairwise part straddle-summed, and the straddle form alone (tf32)
-    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --keys pair_bf16 dg_straddle --out $OUT/tune_2k.json
-    timeout 70 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pair_bf16 --out $OUT/tune_32k.json
-    timeout 40 $K accuracy --tag h200-pair-bf16 --tuning pair_bf16=True
-    timeout 40 $K accuracy --tag h200-dg-straddle --tuning dg_straddle=True ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)

@@ -71,15 +71,14 @@ def test_forward_backward_every_op(op):
 # The TUNING switches (gatedelta.ops.triton.common) that pick another kernel path, each with its
 # flipped value: fuse_wu forms R = A (Z − Ē S₀) in the state kernel for the listed decay forms (else
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
-# kernel (else at the end of the intra kernel); dg_straddle sums the pairwise part of the
-# per-channel dg over the pairs that straddle each row. pair_bf16 only acts on 16-bit inputs (below).
+# kernel (else at the end of the intra kernel). pair_bf16 only acts on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
         return tuple(form for form in (0, 1, 2) if form not in value)
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "dg_straddle")
+SWITCHES = ("fuse_wu", "split_solve")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]

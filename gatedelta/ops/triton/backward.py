@@ -226,11 +226,9 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
 def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
                  bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv,
                  H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, STRADDLE: tl.constexpr,
-                 PREC: tl.constexpr):
+                 DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr):
     """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms, dq, dk,
-    the erase gate's db and the log-decay gradient dg of its rows (per-channel decay with
-    STRADDLE: its pairwise part straddle-summed by :func:`pair_both`)."""
+    the erase gate's db and the log-decay gradient dg of its rows."""
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
@@ -242,21 +240,16 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
         b_gam = tl.exp(b_G)
         row0 = bos + i_c * BT
-        b_dq, b_de, b_dk, b_dk1, b_dgs = pair_both(b_dM, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv, o_t,
-                                                   o_k, m_k, scale, HV, K, BT, ERASE > 0, PREC, LOW, STRADDLE)
+        b_dq, b_de, b_dk, b_dk1 = pair_both(b_dM, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv, o_t, o_k,
+                                            m_k, HV, K, BT, ERASE > 0, PREC, LOW)
         b_dq *= scale
         b_dk *= scale
-        # d log γ per row; its pairwise part either here (summed in step 4) or straddle-summed (b_dgs)
-        if STRADDLE:
-            b_dG = tl.zeros([BT, BK], dtype=tl.float32)
-        else:
-            b_dG = b_q * b_dq - b_k * b_dk
-            if ERASE > 0:
-                b_dG += b_e * b_de - b_k * b_dk1
+        b_dG = b_q * b_dq - b_k * b_dk
         b_dq0 = scale * b_gam * b_dqs
         b_dq += b_dq0
         b_dG += b_q * b_dq0
         if ERASE > 0:
+            b_dG += b_e * b_de - b_k * b_dk1
             b_dk += b_dk1
             b_de0 = -b_gam * b_dEb
             b_de += b_de0
@@ -323,8 +316,6 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
     # 4. dg: reverse cumulative sum of d log γ within the chunk; a clamped g (a hard reset) has 0
     if DECAY == 2:
         b_dg = tl.cumsum(tl.where(m_tk, b_dG, 0.0), 0, reverse=True)
-        if STRADDLE:
-            b_dg += b_dgs
         b_g = tl.load(g + p_tk, mask=m_tk, other=0)
         tl.store(dg + p_tk, tl.where(b_g > G_MIN, b_dg, 0.0).to(dg.dtype.element_ty), mask=m_tk)
     elif DECAY == 1:
@@ -337,7 +328,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
 
 @triton.autotune(
     launch_configs((8,), (1, 2)),  # 4 warps spill 460–880 B (H200 sweep)
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "STRADDLE"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW"],
 )
 @triton.jit
 def chunk_grad_kernel(
@@ -345,8 +336,7 @@ def chunk_grad_kernel(
     dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, STRADDLE: tl.constexpr,
-    PREC: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (K block, chunk, value head). Each recomputes the chunk's ``dM``, ``dT``
     (``[BT, BT]``, a contraction over V): one program per chunk looping over the K blocks would form
@@ -366,7 +356,7 @@ def chunk_grad_kernel(
         HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
     grad_k_block(
         q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, STRADDLE, PREC)
+        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC)
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -419,8 +409,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw,
             cu, chunk_indices, scale, Ttot,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype),
-            STRADDLE=bool(TUNING["dg_straddle"]) or pair_low(q.dtype) > 0, PREC=PREC,
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)

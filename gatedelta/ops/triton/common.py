@@ -37,12 +37,10 @@ CHUNK = 64
 # by 0.9 ms). split_solve: (I + T)⁻¹ by its own small kernel instead of at the end of the intra
 # kernel (gdn2 f+b 16.97 vs 17.50 ms at 2k, 23.28 vs 23.69 at 32k). pair_bf16: the pair split's
 # products from bf16 operands (fp32 accumulation) for 16-bit inputs, instead of tf32: f+b 15.16 vs
-# 17.06 ms at 2k, but with dg formed as before (the reverse cumulative sum of per-row terms whose
-# pairwise parts cancel) dg's bf16 error doubled (9.4e-3 vs 4.3e-3; FLA 0.6.0's anchor is 6.2e-3).
-# With pair_bf16 the gradient kernel therefore always straddle-sums dg's pairwise part
-# (common.pair_both); dg_straddle turns that form on for tf32 too (untimed).
+# 17.06 ms at 2k, but dg's bf16 error doubles (9.4e-3 vs 4.3e-3; FLA 0.6.0's anchor is 6.2e-3), so
+# it stays off.
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": (0, 1),
-          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "dg_straddle": False}
+          "state_bv_min": 16, "split_solve": True, "pair_bf16": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -207,9 +205,8 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
 
 
 @triton.jit
-def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, scale, HV: tl.constexpr,
-              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-              STRADDLE: tl.constexpr):
+def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
+              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """The four pairwise products of the gradient kernel, for D and (when TWO) D2 lower-triangular
     ``[BT, BT]`` and x, x2, y ``[BT, BK]``, with ``ρ_rsk = exp(G[r,k] − G[s,k])``:
 
@@ -218,18 +215,7 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
 
     One level loop of the dyadic split of :func:`pair_matrices`: each level's split (anchor rows
     and one exp) serves all four products (one loop measured 1.2 ms faster than one per side for
-    gdn2 at 2k on the H200). Returns ``(left, left2, right, right2, straddle)``.
-
-    When STRADDLE, also the pairwise part of the log-decay gradient in its cancellation-free form:
-    ``straddle[r, k] = Σ_{a ≥ r > b} (scale·D[a,b] x[a,k] + D2[a,b] x2[a,k]) y[b,k] ρ_abk``, the
-    pairs whose decay interval (b, a] holds row r. (The reverse cumulative sum of
-    ``x⊙left − y⊙right`` is the same number, but as a difference of sums over all pairs, each
-    formed along another rounding path: with bf16 operands it doubles dg's error.) Per level the
-    pairs straddling r lie in r's block: a suffix of the right half's ``x⊙left`` terms when r is
-    on the right, a strict prefix of the left half's ``y⊙right`` terms when r is on the left, one
-    masked ``[BT, BT] @ [BT, BK]`` product, at PREC even when LOW (bf16 terms would put back half
-    the error: 7.9e-3 vs 5.6e-3 for dg in an interpreter test whose fp32 floor is 3.6e-3).
-    """
+    gdn2 at 2k on the H200). Returns ``(left, left2, right, right2)``."""
     tl.static_assert(BT == 64)
     eye = o_t[:, None] == o_t[None, :]
     b_diag = tl.where(eye, b_D, 0.0)
@@ -238,34 +224,16 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     b_diag2 = tl.where(eye, b_D2, 0.0)
     b_l2 = tl.sum(b_diag2, 1)[:, None] * b_y
     b_r2 = tl.sum(b_diag2, 0)[:, None] * b_x2
-    b_s = tl.zeros(b_y.shape, dtype=tl.float32)
     for lvl in tl.static_range(6):
         right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
         b_Ds = tl.where(same, b_D, 0.0)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
-        b_lp = pair_dot(b_Ds, b_ys, PREC, LOW) * b_e  # this level's left terms (right rows)
-        b_rp = pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW) * b_e  # its right terms (left rows)
-        b_l += tl.where(right[:, None], b_lp, 0.0)
-        b_r += tl.where(right[:, None], 0.0, b_rp)
-        if STRADDLE:
-            b_xv = scale * b_x * b_lp
-            b_yv = scale * b_rp
+        b_l += tl.where(right[:, None], pair_dot(b_Ds, b_ys, PREC, LOW) * b_e, 0.0)
+        b_r += tl.where(right[:, None], 0.0, pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW) * b_e)
         if TWO:
             b_D2s = tl.where(same, b_D2, 0.0)
             b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
-            b_lp2 = pair_dot(b_D2s, b_ys, PREC, LOW) * b_e
-            b_rp2 = pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW) * b_e
-            b_l2 += tl.where(right[:, None], b_lp2, 0.0)
-            b_r2 += tl.where(right[:, None], 0.0, b_rp2)
-            if STRADDLE:
-                b_xv += b_x2 * b_lp2
-                b_yv += b_rp2
-        if STRADDLE:
-            b_v = tl.where(right[:, None], b_xv, b_y * b_yv)
-            # row r takes the terms t of its block on its own side: t ≥ r on the right, t < r on the left
-            side = right[:, None] == right[None, :]
-            order = tl.where(right[:, None], o_t[None, :] >= o_t[:, None], o_t[None, :] < o_t[:, None])
-            b_mask = tl.where(same & side & order, 1.0, 0.0)
-            b_s += tl.dot(b_mask, b_v, input_precision=PREC)
-    return b_l, b_l2, b_r, b_r2, b_s
+            b_l2 += tl.where(right[:, None], pair_dot(b_D2s, b_ys, PREC, LOW) * b_e, 0.0)
+            b_r2 += tl.where(right[:, None], 0.0, pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW) * b_e)
+    return b_l, b_l2, b_r, b_r2
