@@ -17,7 +17,7 @@ sweep)
     timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys split_solve --out $OUT/tune_2k.json
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve --out $OUT/tune_32k.json
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn --keys fuse_wu --out $OUT/tune_gdn_2k.json
-    timeout 60 $K profile ;;
+    timeout 60 $K profile --T 2048 ;;
 bf16)
     # bf16 operands for the pair split's products: speed, then block widths with it, accuracy
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --keys pair_bf16 --out $OUT/tune_2k.json
@@ -35,7 +35,9 @@ diag3)
     timeout 90 python3 benchmarks/tune_kernels.py --op gdn2 --set pair_bf16=True --keys pair_diag3d \
         --out $OUT/tune_2k_bf16.json
     timeout 40 $K accuracy --tag h200-diag3 --tuning pair_diag3d=True
-    timeout 90 $K check --ops gdn2 kda --tag h200-diag3 --tuning pair_diag3d=True ;;
+    timeout 90 $K check --ops gdn2 kda --tag h200-diag3 --tuning pair_diag3d=True
+    # which kernels grow at 32k (today's defaults)
+    timeout 40 $K profile --T 2048 32768 ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)

@@ -326,29 +326,32 @@ def decode(out: dict, fla) -> None:
     SAVE()
 
 
-def profile(out: dict) -> None:
-    """CUDA time per kernel of one gdn2 / gdn forward + backward (T = 2k, B = 16, H = 16)."""
+def profile(out: dict, lengths: tuple[int, ...] = (2048,)) -> None:
+    """CUDA time per kernel of one gdn2 / gdn forward + backward, H = 16, K = V = 128, 32k tokens
+    (B = 32768 / T) at each T of ``lengths``: which kernels grow with T at a fixed token count."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    for op in ("gdn2", "gdn"):
-        x = [t.requires_grad_() for t in _speed_inputs(16, 2048, 16, 128, 128, op)]
+    for T in lengths:
+        for op in ("gdn2", "gdn"):
+            x = [t.requires_grad_() for t in _speed_inputs(max(1, 32768 // T), T, 16, 128, 128, op)]
 
-        def fn(op=op, x=x):
-            getattr(ops, op)(*x, backend="triton")[0].backward(torch.ones_like(x[2]))
+            def fn(op=op, x=x):
+                getattr(ops, op)(*x, backend="triton")[0].backward(torch.ones_like(x[2]))
 
-        fn()
-        torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
             fn()
             torch.cuda.synchronize()
-        per = {}
-        for e in prof.key_averages():
-            if e.device_time_total > 0:
-                per[e.key[:60]] = e.device_time_total / 1e3
-        out[op] = dict(sorted(per.items(), key=lambda kv: -kv[1])[:12])
-        print(f"profile {op} (ms): " + json.dumps(out[op]), flush=True)
-        SAVE()
+            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            per = {}
+            for e in prof.key_averages():
+                if e.device_time_total > 0:
+                    per[e.key[:60]] = e.device_time_total / 1e3
+            name = op if T == 2048 else f"{op}_T{T}"
+            out[name] = dict(sorted(per.items(), key=lambda kv: -kv[1])[:12])
+            print(f"profile {name} (ms): " + json.dumps(out[name]), flush=True)
+            SAVE()
 
 
 def _env(ceilings: bool = True) -> dict:
@@ -431,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("steps", nargs="*", default=["accuracy", "speed", "decode", "check"],
                    help="any of: accuracy speed decode check profile fla-accuracy fla-speed")
-    p.add_argument("--T", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths for speed")
+    p.add_argument("--T", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths (speed, profile)")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"), help="output folder")
     p.add_argument("--tag", default="h100", help="file name suffix: kernels_<step>_<tag>.json")
     p.add_argument("--ops", nargs="*", default=["gdn2", "kda", "gdn", "sdpa"], help="ops for speed / check")
@@ -454,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa"), op_names=tuple(a.ops)),
         "decode": lambda o: decode(o, fla),
         "check": lambda o: check(o, op_names=tuple(a.ops)),
-        "profile": profile,
+        "profile": lambda o: profile(o, tuple(a.T)),
         "fla-accuracy": lambda o: accuracy(o, fla, who=("fla",)),
         "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",), op_names=tuple(a.ops)),
     }
