@@ -72,14 +72,15 @@ def test_forward_backward_every_op(op):
 # flipped value: fuse_wu forms R = A (Z − Ē S₀) in the state kernel for the listed decay forms (else
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pair_diag3d runs the pair split's levels h ≤ 8 as
-# batched 16×16 products. pair_bf16 only acts on 16-bit inputs (below).
+# batched 16×16 products; grad_pre_d forms the gradient kernel's dM, dT once per chunk in a kernel
+# of their own. pair_bf16 only acts on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
         return tuple(form for form in (0, 1, 2) if form not in value)
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pair_diag3d")
+SWITCHES = ("fuse_wu", "split_solve", "pair_diag3d", "grad_pre_d")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]

@@ -40,8 +40,11 @@ CHUNK = 64
 # 17.06 ms at 2k, but dg's bf16 error doubles (9.4e-3 vs 4.3e-3; FLA 0.6.0's anchor is 6.2e-3), so
 # it stays off. pair_diag3d: the pair split's levels h ≤ 8 as 16×16 products batched over the
 # chunk's four diagonal blocks (a quarter of the masked 64×64 products' MMA work; untimed).
+# grad_pre_d: dM = dO Rᵀ and dT = dY Rᵀ by a kernel of their own, once per chunk, instead of in
+# each K-block program of the gradient kernel (untimed).
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": (0, 1),
-          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pair_diag3d": False}
+          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pair_diag3d": False,
+          "grad_pre_d": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
