@@ -167,6 +167,15 @@ def chunk_state_bwd_kernel(
 
 
 @triton.jit
+def pair_grads(b_dORt, b_dYRt, o_t):
+    """``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)`` from the two ``[BT, BT]`` contractions
+    (``T`` is strictly lower and enters ``A = (I + T)⁻¹``, hence the sign)."""
+    b_dM = tl.where(o_t[:, None] >= o_t[None, :], b_dORt, 0.0)
+    b_dT = tl.where(o_t[:, None] > o_t[None, :], -b_dYRt, 0.0)
+    return b_dM, b_dT
+
+
+@triton.jit
 def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, m_k, write_dv,
                 HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FORM_D: tl.constexpr,
@@ -219,9 +228,7 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
                 tl.store(dv + p_tv, b_dY.to(dv.dtype.element_ty), mask=m_tv)
     if write_dv and WRITE == 1:
         tl.store(dw + o_row * HV + i_hv, b_dw1.to(dw.dtype.element_ty), mask=m_t)
-    b_dM = tl.where(o_t[:, None] >= o_t[None, :], b_dM, 0.0)
-    b_dT = tl.where(o_t[:, None] > o_t[None, :], -b_dT, 0.0)
-
+    b_dM, b_dT = pair_grads(b_dM, b_dT, o_t)
     return b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc
 
 
@@ -248,11 +255,12 @@ def chunk_dmdt_kernel(do, R, dY, DM, DT, cu_seqlens, chunk_indices, HV: tl.const
         b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
         if ERASE > 0:
             b_dT += tl.dot(tl.load(dY + p_tv, mask=m_tv, other=0), tl.trans(b_R), input_precision=PREC)
+    b_dM, b_dT = pair_grads(b_dM, b_dT, o_t)
     p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
     m_tt = m_t[:, None] & (o_t[None, :] < BT)
-    tl.store(DM + p_tt, tl.where(o_t[:, None] >= o_t[None, :], b_dM, 0.0), mask=m_tt)
+    tl.store(DM + p_tt, b_dM, mask=m_tt)
     if ERASE > 0:
-        tl.store(DT + p_tt, tl.where(o_t[:, None] > o_t[None, :], -b_dT, 0.0), mask=m_tt)
+        tl.store(DT + p_tt, b_dT, mask=m_tt)
 
 
 @triton.jit
