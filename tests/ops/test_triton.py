@@ -109,6 +109,43 @@ def test_bf16_inputs_with_and_without_bf16_pair_products(pair_bf16, monkeypatch)
     _compare("gdn2", args, s0.float(), tol=2e-2)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "tf32"])
+def test_dg_cancels_with_rounded_pair_operands(precision, monkeypatch):
+    # dg is a reverse cumulative sum of x⊙left − y⊙right, in which every pair inside [t, BT)
+    # cancels. The pair products run on rounded operands (bf16 with pair_bf16; tf32 on a GPU);
+    # the kernel forms dG from the same rounded values, so the cancellation stays exact. With
+    # q⊙dq − k⊙dk formed after the fact, dg's error was 1.6e-2 here for bf16 operands (now 7.9e-3;
+    # fp32 operands: 3.6e-3). tf32 (emulated: the interpreter's products are exact) checks the
+    # operand rounding itself.
+    from gatedelta.ops.triton import backward, common, forward
+
+    if precision == "bf16":
+        monkeypatch.setitem(common.TUNING, "pair_bf16", True)
+    else:
+        tf32 = lambda dtype: "ieee" if dtype == torch.float32 else "tf32"  # noqa: E731
+        monkeypatch.setattr(backward, "dot_precision", tf32)
+        monkeypatch.setattr(forward, "dot_precision", tf32)
+    gen = torch.Generator().manual_seed(0)
+    B, T, H, K, V = 1, 192, 1, 64, 32
+    q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, K, generator=gen, dtype=torch.float64), dim=-1)
+            for _ in range(2))
+    v = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, K, generator=gen, dtype=torch.float64))
+    b = torch.sigmoid(torch.randn(B, T, H, K, generator=gen, dtype=torch.float64))
+    w = torch.sigmoid(torch.randn(B, T, H, V, generator=gen, dtype=torch.float64))
+    do = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+    # bf16 inputs (g stays fp32), and the reference fed the same rounded values
+    xs = [x.float() if name == "g" else x.bfloat16() for name, x in zip("qkvgbw", (q, k, v, g, b, w))]
+    leaves = [x.to(DEV).detach().requires_grad_() for x in xs]
+    ref_leaves = [x.detach().double().requires_grad_() for x in xs]
+    ops.gdn2(*leaves, backend="triton")[0].backward(do.to(DEV, torch.bfloat16))
+    ops.gdn2(*ref_leaves, backend="reference")[0].backward(do)
+    bound = {"bf16": 1.1e-2, "tf32": 4.5e-3}[precision]
+    errs = {name: rel_err(a.grad.cpu().double(), r.grad) for name, a, r in zip("qkvgbw", leaves, ref_leaves)}
+    assert errs["g"] < bound, errs
+    assert max(errs.values()) < 1e-2, errs
+
+
 def test_backward_through_the_decode_kernel():
     # ≤ 4 tokens with a state take the decode kernel, which leaves no chunk matrices: the backward
     # recomputes them.

@@ -282,16 +282,13 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
         b_gam = tl.exp(b_G)
         row0 = bos + i_c * BT
-        b_dq, b_de, b_dk, b_dk1 = pair_both(b_dM, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv, o_t, o_k,
-                                            m_k, HV, K, BT, ERASE > 0, PREC, LOW, DIAG3)
-        b_dq *= scale
-        b_dk *= scale
-        b_dG = b_q * b_dq - b_k * b_dk
+        # dG's pair terms come from pair_both itself (q⊙dq − k⊙dk formed here would not cancel)
+        b_dq, b_de, b_dk, b_dk1, b_dG = pair_both(b_dM * scale, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv,
+                                                  o_t, o_k, m_k, HV, K, BT, ERASE > 0, PREC, LOW, DIAG3)
         b_dq0 = scale * b_gam * b_dqs
         b_dq += b_dq0
         b_dG += b_q * b_dq0
         if ERASE > 0:
-            b_dG += b_e * b_de - b_k * b_dk1
             b_dk += b_dk1
             b_de0 = -b_gam * b_dEb
             b_de += b_de0

@@ -168,6 +168,23 @@ def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.
 
 
 @triton.jit
+def pair_operand(a, PREC: tl.constexpr, LOW: tl.constexpr):
+    """An fp32 operand of the pair split's products, rounded as :func:`pair_dot` will use it: to
+    bf16 (LOW = 1: a bf16 tile; LOW = 2: bf16 values in fp32), to tf32 (round to nearest, ties
+    away, like ``cvt.rna.tf32.f32``) for ``PREC == "tf32"``, else unchanged. Rounding once,
+    before the product, lets :func:`pair_both` reuse the exact values the tensor cores saw."""
+    if LOW == 1:
+        return a.to(tl.bfloat16)
+    elif LOW == 2:
+        return a.to(tl.bfloat16).to(tl.float32)
+    elif PREC == "tf32":
+        bits = a.to(tl.int32, bitcast=True)
+        return ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)  # keep 10 mantissa bits
+    else:
+        return a
+
+
+@triton.jit
 def pair_dot(a, b, PREC: tl.constexpr, LOW: tl.constexpr):
     """``a @ b`` accumulated in fp32, from fp32 operands at precision PREC (LOW = 0), bf16 operands
     (LOW = 1, see :func:`pair_low`), or operands rounded to bf16 and multiplied exactly (LOW = 2:
@@ -283,7 +300,16 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     One level loop of the dyadic split of :func:`pair_matrices`: each level's split (anchor rows
     and one exp) serves all four products (one loop measured 1.2 ms faster than one per side for
     gdn2 at 2k on the H200); with DIAG3 the levels h ≤ 8 run batched over the 16-row diagonal
-    blocks. Returns ``(left, left2, right, right2)``."""
+    blocks.
+
+    Also returns the pairs' log-decay gradient ``dG = x⊙left − y⊙right + x2⊙left2 − y⊙right2``
+    (the diagonal cancels), summed level by level from the very operands of the products, as
+    rounded for them (:func:`pair_operand`): each pair ``(r, s)`` then enters with one value in
+    both terms, so the pairs inside ``[t, BT)`` cancel exactly in dg's reverse cumulative sum. Formed
+    as ``x⊙left − y⊙right`` after the fact, each term carries the operands' own rounding error, which
+    the cancellation leaves standing (bf16 operands: dg 1.6e-2 vs 3.6e-3 on the interpreter).
+
+    Returns ``(left, left2, right, right2, dG)``."""
     tl.static_assert(BT == 64)
     eye = o_t[:, None] == o_t[None, :]
     b_diag = tl.where(eye, b_D, 0.0)
@@ -292,18 +318,27 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     b_diag2 = tl.where(eye, b_D2, 0.0)
     b_l2 = tl.sum(b_diag2, 1)[:, None] * b_y
     b_r2 = tl.sum(b_diag2, 0)[:, None] * b_x2
+    # x ⊙ left and y ⊙ right cancel on the diagonal: dG starts at zero
+    b_dG = tl.zeros(b_x.shape, dtype=tl.float32)
     for lvl in tl.static_range(2 if DIAG3 else 6):
         right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
-        b_Ds = tl.where(same, b_D, 0.0)
-        b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
-        b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
-        b_l += tl.where(right[:, None], pair_dot(b_Ds, b_ys, PREC, LOW) * b_e, 0.0)
-        b_r += tl.where(right[:, None], 0.0, pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW) * b_e)
+        b_Ds = pair_operand(tl.where(same, b_D, 0.0), PREC, LOW)
+        b_ys = pair_operand(tl.where(right[:, None], 0.0, b_y * b_e), PREC, LOW)
+        b_xr = pair_operand(tl.where(right[:, None], b_x * b_e, 0.0), PREC, LOW)
+        b_L = pair_dot(b_Ds, b_ys, PREC, LOW)
+        b_R = pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
+        b_l += tl.where(right[:, None], b_L * b_e, 0.0)
+        b_r += tl.where(right[:, None], 0.0, b_R * b_e)
+        # xr is zero on left rows and ys on right rows: no mask needed
+        b_dG += b_xr.to(tl.float32) * b_L - b_ys.to(tl.float32) * b_R
         if TWO:
-            b_D2s = tl.where(same, b_D2, 0.0)
-            b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
-            b_l2 += tl.where(right[:, None], pair_dot(b_D2s, b_ys, PREC, LOW) * b_e, 0.0)
-            b_r2 += tl.where(right[:, None], 0.0, pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW) * b_e)
+            b_D2s = pair_operand(tl.where(same, b_D2, 0.0), PREC, LOW)
+            b_xr2 = pair_operand(tl.where(right[:, None], b_x2 * b_e, 0.0), PREC, LOW)
+            b_L2 = pair_dot(b_D2s, b_ys, PREC, LOW)
+            b_R2 = pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
+            b_l2 += tl.where(right[:, None], b_L2 * b_e, 0.0)
+            b_r2 += tl.where(right[:, None], 0.0, b_R2 * b_e)
+            b_dG += b_xr2.to(tl.float32) * b_L2 - b_ys.to(tl.float32) * b_R2
     if DIAG3:
         BK: tl.constexpr = b_x.shape[1]
         n: tl.constexpr = BT // SUB
@@ -315,23 +350,31 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
         b_r3 = tl.zeros([n, SUB, BK], dtype=tl.float32)
         b_l23 = tl.zeros([n, SUB, BK], dtype=tl.float32)
         b_r23 = tl.zeros([n, SUB, BK], dtype=tl.float32)
+        b_dG3 = tl.zeros([n, SUB, BK], dtype=tl.float32)
         if TWO:
             b_D23 = diag_blocks(b_D2, BT)
             b_x23 = tl.reshape(b_x2, [n, SUB, BK])
         for lvl in tl.static_range(4):
             right, same, b_e = level_split3(b_G3, G, row0, eos, i_hv, o_k, m_k, 8 >> lvl, HV, K)
-            b_Ds = tl.where(same, b_D3, 0.0)
-            b_ys = tl.where(right, 0.0, b_y3 * b_e)
-            b_xr = tl.where(right, b_x3 * b_e, 0.0)
-            b_l3 += tl.where(right, pair_dot(b_Ds, b_ys, PREC, LOW) * b_e, 0.0)
-            b_r3 += tl.where(right, 0.0, pair_dot(tl.trans(b_Ds, (0, 2, 1)), b_xr, PREC, LOW) * b_e)
+            b_Ds = pair_operand(tl.where(same, b_D3, 0.0), PREC, LOW)
+            b_ys = pair_operand(tl.where(right, 0.0, b_y3 * b_e), PREC, LOW)
+            b_xr = pair_operand(tl.where(right, b_x3 * b_e, 0.0), PREC, LOW)
+            b_L = pair_dot(b_Ds, b_ys, PREC, LOW)
+            b_R = pair_dot(tl.trans(b_Ds, (0, 2, 1)), b_xr, PREC, LOW)
+            b_l3 += tl.where(right, b_L * b_e, 0.0)
+            b_r3 += tl.where(right, 0.0, b_R * b_e)
+            b_dG3 += b_xr.to(tl.float32) * b_L - b_ys.to(tl.float32) * b_R
             if TWO:
-                b_D2s = tl.where(same, b_D23, 0.0)
-                b_xr2 = tl.where(right, b_x23 * b_e, 0.0)
-                b_l23 += tl.where(right, pair_dot(b_D2s, b_ys, PREC, LOW) * b_e, 0.0)
-                b_r23 += tl.where(right, 0.0, pair_dot(tl.trans(b_D2s, (0, 2, 1)), b_xr2, PREC, LOW) * b_e)
+                b_D2s = pair_operand(tl.where(same, b_D23, 0.0), PREC, LOW)
+                b_xr2 = pair_operand(tl.where(right, b_x23 * b_e, 0.0), PREC, LOW)
+                b_L2 = pair_dot(b_D2s, b_ys, PREC, LOW)
+                b_R2 = pair_dot(tl.trans(b_D2s, (0, 2, 1)), b_xr2, PREC, LOW)
+                b_l23 += tl.where(right, b_L2 * b_e, 0.0)
+                b_r23 += tl.where(right, 0.0, b_R2 * b_e)
+                b_dG3 += b_xr2.to(tl.float32) * b_L2 - b_ys.to(tl.float32) * b_R2
         b_l += tl.reshape(b_l3, [BT, BK])
         b_r += tl.reshape(b_r3, [BT, BK])
         b_l2 += tl.reshape(b_l23, [BT, BK])
         b_r2 += tl.reshape(b_r23, [BT, BK])
-    return b_l, b_l2, b_r, b_r2
+        b_dG += tl.reshape(b_dG3, [BT, BK])
+    return b_l, b_l2, b_r, b_r2, b_dG
