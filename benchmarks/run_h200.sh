@@ -3,8 +3,7 @@
 # fits the 10-minute call limit; run from a `git archive` snapshot, FLA as a wheel in ../.whl):
 #   bash benchmarks/run_h200.sh sweep    # bf16 check of 5 ops; untimed TUNING variants; gdn's W/U
 #   bash benchmarks/run_h200.sh bf16     # the pair_bf16 switch: speed, block widths, accuracy
-#   bash benchmarks/run_h200.sh next     # the untimed switches pair_diag3d / grad_pre_d (next session)
-#   bash benchmarks/run_h200.sh dg       # dG from the pair operands: accuracy, check, diag3 timing, ncu
+#   bash benchmarks/run_h200.sh dg       # dG from the pair operands: speed, accuracy, check, ncu
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -28,35 +27,20 @@ bf16)
     timeout 60 $K accuracy
     timeout 60 $K accuracy --tag h200-pair-bf16 --tuning pair_bf16=True
     timeout 90 $K check --ops gdn2 kda linear_attn ;;
-next)
-    # untimed switches (2026-11-29): pair_diag3d, the pair split's short levels batched over 16-row
-    # blocks; grad_pre_d, the gradient kernel's dM, dT formed once per chunk by their own kernel.
-    # Local sm_90 compile (Triton 3.9), stack bytes: intra 728 -> 56 (diag3); gradient 528 -> 344
-    # (diag3), 272 (pre_d), 456 (both). Speed at 2k / 32k, diag3 with pair_bf16, accuracy, check,
-    # and a per-kernel profile at 2k and 32k with the defaults.
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys pair_diag3d grad_pre_d --out $OUT/tune_2k.json
-    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pair_diag3d grad_pre_d \
-        --out $OUT/tune_32k.json
-    timeout 90 python3 benchmarks/tune_kernels.py --op gdn2 --set pair_bf16=True --keys pair_diag3d \
-        --out $OUT/tune_2k_bf16.json
-    timeout 40 $K accuracy --tag h200-next --tuning pair_diag3d=True grad_pre_d=True
-    timeout 90 $K check --ops gdn2 kda --tag h200-next --tuning pair_diag3d=True grad_pre_d=True
-    timeout 40 $K profile --T 2048 32768 ;;
 dg)
-    # dG's pair terms from the pair products' own (tf32-rounded) operands (2026-11-29 evening):
-    # accuracy and bf16 check; pair_diag3d timed again (the extra dG accumulator); Nsight Compute
-    # stall reasons and occupancy of every chunk kernel at 2k and 32k.
-    timeout 40 $K accuracy --tag h200-dg
-    timeout 40 $K accuracy --tag h200-dg-diag3 --tuning pair_diag3d=True
+    # dG's pair terms from the pair products' own (tf32-rounded) operands, pair_diag3d and
+    # grad_pre_d removed (2026-11-29 evening): speed, accuracy, bf16 check; Nsight Compute stall
+    # reasons and occupancy of every chunk kernel at 2k and 32k, forward and backward.
+    timeout 100 $K speed --ops gdn2 kda gdn --T 2048 32768 --tag h200-dg
+    timeout 70 $K accuracy --tag h200-dg
     timeout 100 $K check --ops gdn2 kda gdn --tag h200-dg
-    timeout 90 python3 benchmarks/tune_kernels.py --op gdn2 --keys pair_diag3d --out $OUT/tune_2k.json
-    timeout 80 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pair_diag3d --out $OUT/tune_32k.json
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --keys grad_bk --out $OUT/tune_2k.json
     S="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats"
     S="$S --section SchedulerStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis"
     for T in 2048 32768; do
         timeout 100 ncu --nvtx --nvtx-include "prof/" --clock-control none $S -k regex:chunk_ \
             python3 benchmarks/ncu_kernels.py --T $T > $OUT/ncu_gdn2_$T.txt 2>&1
-        tail -3 $OUT/ncu_gdn2_$T.txt
+        grep -c "Profiling" $OUT/ncu_gdn2_$T.txt
     done ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl

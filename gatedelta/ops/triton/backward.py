@@ -178,11 +178,10 @@ def pair_grads(b_dORt, b_dYRt, o_t):
 @triton.jit
 def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, m_k, write_dv,
                 HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FORM_D: tl.constexpr,
-                PREC: tl.constexpr):
-    """Phase 1 of the gradient kernel, the contractions over V of one chunk: when FORM_D the
-    ``[BT, BT]`` gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)`` (else zeros:
-    :func:`chunk_dmdt_kernel` formed them), the K block ``o_k``'s state-side terms ``dO S₀ᵀ``,
+                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
+    """Phase 1 of the gradient kernel, the contractions over V of one chunk: the ``[BT, BT]``
+    gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``, the K block ``o_k``'s
+    state-side terms ``dO S₀ᵀ``,
     ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[BT, BK]`` and ``Σ_v S₀ ⊙ dS_C`` ``[BK]``. When write_dv, also dv
     and dw."""
     b_dM = tl.zeros([BT, BT], dtype=tl.float32)
@@ -200,10 +199,9 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_R = tl.load(R + p_tv, mask=m_tv, other=0)
         b_dY = tl.load(dY + p_tv, mask=m_tv, other=0)
-        if FORM_D:
-            b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
-            if ERASE > 0:
-                b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
+        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
+        if ERASE > 0:
+            b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
         m_kv = m_k[:, None] & m_v[None, :]
         b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
         b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
@@ -232,43 +230,11 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
     return b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc
 
 
-@triton.autotune(
-    launch_configs((8,), (1, 2)),  # two [64, 64] fp32 accumulators: 4 warps spill (local sm_90 compile)
-    key=["HV", "V", "BV", "ERASE"],
-)
-@triton.jit
-def chunk_dmdt_kernel(do, R, dY, DM, DT, cu_seqlens, chunk_indices, HV: tl.constexpr, V: tl.constexpr,
-                      BT: tl.constexpr, BV: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr):
-    """One program per (chunk, value head): ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``
-    into DM, DT ``[Ttot, HV, BT]`` (row r holds row r of its chunk's matrix, like M), once per
-    chunk instead of once per K-block program of the gradient kernel (``TUNING["grad_pre_d"]``)."""
-    i_t, i_hv = tl.program_id(0), tl.program_id(1)
-    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    b_dM = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < V)[None, :]
-        p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
-        b_R = tl.load(R + p_tv, mask=m_tv, other=0)
-        b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
-        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
-        if ERASE > 0:
-            b_dT += tl.dot(tl.load(dY + p_tv, mask=m_tv, other=0), tl.trans(b_R), input_precision=PREC)
-    b_dM, b_dT = pair_grads(b_dM, b_dT, o_t)
-    p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
-    m_tt = m_t[:, None] & (o_t[None, :] < BT)
-    tl.store(DM + p_tt, b_dM, mask=m_tt)
-    if ERASE > 0:
-        tl.store(DT + p_tt, b_dT, mask=m_tt)
-
-
 @triton.jit
 def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
                  bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv,
                  H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, DIAG3: tl.constexpr,
-                 PREC: tl.constexpr):
+                 DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr):
     """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms, dq, dk,
     the erase gate's db and the log-decay gradient dg of its rows."""
     o_k = i_k * BK + tl.arange(0, BK)
@@ -282,14 +248,14 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
         b_gam = tl.exp(b_G)
         row0 = bos + i_c * BT
-        # dG's pair terms come from pair_both itself (q⊙dq − k⊙dk formed here would not cancel)
-        b_dq, b_de, b_dk, b_dk1, b_dG = pair_both(b_dM * scale, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv,
-                                                  o_t, o_k, m_k, HV, K, BT, ERASE > 0, PREC, LOW, DIAG3)
+        # dk sums both pair products; dG's pair terms come from pair_both itself (q⊙dq − k⊙dk
+        # formed here would not cancel in dg's reverse cumulative sum)
+        b_dq, b_de, b_dk, b_dG = pair_both(b_dM * scale, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv,
+                                           o_t, o_k, m_k, HV, K, BT, ERASE > 0, PREC, LOW)
         b_dq0 = scale * b_gam * b_dqs
         b_dq += b_dq0
         b_dG += b_q * b_dq0
         if ERASE > 0:
-            b_dk += b_dk1
             b_de0 = -b_gam * b_dEb
             b_de += b_de0
             b_dG += b_e * b_de0
@@ -367,21 +333,20 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
 
 @triton.autotune(
     launch_configs((8,), (1, 2)),  # 4 warps spill 460–880 B (H200 sweep)
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "DIAG3", "PRE_D"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW"],
 )
 @triton.jit
 def chunk_grad_kernel(
-    q, k, v, g, b, w, G, R, h, do, dY, dh, DM, DT,
+    q, k, v, g, b, w, G, R, h, do, dY, dh,
     dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, DIAG3: tl.constexpr,
-    PRE_D: tl.constexpr, PREC: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (K block, chunk, value head). Each recomputes the chunk's ``dM``, ``dT``
-    (``[BT, BT]``, a contraction over V), or with PRE_D reads them from DM, DT
-    (:func:`chunk_dmdt_kernel`). One program per chunk looping over the K blocks would form them
-    once too, but needs 408 KB of shared memory on sm_90 (Triton 3.6), twice what an SM has.
+    (``[BT, BT]``, a contraction over V): forming them once per chunk in a kernel of their own
+    measured no faster (H200, 2026-11-29), and one program per chunk looping over the K blocks
+    needs 408 KB of shared memory on sm_90 (Triton 3.6), twice what an SM has.
 
     Writes dq, dk ``[Ttot, HV, K]`` (per value head; GVA groups are summed by the caller),
     dv ``[Ttot, HV, V]``, dg / db (per channel: ``[Ttot, HV, K]``; per head: partial sums
@@ -394,15 +359,10 @@ def chunk_grad_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
         do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
-        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, not PRE_D, PREC)
-    if PRE_D:
-        p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
-        b_dM = tl.load(DM + p_tt, mask=m_t[:, None], other=0)
-        if ERASE > 0:
-            b_dT = tl.load(DT + p_tt, mask=m_t[:, None], other=0)
+        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
     grad_k_block(
         q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, DIAG3, PREC)
+        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC)
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -449,23 +409,13 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
             USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
         )
-        pre_d = bool(TUNING["grad_pre_d"])
-        DM = DT = None
-        if pre_d:
-            DM = empty((Ttot, HV, CHUNK), **f32)
-            DT = empty((Ttot, HV, CHUNK), **f32) if ERASE else None
-            chunk_dmdt_kernel[(NT, HV)](
-                do, R, dY, DM, DM if DT is None else DT, cu, chunk_indices,
-                HV=HV, V=V, BT=CHUNK, BV=min(64, _pow2(V)), ERASE=ERASE, PREC=PREC,
-            )
         chunk_grad_kernel[(NK, NT, HV)](
             q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
-            M if G is None else G, R, h, do, dY, dh, R if DM is None else DM, R if DT is None else DT,
+            M if G is None else G, R, h, do, dY, dh,
             dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw,
             cu, chunk_indices, scale, Ttot,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), DIAG3=bool(TUNING["pair_diag3d"]),
-            PRE_D=pre_d, PREC=PREC,
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)

@@ -38,13 +38,12 @@ CHUNK = 64
 # kernel (gdn2 f+b 16.97 vs 17.50 ms at 2k, 23.28 vs 23.69 at 32k). pair_bf16: the pair split's
 # products from bf16 operands (fp32 accumulation) for 16-bit inputs, instead of tf32: f+b 15.16 vs
 # 17.06 ms at 2k, but dg's bf16 error doubles (9.4e-3 vs 4.3e-3; FLA 0.6.0's anchor is 6.2e-3), so
-# it stays off. pair_diag3d: the pair split's levels h ≤ 8 as 16×16 products batched over the
-# chunk's four diagonal blocks (a quarter of the masked 64×64 products' MMA work; untimed).
-# grad_pre_d: dM = dO Rᵀ and dT = dY Rᵀ by a kernel of their own, once per chunk, instead of in
-# each K-block program of the gradient kernel (untimed).
+# it stays off (even with dG formed from the products' own operands, dg's bf16 error is 7.9e-3
+# vs 3.6e-3 on the interpreter). Measured and removed (H200, 2026-11-29, code in git history):
+# the short levels batched as 16×16 products (pair_diag3d, −2 % f+b, then +8 % with the dG
+# accumulator) and dM / dT formed once per chunk by their own kernel (grad_pre_d, ±0.3 %).
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": (0, 1),
-          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pair_diag3d": False,
-          "grad_pre_d": False}
+          "state_bv_min": 16, "split_solve": True, "pair_bf16": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -198,51 +197,9 @@ def pair_dot(a, b, PREC: tl.constexpr, LOW: tl.constexpr):
         return tl.dot(a, b, input_precision=PREC)
 
 
-# Rows per diagonal block of the batched levels (DIAG3): the dyadic levels h ≤ 8 only pair rows
-# inside one 16-row block, so they run as [BT/16]-batched 16×16 products instead of masked
-# [BT, BT] ones (4 products' worth of MMA work become 1).
-SUB = tl.constexpr(16)
-
-
-@triton.jit
-def level_split3(b_G3, G, row0, eos, i_hv, o_k, m_k, h: tl.constexpr, HV: tl.constexpr, K: tl.constexpr):
-    """:func:`level_split` for rows viewed as ``[BT/16, 16]`` (level ``h ≤ 8``): ``right
-    [1, 16, 1]``, ``same [1, 16, 16]`` and ``e [BT/16, 16, BK]``."""
-    n: tl.constexpr = b_G3.shape[0]
-    o_b = tl.arange(0, n)
-    o_i = tl.arange(0, SUB)
-    o_c = (o_i // (2 * h)) * (2 * h) + h - 1
-    rows_c = row0 + SUB * o_b[:, None] + o_c[None, :]
-    m_c = (rows_c < eos)[:, :, None] & m_k[None, None, :]
-    b_gc = tl.load(G + (rows_c[:, :, None] * HV + i_hv) * K + o_k[None, None, :], mask=m_c, other=0)
-    b_e = tl.exp(-tl.abs(b_G3 - b_gc))
-    right = ((o_i & h) != 0)[None, :, None]
-    same = ((o_i[:, None] // (2 * h)) == (o_i[None, :] // (2 * h)))[None, :, :]
-    return right, same, b_e
-
-
-@triton.jit
-def diag_blocks(b_D, BT: tl.constexpr):
-    """The 16×16 diagonal blocks ``[BT/16, 16, 16]`` of a ``[BT, BT]`` tile."""
-    n: tl.constexpr = BT // SUB
-    o_n = tl.arange(0, n)
-    pick = (o_n[:, None] == o_n[None, :])[:, None, :, None]
-    return tl.sum(tl.where(pick, tl.reshape(b_D, [n, SUB, n, SUB]), 0.0), axis=2)
-
-
-@triton.jit
-def from_diag_blocks(b_D3, BT: tl.constexpr):
-    """The ``[BT, BT]`` tile whose diagonal blocks are ``b_D3 [BT/16, 16, 16]`` (zero elsewhere)."""
-    n: tl.constexpr = BT // SUB
-    o_n = tl.arange(0, n)
-    pick = (o_n[:, None] == o_n[None, :])[:, None, :, None]
-    return tl.reshape(tl.where(pick, b_D3[:, :, None, :], 0.0), [BT, BT])
-
-
 @triton.jit
 def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
-                  BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-                  DIAG3: tl.constexpr):
+                  BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """``P[r, s] = Σ_k x[r,k] y[s,k] exp(G[r,k] − G[s,k])`` for ``s ≤ r`` and, when TWO, the same
     with x2 for ``s < r`` (strict). All tiles ``[BT, BK]`` fp32 of one chunk (per-channel decay);
     G in memory serves the anchor rows. Returns two ``[BT, BT]`` fp32 tiles, zero above.
@@ -251,13 +208,12 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
     exactly one level ``h ∈ {BT/2, …, 1}``, the one at which r and s fall in the right and left
     halves of the same block of ``2h`` rows. Through that block's anchor row c (``s ≤ c < r``),
     ``exp(G_r − G_s) = exp(G_r − G_c)·exp(G_c − G_s)``, so each level is one matrix product of
-    scaled rows, masked to pairs in one block: log₂ BT products and no per-pair loop. With DIAG3
-    the levels h ≤ 8 run batched over the 16-row diagonal blocks (:data:`SUB`).
+    scaled rows, masked to pairs in one block: log₂ BT products and no per-pair loop.
     """
     tl.static_assert(BT == 64)
     b_P = tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
     b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
-    for lvl in tl.static_range(2 if DIAG3 else 6):
+    for lvl in tl.static_range(6):
         right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
@@ -265,116 +221,59 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
         if TWO:
             b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
             b_P2 += tl.where(same, pair_dot(b_xr2, tl.trans(b_ys), PREC, LOW), 0.0)
-    if DIAG3:
-        BK: tl.constexpr = b_x.shape[1]
-        n: tl.constexpr = BT // SUB
-        b_x3 = tl.reshape(b_x, [n, SUB, BK])
-        b_y3 = tl.reshape(b_y, [n, SUB, BK])
-        b_G3 = tl.reshape(b_G, [n, SUB, BK])
-        b_P3 = tl.zeros([n, SUB, SUB], dtype=tl.float32)
-        b_P23 = tl.zeros([n, SUB, SUB], dtype=tl.float32)
-        if TWO:
-            b_x23 = tl.reshape(b_x2, [n, SUB, BK])
-        for lvl in tl.static_range(4):
-            right, same, b_e = level_split3(b_G3, G, row0, eos, i_hv, o_k, m_k, 8 >> lvl, HV, K)
-            b_ys = tl.trans(tl.where(right, 0.0, b_y3 * b_e), (0, 2, 1))
-            b_P3 += tl.where(same, pair_dot(tl.where(right, b_x3 * b_e, 0.0), b_ys, PREC, LOW), 0.0)
-            if TWO:
-                b_P23 += tl.where(same, pair_dot(tl.where(right, b_x23 * b_e, 0.0), b_ys, PREC, LOW), 0.0)
-        b_P += from_diag_blocks(b_P3, BT)
-        if TWO:
-            b_P2 += from_diag_blocks(b_P23, BT)
     return b_P, b_P2
 
 
 @triton.jit
 def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
-              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-              DIAG3: tl.constexpr):
-    """The four pairwise products of the gradient kernel, for D and (when TWO) D2 lower-triangular
+              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+    """The pairwise products of the gradient kernel, for D and (when TWO) D2 lower-triangular
     ``[BT, BT]`` and x, x2, y ``[BT, BK]``, with ``ρ_rsk = exp(G[r,k] − G[s,k])``:
 
     ``left[r, k] = Σ_s D[r,s] y[s,k] ρ_rsk``, ``left2`` the same with D2;
-    ``right[s, k] = Σ_r D[r,s] x[r,k] ρ_rsk``, ``right2`` the same with (D2, x2).
+    ``right[s, k] = Σ_r (D[r,s] x[r,k] + D2[r,s] x2[r,k]) ρ_rsk`` (one sum: the gradient kernel
+    only needs it whole).
 
     One level loop of the dyadic split of :func:`pair_matrices`: each level's split (anchor rows
-    and one exp) serves all four products (one loop measured 1.2 ms faster than one per side for
-    gdn2 at 2k on the H200); with DIAG3 the levels h ≤ 8 run batched over the 16-row diagonal
-    blocks.
+    and one exp) serves every product (one loop measured 1.2 ms faster than one per side for gdn2
+    at 2k on the H200).
 
-    Also returns the pairs' log-decay gradient ``dG = x⊙left − y⊙right + x2⊙left2 − y⊙right2``
-    (the diagonal cancels), summed level by level from the very operands of the products, as
-    rounded for them (:func:`pair_operand`): each pair ``(r, s)`` then enters with one value in
-    both terms, so the pairs inside ``[t, BT)`` cancel exactly in dg's reverse cumulative sum. Formed
-    as ``x⊙left − y⊙right`` after the fact, each term carries the operands' own rounding error, which
-    the cancellation leaves standing (bf16 operands: dg 1.6e-2 vs 3.6e-3 on the interpreter).
+    Also returns the pairs' log-decay gradient ``dG = x⊙left + x2⊙left2 − y⊙right`` (the diagonal
+    cancels), summed level by level from the very operands of the products, as rounded for them
+    (:func:`pair_operand`): each pair ``(r, s)`` then enters with one value in both terms, so the
+    pairs inside ``[t, BT)`` cancel exactly in dg's reverse cumulative sum. Formed as
+    ``x⊙left − y⊙right`` after the fact, each term carries the operands' own rounding error, which
+    the cancellation leaves standing (H200, bf16 inputs: dg 4.30e-3 → 3.77e-3 with tf32 products;
+    interpreter with bf16 operands: 1.6e-2 → 7.9e-3).
 
-    Returns ``(left, left2, right, right2, dG)``."""
+    Returns ``(left, left2, right, dG)``."""
     tl.static_assert(BT == 64)
     eye = o_t[:, None] == o_t[None, :]
     b_diag = tl.where(eye, b_D, 0.0)
-    b_l = tl.sum(b_diag, 1)[:, None] * b_y
-    b_r = tl.sum(b_diag, 0)[:, None] * b_x
     b_diag2 = tl.where(eye, b_D2, 0.0)
+    b_l = tl.sum(b_diag, 1)[:, None] * b_y
     b_l2 = tl.sum(b_diag2, 1)[:, None] * b_y
-    b_r2 = tl.sum(b_diag2, 0)[:, None] * b_x2
-    # x ⊙ left and y ⊙ right cancel on the diagonal: dG starts at zero
+    b_r = tl.sum(b_diag, 0)[:, None] * b_x + tl.sum(b_diag2, 0)[:, None] * b_x2
     b_dG = tl.zeros(b_x.shape, dtype=tl.float32)
-    for lvl in tl.static_range(2 if DIAG3 else 6):
+    for lvl in tl.static_range(6):
         right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
         b_Ds = pair_operand(tl.where(same, b_D, 0.0), PREC, LOW)
         b_ys = pair_operand(tl.where(right[:, None], 0.0, b_y * b_e), PREC, LOW)
         b_xr = pair_operand(tl.where(right[:, None], b_x * b_e, 0.0), PREC, LOW)
+        # xr is zero on left rows and ys on right rows: dG needs no mask
         b_L = pair_dot(b_Ds, b_ys, PREC, LOW)
-        b_R = pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
         b_l += tl.where(right[:, None], b_L * b_e, 0.0)
+        b_dG += b_xr.to(tl.float32) * b_L
+        b_R = pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
         b_r += tl.where(right[:, None], 0.0, b_R * b_e)
-        # xr is zero on left rows and ys on right rows: no mask needed
-        b_dG += b_xr.to(tl.float32) * b_L - b_ys.to(tl.float32) * b_R
+        b_dG -= b_ys.to(tl.float32) * b_R
         if TWO:
             b_D2s = pair_operand(tl.where(same, b_D2, 0.0), PREC, LOW)
             b_xr2 = pair_operand(tl.where(right[:, None], b_x2 * b_e, 0.0), PREC, LOW)
             b_L2 = pair_dot(b_D2s, b_ys, PREC, LOW)
-            b_R2 = pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
             b_l2 += tl.where(right[:, None], b_L2 * b_e, 0.0)
-            b_r2 += tl.where(right[:, None], 0.0, b_R2 * b_e)
-            b_dG += b_xr2.to(tl.float32) * b_L2 - b_ys.to(tl.float32) * b_R2
-    if DIAG3:
-        BK: tl.constexpr = b_x.shape[1]
-        n: tl.constexpr = BT // SUB
-        b_D3 = diag_blocks(b_D, BT)
-        b_x3 = tl.reshape(b_x, [n, SUB, BK])
-        b_y3 = tl.reshape(b_y, [n, SUB, BK])
-        b_G3 = tl.reshape(b_G, [n, SUB, BK])
-        b_l3 = tl.zeros([n, SUB, BK], dtype=tl.float32)
-        b_r3 = tl.zeros([n, SUB, BK], dtype=tl.float32)
-        b_l23 = tl.zeros([n, SUB, BK], dtype=tl.float32)
-        b_r23 = tl.zeros([n, SUB, BK], dtype=tl.float32)
-        b_dG3 = tl.zeros([n, SUB, BK], dtype=tl.float32)
-        if TWO:
-            b_D23 = diag_blocks(b_D2, BT)
-            b_x23 = tl.reshape(b_x2, [n, SUB, BK])
-        for lvl in tl.static_range(4):
-            right, same, b_e = level_split3(b_G3, G, row0, eos, i_hv, o_k, m_k, 8 >> lvl, HV, K)
-            b_Ds = pair_operand(tl.where(same, b_D3, 0.0), PREC, LOW)
-            b_ys = pair_operand(tl.where(right, 0.0, b_y3 * b_e), PREC, LOW)
-            b_xr = pair_operand(tl.where(right, b_x3 * b_e, 0.0), PREC, LOW)
-            b_L = pair_dot(b_Ds, b_ys, PREC, LOW)
-            b_R = pair_dot(tl.trans(b_Ds, (0, 2, 1)), b_xr, PREC, LOW)
-            b_l3 += tl.where(right, b_L * b_e, 0.0)
-            b_r3 += tl.where(right, 0.0, b_R * b_e)
-            b_dG3 += b_xr.to(tl.float32) * b_L - b_ys.to(tl.float32) * b_R
-            if TWO:
-                b_D2s = pair_operand(tl.where(same, b_D23, 0.0), PREC, LOW)
-                b_xr2 = pair_operand(tl.where(right, b_x23 * b_e, 0.0), PREC, LOW)
-                b_L2 = pair_dot(b_D2s, b_ys, PREC, LOW)
-                b_R2 = pair_dot(tl.trans(b_D2s, (0, 2, 1)), b_xr2, PREC, LOW)
-                b_l23 += tl.where(right, b_L2 * b_e, 0.0)
-                b_r23 += tl.where(right, 0.0, b_R2 * b_e)
-                b_dG3 += b_xr2.to(tl.float32) * b_L2 - b_ys.to(tl.float32) * b_R2
-        b_l += tl.reshape(b_l3, [BT, BK])
-        b_r += tl.reshape(b_r3, [BT, BK])
-        b_l2 += tl.reshape(b_l23, [BT, BK])
-        b_r2 += tl.reshape(b_r23, [BT, BK])
-        b_dG += tl.reshape(b_dG3, [BT, BK])
-    return b_l, b_l2, b_r, b_r2, b_dG
+            b_dG += b_xr2.to(tl.float32) * b_L2
+            b_R2 = pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
+            b_r += tl.where(right[:, None], 0.0, b_R2 * b_e)
+            b_dG -= b_ys.to(tl.float32) * b_R2
+    return b_l, b_l2, b_r, b_dG
