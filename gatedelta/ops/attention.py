@@ -341,7 +341,9 @@ def _flex_block_mask(a: _Attention) -> object:
     T, S = a.q.shape[1], a.k.shape[1]
     if a.cu_seqlens is None:
         return cached_block_mask(T, S, causal=a.causal, window=a.window, device=a.q.device)
-    return _build_block_mask(T, S, a.offset, a.causal, a.window, _sequence_ids(a.cu_seqlens, S))
+    if torch.compiler.is_compiling():  # reading the offsets on the host would break the graph
+        return _build_block_mask(T, S, a.offset, a.causal, a.window, _sequence_ids(a.cu_seqlens, S))
+    return packed_block_mask(T, S, a.cu_seqlens, causal=a.causal, window=a.window)
 
 
 # FlexAttention block masks by (T, S, offset, causal, window, device), oldest evicted first. A plain
@@ -376,6 +378,34 @@ def cached_block_mask(
             if len(_BLOCK_MASKS) >= _BLOCK_MASKS_MAX:
                 _BLOCK_MASKS.pop(next(iter(_BLOCK_MASKS)))
             _BLOCK_MASKS[key] = mask
+    return mask
+
+
+# Packed-sequence masks, keyed by the offsets' values: every attention layer of one model forward
+# gets the same cu_seqlens, so one mask serves them all (and the next step's, for a fixed packing).
+_PACKED_MASKS: dict[tuple, object] = {}
+_PACKED_MASKS_MAX = 4
+
+
+def packed_block_mask(
+    T: int, S: int, cu_seqlens: Tensor, *, causal: bool = True, window: int | None = None
+) -> object:
+    """The FlexAttention block mask of :func:`gated_attention` for packed sequences (``cu_seqlens
+    [N+1]``, ``T`` queries against ``S`` keys), built once per distinct packing and reused: a model
+    forward asks for it once per attention layer. Reads the offsets on the host (one sync, like
+    the recurrent kernels' own chunk bookkeeping); a compiled caller builds it in its graph
+    instead (see :func:`cached_block_mask`)."""
+    device = cu_seqlens.device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    offset = S - T if causal else 0
+    key = (T, S, offset, causal, window, device, tuple(cu_seqlens.tolist()))
+    mask = _PACKED_MASKS.get(key)
+    if mask is None:
+        mask = _build_block_mask(T, S, offset, causal, window, _sequence_ids(cu_seqlens, S))
+        if len(_PACKED_MASKS) >= _PACKED_MASKS_MAX:
+            _PACKED_MASKS.pop(next(iter(_PACKED_MASKS)))
+        _PACKED_MASKS[key] = mask
     return mask
 
 

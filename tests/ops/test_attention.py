@@ -300,3 +300,29 @@ def test_cached_block_mask_is_reused_and_read_not_rebuilt_by_a_compiled_caller()
     torch._dynamo.reset()
     unseen = torch._dynamo.explain(lookup)(torch.zeros(T // 2))  # not cached: traced, still correct
     assert unseen.op_count > 10
+
+
+def test_packed_block_mask_is_built_once_per_packing(monkeypatch):
+    """Every attention layer of a packed forward asks for the same mask: built once per distinct
+    ``cu_seqlens`` (by value), with the blocks that hold a visible key of the same sequence."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    from gatedelta.ops import attention as attn
+
+    builds = []
+    real_build = attn._build_block_mask
+    monkeypatch.setattr(attn, "_build_block_mask", lambda *a, **k: builds.append(a) or real_build(*a, **k))
+    monkeypatch.setattr(attn, "_PACKED_MASKS", {})
+    T = 384
+    cu = torch.tensor([0, 100, 300, 384])
+    mask = attn.packed_block_mask(T, T, cu, causal=True, window=64)
+    assert attn.packed_block_mask(T, T, cu.clone(), causal=True, window=64) is mask  # same values
+    assert len(builds) == 1
+    other = attn.packed_block_mask(T, T, torch.tensor([0, 200, 384]), causal=True, window=64)
+    assert other is not mask and len(builds) == 2
+    # blocks of 128 × 128 that hold at least one visible (query, key) pair
+    pos = torch.arange(T)
+    seq = torch.searchsorted(cu[1:], pos, right=True)
+    q_pos, k_pos = pos[:, None], pos[None, :]
+    visible = (k_pos <= q_pos) & (k_pos > q_pos - 64) & (seq[:, None] == seq[None, :])
+    expected = visible.view(3, 128, 3, 128).any(3).any(1)
+    assert torch.equal(mask.to_dense()[0, 0].bool(), expected)
