@@ -4,6 +4,7 @@
 #   bash benchmarks/run_h200.sh sweep    # bf16 check of 5 ops; untimed TUNING variants; gdn's W/U
 #   bash benchmarks/run_h200.sh bf16     # the pair_bf16 switch: speed, block widths, accuracy
 #   bash benchmarks/run_h200.sh dg       # dG from the pair operands: speed, accuracy, check, ncu
+#   bash benchmarks/run_h200.sh next     # next session: which configs the autotuner picks (maxnreg), ncu per line
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -41,6 +42,19 @@ dg)
         timeout 100 ncu --nvtx --nvtx-include "prof/" --clock-control none $S -k regex:chunk_ \
             python3 benchmarks/ncu_kernels.py --T $T > $OUT/ncu_gdn2_$T.txt 2>&1
         grep -c "Profiling" $OUT/ncu_gdn2_$T.txt
+    done ;;
+next)
+    # the intra and gradient kernels' autotuners now also try a 128-register cap (two programs per
+    # SM; local sm_90 compile: more stack). Which config wins, at 2k and 32k, and what it gives;
+    # then Nsight Compute's per-line stall sampling of the gradient and state kernels.
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys split_solve --out $OUT/tune_2k.json
+    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve --out $OUT/tune_32k.json
+    for T in 2048 32768; do
+        timeout 120 ncu --nvtx --nvtx-include "prof/" --clock-control none --section WarpStateStats \
+            --section SourceCounters --section LaunchStats --section Occupancy \
+            -k regex:"chunk_grad_kernel|chunk_state_kernel|chunk_state_bwd_kernel" \
+            python3 benchmarks/ncu_kernels.py --T $T > $OUT/ncu_src_gdn2_$T.txt 2>&1
+        grep -c "Profiling" $OUT/ncu_src_gdn2_$T.txt
     done ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl

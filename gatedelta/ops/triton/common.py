@@ -47,15 +47,22 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def launch_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[triton.Config]:
-    """Autotuning candidates (warps × software-pipeline stages); one under the interpreter.
+def launch_configs(
+    warps: tuple[int, ...], stages: tuple[int, ...], max_registers: tuple[int | None, ...] = (None,)
+) -> list[triton.Config]:
+    """Autotuning candidates (warps × software-pipeline stages × register caps); one under the
+    interpreter.
 
-    Every chunk kernel only stores (no accumulation into its outputs), so re-running it while
-    tuning is harmless.
+    A register cap (``maxnreg``) of 128 lets two 8-warp programs share an SM instead of one at
+    255 registers, at the price of more spilling; Nsight Compute showed the intra and gradient
+    kernels at one program per SM, stalled on memory (12.5 % occupancy, H200, 2026-11-29), so
+    the autotuner times both. Every chunk kernel only stores (no accumulation into its outputs),
+    so re-running it while tuning is harmless.
     """
     if INTERPRET:
         return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
+    return [triton.Config({}, num_warps=w, num_stages=s, maxnreg=r) for w in warps for s in stages
+            for r in max_registers]
 
 
 # Debug mode (tests): fill every kernel output with NaN before the kernels write it, so an element

@@ -200,7 +200,9 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
 
 
 @triton.autotune(
-    launch_configs((8,), (1, 2)),  # 4 warps spill ~250 B (H200 sweep, tune_gdn2_h200.json)
+    # 4 warps spill ~250 B (H200 sweep, tune_gdn2_h200.json); capped at 128 registers: 1,152 B of
+    # stack instead of 728 B (local sm_90 compile), but two programs per SM
+    launch_configs((8,), (1, 2), (None, 128)),
     key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE"],
 )
 @triton.jit
