@@ -37,7 +37,7 @@ CHUNK = 64
 # by 0.9 ms). split_solve: (I + T)⁻¹ by its own small kernel instead of at the end of the intra
 # kernel (gdn2 f+b 16.97 vs 17.50 ms at 2k, 23.28 vs 23.69 at 32k). pair_bf16: the pair split's
 # products from bf16 operands (fp32 accumulation) for 16-bit inputs, instead of tf32: f+b 15.16 vs
-# 17.06 ms at 2k, but dg's bf16 error doubles (9.4e-3 vs 4.3e-3; FLA 0.6.0's anchor is 6.2e-3), so
+# 17.06 ms at 2k, but dg's bf16 error doubles (9.4e-3 vs 4.3e-3; FLA 0.6.0's dg anchor is 4.34e-3), so
 # it stays off (even with dG formed from the products' own operands, dg's bf16 error is 7.9e-3
 # vs 3.6e-3 on the interpreter). Measured and removed (H200, 2026-11-29, code in git history):
 # the short levels batched as 16×16 products (pair_diag3d, −2 % f+b, then +8 % with the dG
