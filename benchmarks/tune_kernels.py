@@ -26,7 +26,7 @@ FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve")
 # are autotuned by the kernels themselves)
 CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32, 64], "grad_bv": [16, 32, 64],
            "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32], "split_solve": [False, True],
-           "pair_bf16": [False, True]}
+           "pair_bf16": [False, True], "pre_decayed_keys": [False, True]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:

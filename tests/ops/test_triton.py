@@ -71,14 +71,15 @@ def test_forward_backward_every_op(op):
 # The TUNING switches (gatedelta.ops.triton.common) that pick another kernel path, each with its
 # flipped value: fuse_wu forms R = A (Z − Ē S₀) in the state kernel for the listed decay forms (else
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
-# kernel (else at the end of the intra kernel). pair_bf16 only acts on 16-bit inputs (below).
+# kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
+# per-channel decayed keys for the sequential kernels. pair_bf16 only acts on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
         return tuple(form for form in (0, 1, 2) if form not in value)
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
@@ -171,10 +172,15 @@ def test_varlen_matches_reference():
     _compare("gdn2", args, s0, cu_seqlens=cu)
 
 
+@pytest.mark.parametrize("pre_kd", [False, True])
 @pytest.mark.parametrize("value", [float("-inf"), -50.0])
-def test_extreme_gates_are_finite_and_exact(value):
+def test_extreme_gates_are_finite_and_exact(value, pre_kd, monkeypatch):
     # each pairwise factor of the pair split must stay ≤ 1 (a -50 gate inside a 16-row block
-    # overflows exp(G_c − G_s) when an anchor is not between the pair)
+    # overflows exp(G_c − G_s) when an anchor is not between the pair); so must the decayed keys,
+    # formed in the sequential kernels or once by the W/U kernel
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setitem(common.TUNING, "pre_decayed_keys", pre_kd)
     args, s0 = make_inputs("gdn2", B=1, T=100, H=1, G=2, K=16, V=16, dtype=torch.float32)
     q, k, v, g, b, w = args
     g, b, w = g.clone(), b.clone(), w.clone()

@@ -53,13 +53,13 @@ from .forward import (
 
 
 @triton.jit
-def state_bwd_slot_dR(b_dS, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s, o_v, m_v,
+def state_bwd_slot_dR(b_dS, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s, o_v, m_v,
                       H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                      DECAY: tl.constexpr, PREC: tl.constexpr):
+                      DECAY: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr):
     """Phase 1 of one K slot ``o_s`` of ``dS_C``: store it as the chunk's dh and return its share
     ``K̃ dS_C`` of dR."""
     tl.store(dh + p_dh + o_s[:, None] * V + o_v[None, :], b_dS, mask=(o_s < K)[:, None] & m_v[None, :])
-    b_k, _ = decayed_keys(k, G, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY)
+    b_k, _ = decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY, PRE_KD)
     return tl.dot(b_k, b_dS, input_precision=PREC)
 
 
@@ -90,15 +90,15 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i
 
 @triton.autotune(
     launch_configs((4,), (1, 2)),  # 8 warps spill 14–44 B; 3 stages did not compile (H200 sweep)
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD"],
 )
 @triton.jit
 def chunk_state_bwd_kernel(
-    q, k, b, G, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    q, k, b, G, KD, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-    PREC: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, PRE_KD: tl.constexpr, USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (value block, sequence·head), last chunk first.
 
@@ -134,17 +134,17 @@ def chunk_state_bwd_kernel(
         b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
         # dR = Mᵀ dO + K̃ dS_C
         b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
-        b_dR += state_bwd_slot_dR(b_dS0, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
-                                  H, HV, K, V, DECAY, PREC)
+        b_dR += state_bwd_slot_dR(b_dS0, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
+                                  H, HV, K, V, DECAY, PRE_KD, PREC)
         if K > BK:
-            b_dR += state_bwd_slot_dR(b_dS1, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v, m_v,
-                                      H, HV, K, V, DECAY, PREC)
+            b_dR += state_bwd_slot_dR(b_dS1, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v,
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
         if K > 2 * BK:
-            b_dR += state_bwd_slot_dR(b_dS2, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v, m_v,
-                                      H, HV, K, V, DECAY, PREC)
+            b_dR += state_bwd_slot_dR(b_dS2, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v,
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
         if K > 3 * BK:
-            b_dR += state_bwd_slot_dR(b_dS3, k, G, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v, m_v,
-                                      H, HV, K, V, DECAY, PREC)
+            b_dR += state_bwd_slot_dR(b_dS3, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v,
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
         if ERASE > 0:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
             b_dY = tl.dot(tl.trans(b_A), b_dR, input_precision=PREC)
@@ -401,15 +401,15 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         G = chunk_cumdecay(g, cu, chunk_indices, NT)
         if M is None or (ERASE and A is None):
             M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
-        h, R, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N)
+        h, R, _, KD = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N)
         dh = empty((NT, HV, K, V), **f32)
         dY = empty((Ttot, HV, V), **f32)
         BV = state_block_v(V, K, N * HV)
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
-            q, k, q if b is None else b, M if G is None else G, M, M if A is None else A, do, dY, dh,
-            dh if dht is None else dht, dh if dh0 is None else dh0, cu, chunk_offsets, scale,
-            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
-            USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
+            q, k, q if b is None else b, M if G is None else G, M if KD is None else KD, M,
+            M if A is None else A, do, dY, dh, dh if dht is None else dht, dh if dh0 is None else dh0, cu,
+            chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
+            ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
         )
         chunk_grad_kernel[(NK, NT, HV)](
             q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,

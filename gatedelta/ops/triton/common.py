@@ -42,8 +42,12 @@ CHUNK = 64
 # vs 3.6e-3 on the interpreter). Measured and removed (H200, 2026-11-29, code in git history):
 # the short levels batched as 16×16 products (pair_diag3d, −2 % f+b, then +8 % with the dG
 # accumulator) and dM / dT formed once per chunk by their own kernel (grad_pre_d, ±0.3 %).
+# pre_decayed_keys (untimed): per-channel decay's k̃ = exp(G_C − G) ⊙ k written once per chunk by
+# the W/U kernel (+512 B per token-head, transient) and read by the sequential kernels, instead of
+# formed by each of a head's value-block programs at every chunk step (Nsight Compute: those run
+# one warp per scheduler, so each step's time is its instruction count times their latency).
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": (0, 1),
-          "state_bv_min": 16, "split_solve": True, "pair_bf16": False}
+          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 

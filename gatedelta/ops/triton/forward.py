@@ -266,29 +266,37 @@ def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.co
 
 @triton.autotune(
     launch_configs((4,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD"],
 )
 @triton.jit
 def chunk_wu_kernel(
-    k, v, b, w, G, A, W, U, cu_seqlens, chunk_indices,
+    k, v, b, w, G, A, W, U, KD, cu_seqlens, chunk_indices,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (chunk, value head): ``W = A Ē`` ``[Ttot, HV, K]`` (Ē rows ``γ_r ⊙ e_r``,
-    factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]``, fp32, for the unfused state kernel."""
+    factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]``, fp32, for the unfused state kernel; with
+    PRE_KD (per-channel decay) also the decayed keys ``k̃_r = exp(G_C − G_r) ⊙ k_r`` into KD
+    ``[Ttot, HV, K]`` fp32, which the sequential kernels then read (:func:`decayed_keys`)."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
     if DECAY == 1:
         b_gam1 = tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))
+    i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
-        _, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
+        b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
         if DECAY == 2:
-            b_e *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0))
+            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+            b_e *= tl.exp(b_G)
+            if PRE_KD:
+                b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=o_k < K, other=0)
+                tl.store(KD + (o_row[:, None] * HV + i_hv) * K + o_k[None, :],
+                         b_k * tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), mask=m_tk)
         elif DECAY == 1:
             b_e *= b_gam1[:, None]
         tl.store(W + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], tl.dot(b_A, b_e, input_precision=PREC),
@@ -302,16 +310,22 @@ def chunk_wu_kernel(
 
 
 @triton.jit
-def decayed_keys(k, G, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
-                 K: tl.constexpr, DECAY: tl.constexpr):
+def decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.constexpr, HV: tl.constexpr,
+                 K: tl.constexpr, DECAY: tl.constexpr, PRE_KD: tl.constexpr):
     """One K slot of a chunk: the keys decayed to the chunk end, ``k̃_r = exp(G_C − G_r) ⊙ k_r``
-    ``[BT, BK]`` fp32, and the chunk's total decay ``γ_C`` (``[BK, 1]``, a scalar, or 1)."""
+    ``[BT, BK]`` fp32, and the chunk's total decay ``γ_C`` (``[BK, 1]``, a scalar, or 1). PRE_KD
+    (per-channel decay only): k̃ read from KD ``[Ttot, HV, K]``, which :func:`chunk_wu_kernel`
+    wrote, instead of formed here by every value-block program of the sequential kernels."""
     m_tk = m_t[:, None] & m_k[None, :]
-    b_k = tl.load(k + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+    if DECAY == 2 and PRE_KD:
+        b_k = tl.load(KD + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+    else:
+        b_k = tl.load(k + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
     if DECAY == 2:
-        b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
         b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=m_k, other=0)
-        b_k *= tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
+        if not PRE_KD:
+            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+            b_k *= tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
         b_decay = tl.exp(b_gl)[:, None]
     elif DECAY == 1:
         b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
@@ -349,24 +363,26 @@ def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_
 
 
 @triton.jit
-def state_slot_update(b_S, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s, H: tl.constexpr, HV: tl.constexpr,
-                      K: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
+def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H: tl.constexpr,
+                      HV: tl.constexpr, K: tl.constexpr, DECAY: tl.constexpr, PRE_KD: tl.constexpr,
+                      PREC: tl.constexpr):
     """Phase 2 of one K slot: ``S ← γ_C ⊙ S + K̃ᵀ R``."""
-    b_k, b_decay = decayed_keys(k, G, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY)
+    b_k, b_decay = decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY,
+                                PRE_KD)
     return b_S * b_decay + tl.dot(tl.trans(b_k), b_R, input_precision=PREC)
 
 
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD"],
 )
 @triton.jit
 def chunk_state_kernel(
-    k, v, b, w, G, A, W, U, R, h, h0, ht, cu_seqlens, chunk_offsets,
+    k, v, b, w, G, A, W, U, KD, R, h, h0, ht, cu_seqlens, chunk_offsets,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FUSED_WU: tl.constexpr,
-    USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+    PRE_KD: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (value block, sequence·head), walking the sequence's chunks in order.
 
@@ -423,16 +439,17 @@ def chunk_state_kernel(
         else:
             b_R = b_Y
         tl.store(R + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], b_R, mask=m_tv)
-        b_S0 = state_slot_update(b_S0, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K, DECAY, PREC)
+        b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K, DECAY,
+                                 PRE_KD, PREC)
         if K > BK:
-            b_S1 = state_slot_update(b_S1, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s1, H, HV, K, DECAY,
-                                     PREC)
+            b_S1 = state_slot_update(b_S1, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s1, H, HV, K,
+                                     DECAY, PRE_KD, PREC)
         if K > 2 * BK:
-            b_S2 = state_slot_update(b_S2, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s2, H, HV, K, DECAY,
-                                     PREC)
+            b_S2 = state_slot_update(b_S2, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s2, H, HV, K,
+                                     DECAY, PRE_KD, PREC)
         if K > 3 * BK:
-            b_S3 = state_slot_update(b_S3, b_R, k, G, o_row, m_t, i_h, i_hv, i_last, o_s3, H, HV, K, DECAY,
-                                     PREC)
+            b_S3 = state_slot_update(b_S3, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s3, H, HV, K,
+                                     DECAY, PRE_KD, PREC)
     if STORE_HT:
         store_slots(ht, p_n, b_S0, b_S1, b_S2, b_S3, o_k, o_v, m_v, K, V, BK)
 
@@ -534,19 +551,23 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
 
 def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N):
     """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]``). Returns
-    ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])``, all fp32."""
+    ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])``, all fp32, and the decayed keys
+    KD ``[Ttot, HV, K]`` fp32 when the W, U kernel wrote them (``TUNING["pre_decayed_keys"]``,
+    per-channel decay; else None) for the backward's sequential kernel."""
     Ttot, H, K = k.shape
     HV, V = v.shape[1], v.shape[2]
     f32 = dict(dtype=torch.float32, device=k.device)
     DECAY, ERASE, WRITE = gate_form(G), gate_form(b), gate_form(w)
     fused = DECAY in TUNING["fuse_wu"]
-    W = U = None
+    W = U = KD = None
     if ERASE and not fused:
         W, U = empty((Ttot, HV, K), **f32), empty((Ttot, HV, V), **f32)
+        if DECAY == 2 and TUNING["pre_decayed_keys"]:
+            KD = empty((Ttot, HV, K), **f32)
         chunk_wu_kernel[(NT, HV)](
-            k, v, b, k if w is None else w, k if G is None else G, A, W, U, cu, chunk_indices,
-            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PREC=dot_precision(k.dtype),
+            k, v, b, k if w is None else w, k if G is None else G, A, W, U, W if KD is None else KD,
+            cu, chunk_indices, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)),
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PREC=dot_precision(k.dtype),
         )
     h = empty((NT, HV, K, V), **f32)
     R = empty((Ttot, HV, V), **f32)
@@ -555,11 +576,12 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N):
     x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
     chunk_state_kernel[(triton.cdiv(V, BV), N * HV)](
         k, v, x if b is None else b, x if w is None else w, x if G is None else G, x if A is None else A,
-        x if W is None else W, x if U is None else U, R, h, ht if h0 is None else h0, ht, cu, chunk_offsets,
-        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE,
-        WRITE=WRITE, FUSED_WU=fused, USE_H0=h0 is not None, STORE_HT=True, PREC=dot_precision(k.dtype),
+        x if W is None else W, x if U is None else U, x if KD is None else KD, R, h, ht if h0 is None else h0,
+        ht, cu, chunk_offsets, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
+        ERASE=ERASE, WRITE=WRITE, FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True,
+        PREC=dot_precision(k.dtype),
     )
-    return h, R, ht
+    return h, R, ht, KD
 
 
 def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int):
@@ -583,7 +605,7 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
         return o, ht, None, None
     G = chunk_cumdecay(g, cu, chunk_indices, NT)
     M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
-    h, R, ht = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N)
+    h, R, ht, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N)
     BV = min(64, _pow2(V))
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
         q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
