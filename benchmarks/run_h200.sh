@@ -47,10 +47,14 @@ next)
     # the intra and gradient kernels' autotuners now also try a 128-register cap (two programs per
     # SM; local sm_90 compile: more stack). Which config wins, at 2k and 32k, and what it gives;
     # then Nsight Compute's per-line stall sampling of the gradient and state kernels.
-    # Narrower tiles (16) in the gradient kernel's V loop and the intra kernel's K loop: fewer live
-    # registers per program.
-    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys grad_bv intra_bk --out $OUT/tune_2k.json
-    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys grad_bv --out $OUT/tune_32k.json
+    # pre_decayed_keys (local sm_90 compile, SASS instructions: state 4,312 -> 2,576, state backward
+    # 7,688 -> 5,192); narrower tiles (16) in the gradient kernel's V loop and the intra kernel's K
+    # loop: fewer live registers per program.
+    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys pre_decayed_keys grad_bv intra_bk \
+        --out $OUT/tune_2k.json
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pre_decayed_keys grad_bv \
+        --out $OUT/tune_32k.json
+    timeout 60 $K accuracy --tag h200-pre-kd --tuning pre_decayed_keys=True
     for T in 2048 32768; do
         timeout 120 ncu --nvtx --nvtx-include "prof/" --clock-control none --section WarpStateStats \
             --section SourceCounters --section LaunchStats --section Occupancy \

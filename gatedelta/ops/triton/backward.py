@@ -64,18 +64,25 @@ def state_bwd_slot_dR(b_dS, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o
 
 
 @triton.jit
-def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s, scale,
+def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv, i_last, o_s, scale,
                           H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, DECAY: tl.constexpr,
-                          ERASE: tl.constexpr, PREC: tl.constexpr):
-    """Phase 2 of one K slot: ``dS₀ = γ_C ⊙ dS_C + scale·Q_γᵀ dO − Ēᵀ dY``."""
+                          ERASE: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr):
+    """Phase 2 of one K slot: ``dS₀ = γ_C ⊙ dS_C + scale·Q_γᵀ dO − Ēᵀ dY`` (PRE_KD: Q_γ and Ē
+    read from QG, EG, which :func:`chunk_wu_kernel` wrote)."""
     m_k = o_s < K
     m_tk = m_t[:, None] & m_k[None, :]
-    b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_s[None, :], mask=m_tk, other=0).to(tl.float32)
-    _, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_s, m_tk, H, HV, K, ERASE)
+    if DECAY == 2 and PRE_KD:
+        p_tk = (o_row[:, None] * HV + i_hv) * K + o_s[None, :]
+        b_q = tl.load(QG + p_tk, mask=m_tk, other=0)
+        b_e = tl.load(EG + p_tk, mask=m_tk, other=0)
+    else:
+        b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_s[None, :], mask=m_tk, other=0).to(tl.float32)
+        _, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_s, m_tk, H, HV, K, ERASE)
     if DECAY == 2:
-        b_gam = tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0))
-        b_q *= b_gam
-        b_e *= b_gam
+        if not PRE_KD:
+            b_gam = tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0))
+            b_q *= b_gam
+            b_e *= b_gam
         b_dS *= tl.exp(tl.load(G + (i_last * HV + i_hv) * K + o_s, mask=m_k, other=0))[:, None]
     elif DECAY == 1:
         b_gam = tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
@@ -94,7 +101,7 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i
 )
 @triton.jit
 def chunk_state_bwd_kernel(
-    q, k, b, G, KD, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    q, k, b, G, KD, QG, EG, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PRE_KD: tl.constexpr, USE_DHT: tl.constexpr,
@@ -151,17 +158,17 @@ def chunk_state_bwd_kernel(
         else:
             b_dY = b_dR
         tl.store(dY + p_tv, b_dY, mask=m_tv)
-        b_dS0 = state_bwd_slot_update(b_dS0, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s0,
-                                      scale, H, HV, K, DECAY, ERASE, PREC)
+        b_dS0 = state_bwd_slot_update(b_dS0, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv, i_last,
+                                      o_s0, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
         if K > BK:
-            b_dS1 = state_bwd_slot_update(b_dS1, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s1,
-                                          scale, H, HV, K, DECAY, ERASE, PREC)
+            b_dS1 = state_bwd_slot_update(b_dS1, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                          i_last, o_s1, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
         if K > 2 * BK:
-            b_dS2 = state_bwd_slot_update(b_dS2, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s2,
-                                          scale, H, HV, K, DECAY, ERASE, PREC)
+            b_dS2 = state_bwd_slot_update(b_dS2, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                          i_last, o_s2, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
         if K > 3 * BK:
-            b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, o_row, m_t, i_h, i_hv, i_last, o_s3,
-                                          scale, H, HV, K, DECAY, ERASE, PREC)
+            b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                          i_last, o_s3, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
     if STORE_DH0:
         store_slots(dh0, p_n, b_dS0, b_dS1, b_dS2, b_dS3, o_k, o_v, m_v, K, V, BK)
 
@@ -401,12 +408,14 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         G = chunk_cumdecay(g, cu, chunk_indices, NT)
         if M is None or (ERASE and A is None):
             M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
-        h, R, _, KD = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N)
+        h, R, _, (KD, QG, EG) = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
+                                            q=q)
         dh = empty((NT, HV, K, V), **f32)
         dY = empty((Ttot, HV, V), **f32)
         BV = state_block_v(V, K, N * HV)
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
-            q, k, q if b is None else b, M if G is None else G, M if KD is None else KD, M,
+            q, k, q if b is None else b, M if G is None else G, M if KD is None else KD,
+            M if QG is None else QG, M if EG is None else EG, M,
             M if A is None else A, do, dY, dh, dh if dht is None else dht, dh if dh0 is None else dh0, cu,
             chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
             ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,

@@ -266,19 +266,21 @@ def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.co
 
 @triton.autotune(
     launch_configs((4,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "PRE_QE"],
 )
 @triton.jit
 def chunk_wu_kernel(
-    k, v, b, w, G, A, W, U, KD, cu_seqlens, chunk_indices,
+    q, k, v, b, w, G, A, W, U, KD, QG, EG, cu_seqlens, chunk_indices,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PRE_KD: tl.constexpr,
+    PRE_QE: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (chunk, value head): ``W = A Ē`` ``[Ttot, HV, K]`` (Ē rows ``γ_r ⊙ e_r``,
     factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]``, fp32, for the unfused state kernel; with
     PRE_KD (per-channel decay) also the decayed keys ``k̃_r = exp(G_C − G_r) ⊙ k_r`` into KD
-    ``[Ttot, HV, K]`` fp32, which the sequential kernels then read (:func:`decayed_keys`)."""
+    ``[Ttot, HV, K]`` fp32, which the sequential kernels then read (:func:`decayed_keys`), and
+    with PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -294,9 +296,13 @@ def chunk_wu_kernel(
             b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
             b_e *= tl.exp(b_G)
             if PRE_KD:
+                p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
                 b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=o_k < K, other=0)
-                tl.store(KD + (o_row[:, None] * HV + i_hv) * K + o_k[None, :],
-                         b_k * tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), mask=m_tk)
+                tl.store(KD + p_tk, b_k * tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), mask=m_tk)
+                if PRE_QE:
+                    b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0)
+                    tl.store(QG + p_tk, b_q.to(tl.float32) * tl.exp(b_G), mask=m_tk)
+                    tl.store(EG + p_tk, b_e, mask=m_tk)
         elif DECAY == 1:
             b_e *= b_gam1[:, None]
         tl.store(W + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], tl.dot(b_A, b_e, input_precision=PREC),
@@ -549,25 +555,30 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     return M, A
 
 
-def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N):
+def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=None):
     """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]``). Returns
-    ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])``, all fp32, and the decayed keys
-    KD ``[Ttot, HV, K]`` fp32 when the W, U kernel wrote them (``TUNING["pre_decayed_keys"]``,
-    per-channel decay; else None) for the backward's sequential kernel."""
+    ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])``, all fp32, and the decayed operands
+    ``(KD, QG, EG)`` ``[Ttot, HV, K]`` fp32 when the W, U kernel wrote them
+    (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q and EG = Ē only when ``q`` is
+    given, for the backward's sequential kernel), else ``(None, None, None)``."""
     Ttot, H, K = k.shape
     HV, V = v.shape[1], v.shape[2]
     f32 = dict(dtype=torch.float32, device=k.device)
     DECAY, ERASE, WRITE = gate_form(G), gate_form(b), gate_form(w)
     fused = DECAY in TUNING["fuse_wu"]
-    W = U = KD = None
+    W = U = KD = QG = EG = None
     if ERASE and not fused:
         W, U = empty((Ttot, HV, K), **f32), empty((Ttot, HV, V), **f32)
         if DECAY == 2 and TUNING["pre_decayed_keys"]:
             KD = empty((Ttot, HV, K), **f32)
+            if q is not None:
+                QG, EG = empty((Ttot, HV, K), **f32), empty((Ttot, HV, K), **f32)
         chunk_wu_kernel[(NT, HV)](
-            k, v, b, k if w is None else w, k if G is None else G, A, W, U, W if KD is None else KD,
-            cu, chunk_indices, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PREC=dot_precision(k.dtype),
+            k if q is None else q, k, v, b, k if w is None else w, k if G is None else G, A, W, U,
+            W if KD is None else KD, W if QG is None else QG, W if EG is None else EG, cu, chunk_indices,
+            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)), DECAY=DECAY,
+            ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PRE_QE=QG is not None,
+            PREC=dot_precision(k.dtype),
         )
     h = empty((NT, HV, K, V), **f32)
     R = empty((Ttot, HV, V), **f32)
@@ -581,7 +592,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N):
         ERASE=ERASE, WRITE=WRITE, FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True,
         PREC=dot_precision(k.dtype),
     )
-    return h, R, ht, KD
+    return h, R, ht, (KD, QG, EG)
 
 
 def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int):
