@@ -96,7 +96,9 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
 
 
 @triton.autotune(
-    launch_configs((4,), (1, 2)),  # 8 warps spill 14–44 B; 3 stages did not compile (H200 sweep)
+    # 8 warps spilled 14–44 B (H200 sweep, before pre_decayed_keys lightened the step); 3 stages
+    # did not compile. At T = 32k one program per SM: 8 warps give each scheduler two warps.
+    launch_configs((4, 8), (1, 2)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD"],
 )
 @triton.jit
