@@ -4,7 +4,8 @@
 #   bash benchmarks/run_h200.sh sweep    # bf16 check of 5 ops; untimed TUNING variants; gdn's W/U
 #   bash benchmarks/run_h200.sh bf16     # the pair_bf16 switch: speed, block widths, accuracy
 #   bash benchmarks/run_h200.sh dg       # dG from the pair operands: speed, accuracy, check, ncu
-#   bash benchmarks/run_h200.sh next     # next session: which configs the autotuner picks (maxnreg), ncu per line
+#   bash benchmarks/run_h200.sh next     # next session: autotuner picks (maxnreg), pre_decayed_keys, 16-wide tiles
+#   bash benchmarks/run_h200.sh ncu      # next session: ncu per-line stalls of the gradient and sequential kernels
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -54,7 +55,9 @@ next)
         --out $OUT/tune_2k.json
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pre_decayed_keys grad_bv \
         --out $OUT/tune_32k.json
-    timeout 60 $K accuracy --tag h200-pre-kd --tuning pre_decayed_keys=True
+    timeout 60 $K accuracy --tag h200-pre-kd --tuning pre_decayed_keys=True ;;
+ncu)
+    # Nsight Compute's per-line stall sampling of the gradient and sequential kernels (defaults)
     for T in 2048 32768; do
         timeout 120 ncu --nvtx --nvtx-include "prof/" --clock-control none --section WarpStateStats \
             --section SourceCounters --section LaunchStats --section Occupancy \
@@ -71,5 +74,5 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|next|ncu|fla|models"; exit 2 ;;
 esac
