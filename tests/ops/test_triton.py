@@ -83,9 +83,10 @@ SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
-                         + [("gdn", SWITCHES), ("delta_rule", SWITCHES)])
+                         + [("gdn", SWITCHES), ("delta_rule", SWITCHES), ("kda", ("pre_decayed_keys",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
-    # each switch flipped alone from the defaults (gdn2), and all of them at once (gdn, delta_rule)
+    # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), and
+    # the decayed keys for kda (a per-head erase gate through the W/U kernel)
     from gatedelta.ops.triton import common
 
     for name in flip:
