@@ -103,7 +103,16 @@ def main() -> None:
     defaults = dict(TUNING)
     base = measure(args.op, x, do)
     rows = [{"variant": "defaults", "fwd_ms": base["fwd_ms"], "fwdbwd_ms": base["fwdbwd_ms"]}]
+    kernels: dict = {}
+
+    def save() -> None:  # after every row: a sweep cut by its time limit keeps what it measured
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"op": args.op, "T": args.T, "device": torch.cuda.get_device_name(), "rows": rows,
+                           "kernels": kernels}, f, indent=1)
+
     print(json.dumps(rows[-1]), flush=True)
+    save()
     best = dict(defaults)
     for key in args.keys:
         for value in CHOICES[key]:
@@ -116,11 +125,13 @@ def main() -> None:
             except Exception as e:  # noqa: BLE001 — a variant that fails to compile or run
                 rows.append({"variant": f"{key}={value}", "error": repr(e)[:300]})
                 print(json.dumps(rows[-1]), flush=True)
+                save()
                 continue
             err = max(rel(a, b) for a, b in zip(r["outs"], base["outs"]))
             rows.append({"variant": f"{key}={value}", "fwd_ms": r["fwd_ms"], "fwdbwd_ms": r["fwdbwd_ms"],
                          "max_rel_diff_vs_defaults": err})
             print(json.dumps(rows[-1]), flush=True)
+            save()
             metric = "fwd_ms" if key in FORWARD_KEYS else "fwdbwd_ms"
             if err < 1e-2 and r[metric] < 0.97 * base[metric]:
                 best[key] = value
@@ -129,14 +140,10 @@ def main() -> None:
     rows.append({"variant": "combined", "tuning": best, "fwd_ms": r["fwd_ms"], "fwdbwd_ms": r["fwdbwd_ms"],
                  "max_rel_diff_vs_defaults": max(rel(a, b) for a, b in zip(r["outs"], base["outs"]))})
     print(json.dumps(rows[-1]), flush=True)
-    kernels = kernel_report()
+    kernels.update(kernel_report())
     for name, rep in kernels.items():
         print(f"{name}: {json.dumps(rep)}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"op": args.op, "T": args.T, "device": torch.cuda.get_device_name(), "rows": rows,
-                   "kernels": kernels}, f,
-                      indent=1)
+    save()
 
 
 if __name__ == "__main__":
