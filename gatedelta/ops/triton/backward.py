@@ -35,7 +35,9 @@ from .common import (
     gate_form,
     launch_configs,
     pair_both,
+    pair_dot,
     pair_low,
+    pair_operand,
     prepare_chunks,
 )
 from .forward import (
@@ -376,6 +378,262 @@ def chunk_grad_kernel(
         bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC)
 
 
+# Rows per block of the sub-block gradient kernel (TUNING["grad_sub"]).
+SUB = tl.constexpr(16)
+
+
+@triton.jit
+def sub_state_terms(do, R, dY, h, dh, v, w, dv, dw, p_h, rows, m_r, i_hv, o_k, m_k, write_dv,
+                    HV: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                    ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
+    """:func:`grad_v_loop` for the 16 rows ``rows`` of one block, without dM and dT: ``dO S₀ᵀ``,
+    ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[16, BK]``; dv and dw of the rows when write_dv."""
+    b_dqs = tl.zeros([SUB, BK], dtype=tl.float32)
+    b_dEb = tl.zeros([SUB, BK], dtype=tl.float32)
+    b_dKt = tl.zeros([SUB, BK], dtype=tl.float32)
+    b_dw1 = tl.zeros([SUB], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_rv = m_r[:, None] & m_v[None, :]
+        p_rv = (rows[:, None] * HV + i_hv) * V + o_v[None, :]
+        b_do = tl.load(do + p_rv, mask=m_rv, other=0).to(tl.float32)
+        b_R = tl.load(R + p_rv, mask=m_rv, other=0)
+        b_dY = tl.load(dY + p_rv, mask=m_rv, other=0)
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        b_dqs += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        if ERASE > 0:
+            b_dEb += tl.dot(b_dY, tl.trans(b_h), input_precision=PREC)
+        b_dKt += tl.dot(b_R, tl.trans(b_dh), input_precision=PREC)
+        if write_dv:
+            b_v = tl.load(v + p_rv, mask=m_rv, other=0).to(tl.float32)
+            if WRITE == 2:
+                b_w = tl.load(w + p_rv, mask=m_rv, other=0).to(tl.float32)
+                tl.store(dv + p_rv, (b_w * b_dY).to(dv.dtype.element_ty), mask=m_rv)
+                tl.store(dw + p_rv, (b_v * b_dY).to(dw.dtype.element_ty), mask=m_rv)
+            elif WRITE == 1:
+                b_w1 = tl.load(w + rows * HV + i_hv, mask=m_r, other=0).to(tl.float32)
+                tl.store(dv + p_rv, (b_w1[:, None] * b_dY).to(dv.dtype.element_ty), mask=m_rv)
+                b_dw1 += tl.sum(b_v * b_dY, 1)
+            else:
+                tl.store(dv + p_rv, b_dY.to(dv.dtype.element_ty), mask=m_rv)
+    if write_dv and WRITE == 1:
+        tl.store(dw + rows * HV + i_hv, b_dw1.to(dw.dtype.element_ty), mask=m_r)
+    return b_dqs, b_dEb, b_dKt
+
+
+@triton.jit
+def sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV: tl.constexpr, K: tl.constexpr):
+    """Rows of block ``i_b`` (``[16]``, their mask) and their G ``[16, BK]``."""
+    rows = row0 + i_b * SUB + o_s
+    m_r = rows < eos
+    m_rk = m_r[:, None] & m_k[None, :]
+    b_G = tl.load(G + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_rk, other=0)
+    return rows, m_r, b_G
+
+
+@triton.jit
+def sub_block_D(DM, rows, m_r, i_hv, j_b, o_s, factor, HV: tl.constexpr, BT: tl.constexpr,
+                PREC: tl.constexpr, LOW: tl.constexpr):
+    """Block ``(rows, j_b)`` ``[16, 16]`` of a chunk matrix stored like M (``[Ttot, HV, BT]``, row
+    r holds row r of its chunk), times ``factor``, rounded as a pair operand."""
+    p = (rows[:, None] * HV + i_hv) * BT + j_b * SUB + o_s[None, :]
+    return pair_operand(tl.load(DM + p, mask=m_r[:, None], other=0) * factor, PREC, LOW)
+
+
+@triton.autotune(
+    # local sm_90 compile (Triton 3.9): 255 registers and 40–120 B of stack at 4 or 8 warps (the
+    # [64, BK] form: 800 B); capped at 128 registers it spills 560–950 B
+    launch_configs((4, 8), (1, 2)),
+    key=["H", "HV", "K", "V", "BK", "BV", "ERASE", "WRITE", "LOW"],
+)
+@triton.jit
+def chunk_grad_sub_kernel(
+    q, k, v, g, b, w, G, R, h, do, dY, dh, DM, DT,
+    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
+    Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
+):
+    """:func:`chunk_grad_kernel` for per-channel decay, one 16-row block at a time
+    (``TUNING["grad_sub"]``): every tile is ``[16, BK]`` or ``[16, 16]``, so a program needs a
+    fraction of the registers of the ``[64, BK]`` form (which spills at 255 on sm_90).
+
+    One program per (K block, chunk, value head), reading dM and dT from DM, DT
+    (:func:`chunk_dmdt_kernel`). For the rows of block i:
+
+    * pairs inside the block: :func:`pair_both` at 16 rows (its dyadic split, levels 8 … 1);
+    * pairs (r in i, s in an earlier block j): one product per (i, j), through the anchor row
+      ``a = 16 i − 1`` (``s ≤ a < r``): ``exp(G_r − G_s) = exp(G_r − G_a)·exp(G_a − G_s)``, both
+      factors ≤ 1; the same rounded operands serve the left side (dq, de of block i), the right
+      side (dk of block j, when j is the current block) and dG (see :func:`pair_both`);
+    * the state-side terms (:func:`sub_state_terms`), then dq, dk, db as in :func:`grad_k_block`;
+    * dg: blocks last to first, each block's reverse cumulative sum plus the sum of the later
+      blocks.
+    """
+    i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_h = i_hv // (HV // H)
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
+    row0 = bos + i_c * BT
+    n_last = tl.minimum(eos - row0, BT) - 1  # last valid row of the chunk
+    i_last = row0 + n_last
+    p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
+    o_s = tl.arange(0, SUB)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    NB: tl.constexpr = BT // SUB
+    b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=m_k, other=0)
+    # dG at the last row takes the chunk-end decay's gradient: Σ_v S₀ ⊙ dS_C and Σ_r k̃_r ⊙ dK̃_r
+    b_dgc = tl.zeros([BK], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_kv = m_k[:, None] & (o_v < V)[None, :]
+        b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+        b_dgc += tl.sum(b_h * b_dh, 1)
+    b_dGC = tl.exp(b_gl) * b_dgc
+    for i_pre in range(NB):
+        rows, m_r, b_G = sub_rows(G, row0, eos, i_pre, i_hv, o_s, o_k, m_k, HV, K)
+        m_rk = m_r[:, None] & m_k[None, :]
+        b_dKt = tl.zeros([SUB, BK], dtype=tl.float32)
+        for i_v in range(tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            m_v = o_v < V
+            m_rv = m_r[:, None] & m_v[None, :]
+            b_R = tl.load(R + (rows[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_rv, other=0)
+            m_kv = m_k[:, None] & m_v[None, :]
+            b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
+            b_dKt += tl.dot(b_R, tl.trans(b_dh), input_precision=PREC)
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_rk, other=0).to(tl.float32)
+        b_dGC += tl.sum(b_k * tl.where(m_rk, tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), 0.0) * b_dKt, 0)
+
+    b_carry = tl.zeros([BK], dtype=tl.float32)  # Σ of dG over the blocks after the current one
+    for i_bb in range(NB):
+        i_b = NB - 1 - i_bb  # last block first: dg's carry
+        rows, m_r, b_G = sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV, K)
+        m_rk = m_r[:, None] & m_k[None, :]
+        b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_rk, other=0).to(tl.float32)
+        b_k, b_e = load_erase(k, b, rows, m_r, i_h, i_hv, o_k, m_rk, H, HV, K, ERASE)
+        # pairs inside the block
+        b_dl, b_dl2, b_dr, b_dG = pair_both(
+            sub_block_D(DM, rows, m_r, i_hv, i_b, o_s, scale, HV, BT, "ieee", 0),
+            sub_block_D(DT, rows, m_r, i_hv, i_b, o_s, 1.0, HV, BT, "ieee", 0) if ERASE > 0
+            else tl.zeros([SUB, SUB], dtype=tl.float32),
+            b_q, b_e, b_k, b_G, G, row0 + i_b * SUB, eos, i_hv, o_s, o_k, m_k, HV, K, SUB, ERASE > 0, PREC,
+            LOW)
+        # pairs (r in this block, s in an earlier one): the left side
+        if i_b > 0:
+            # (a block past the sequence end reads the last row: its own rows are all masked)
+            a_row = tl.minimum(row0 + i_b * SUB - 1, eos - 1)
+            g_a = tl.load(G + (a_row * HV + i_hv) * K + o_k, mask=m_k, other=0)
+            e_r = tl.exp(tl.minimum(b_G - g_a[None, :], 0.0))
+            b_xr = pair_operand(b_q * e_r, PREC, LOW)
+            b_xr2 = pair_operand(b_e * e_r, PREC, LOW)
+            b_L = tl.zeros([SUB, BK], dtype=tl.float32)
+            b_L2 = tl.zeros([SUB, BK], dtype=tl.float32)
+            for j_b in range(i_b):
+                rows_j, m_j, b_Gj = sub_rows(G, row0, eos, j_b, i_hv, o_s, o_k, m_k, HV, K)
+                m_jk = m_j[:, None] & m_k[None, :]
+                b_kj = tl.load(k + (rows_j[:, None] * H + i_h) * K + o_k[None, :], mask=m_jk, other=0)
+                e_s = tl.exp(tl.minimum(g_a[None, :] - b_Gj, 0.0))
+                b_ys = pair_operand(b_kj.to(tl.float32) * e_s, PREC, LOW)
+                b_D = sub_block_D(DM, rows, m_r, i_hv, j_b, o_s, scale, HV, BT, PREC, LOW)
+                b_L += pair_dot(b_D, b_ys, PREC, LOW)
+                if ERASE > 0:
+                    b_L2 += pair_dot(sub_block_D(DT, rows, m_r, i_hv, j_b, o_s, 1.0, HV, BT, PREC, LOW), b_ys,
+                                     PREC, LOW)
+            b_dl += b_L * e_r
+            b_dG += b_xr.to(tl.float32) * b_L
+            if ERASE > 0:
+                b_dl2 += b_L2 * e_r
+                b_dG += b_xr2.to(tl.float32) * b_L2
+        # pairs (r in a later block, s in this one): the right side
+        for p_b in range(i_b + 1, NB):
+            rows_p, m_p, b_Gp = sub_rows(G, row0, eos, p_b, i_hv, o_s, o_k, m_k, HV, K)
+            m_pk = m_p[:, None] & m_k[None, :]
+            a_row = tl.minimum(row0 + p_b * SUB - 1, eos - 1)
+            g_a = tl.load(G + (a_row * HV + i_hv) * K + o_k, mask=m_k, other=0)
+            e_s = tl.exp(tl.minimum(g_a[None, :] - b_G, 0.0))
+            b_ys = pair_operand(b_k * e_s, PREC, LOW)
+            e_rp = tl.exp(tl.minimum(b_Gp - g_a[None, :], 0.0))
+            b_qp = tl.load(q + (rows_p[:, None] * H + i_h) * K + o_k[None, :], mask=m_pk, other=0)
+            b_qp = b_qp.to(tl.float32)
+            b_kp, b_ep = load_erase(k, b, rows_p, m_p, i_h, i_hv, o_k, m_pk, H, HV, K, ERASE)
+            b_D = sub_block_D(DM, rows_p, m_p, i_hv, i_b, o_s, scale, HV, BT, PREC, LOW)
+            b_Rp = pair_dot(tl.trans(b_D), pair_operand(b_qp * e_rp, PREC, LOW), PREC, LOW)
+            if ERASE > 0:
+                b_D2 = sub_block_D(DT, rows_p, m_p, i_hv, i_b, o_s, 1.0, HV, BT, PREC, LOW)
+                b_Rp += pair_dot(tl.trans(b_D2), pair_operand(b_ep * e_rp, PREC, LOW), PREC, LOW)
+            b_dr += b_Rp * e_s
+            b_dG -= b_ys.to(tl.float32) * b_Rp
+        # the state-side terms, then dq, dk, de and dG as in grad_k_block
+        b_dqs, b_dEb, b_dKt = sub_state_terms(do, R, dY, h, dh, v, w, dv, dw, p_h, rows, m_r, i_hv, o_k, m_k,
+                                              i_k == 0, HV, V, BK, BV, ERASE, WRITE, PREC)
+        b_gam = tl.exp(b_G)
+        b_dq0 = scale * b_gam * b_dqs
+        b_dq = b_dl + b_dq0
+        b_dG += b_q * b_dq0
+        b_dk = b_dr
+        b_de = b_dl2
+        if ERASE > 0:
+            b_de0 = -b_gam * b_dEb
+            b_de += b_de0
+            b_dG += b_e * b_de0
+        b_dk2 = tl.where(m_rk, tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), 0.0) * b_dKt
+        b_dk += b_dk2
+        b_dG -= b_k * b_dk2
+        b_dG += tl.where((rows == i_last)[:, None], b_dGC[None, :], 0.0)
+        if ERASE == 2:
+            p_rk = (rows[:, None] * HV + i_hv) * K + o_k[None, :]
+            b_dk += tl.load(b + p_rk, mask=m_rk, other=0).to(tl.float32) * b_de
+            tl.store(db + p_rk, (b_k * b_de).to(db.dtype.element_ty), mask=m_rk)
+        elif ERASE == 1:
+            b_b1 = tl.load(b + rows * HV + i_hv, mask=m_r, other=0).to(tl.float32)
+            b_dk += b_b1[:, None] * b_de
+            tl.store(db + (i_k * Ttot + rows) * HV + i_hv, tl.sum(b_k * b_de, 1), mask=m_r)
+        p_rk = (rows[:, None] * HV + i_hv) * K + o_k[None, :]
+        tl.store(dq + p_rk, b_dq.to(dq.dtype.element_ty), mask=m_rk)
+        tl.store(dk + p_rk, b_dk.to(dk.dtype.element_ty), mask=m_rk)
+        # dg: reverse cumulative sum within the block plus the later blocks' total
+        b_dGm = tl.where(m_rk, b_dG, 0.0)
+        b_dg = tl.cumsum(b_dGm, 0, reverse=True) + b_carry[None, :]
+        b_carry += tl.sum(b_dGm, 0)
+        b_g = tl.load(g + p_rk, mask=m_rk, other=0)
+        tl.store(dg + p_rk, tl.where(b_g > G_MIN, b_dg, 0.0).to(dg.dtype.element_ty), mask=m_rk)
+
+
+@triton.autotune(
+    launch_configs((8,), (1, 2)),  # two [64, 64] fp32 accumulators: 4 warps spill (local sm_90 compile)
+    key=["HV", "V", "BV", "ERASE"],
+)
+@triton.jit
+def chunk_dmdt_kernel(do, R, dY, DM, DT, cu_seqlens, chunk_indices, HV: tl.constexpr, V: tl.constexpr,
+                      BT: tl.constexpr, BV: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr):
+    """One program per (chunk, value head): ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``
+    into DM, DT ``[Ttot, HV, BT]`` (row r holds row r of its chunk's matrix, like M), for
+    :func:`chunk_grad_sub_kernel`."""
+    i_t, i_hv = tl.program_id(0), tl.program_id(1)
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
+    b_dM = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
+        b_R = tl.load(R + p_tv, mask=m_tv, other=0)
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
+        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
+        if ERASE > 0:
+            b_dT += tl.dot(tl.load(dY + p_tv, mask=m_tv, other=0), tl.trans(b_R), input_precision=PREC)
+    b_dM, b_dT = pair_grads(b_dM, b_dT, o_t)
+    p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
+    tl.store(DM + p_tt, b_dM, mask=m_t[:, None])
+    if ERASE > 0:
+        tl.store(DT + p_tt, b_dT, mask=m_t[:, None])
+
+
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
     """Gradients of :func:`chunk_forward` on packed inputs.
 
@@ -422,14 +680,28 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
             ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
         )
-        chunk_grad_kernel[(NK, NT, HV)](
-            q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
-            M if G is None else G, R, h, do, dY, dh,
-            dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw,
-            cu, chunk_indices, scale, Ttot,
-            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)),
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
-        )
+        outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)
+        gates = (q if g is None else g, q if b is None else b, q if w is None else w)
+        BV_grad = min(TUNING["grad_bv"], _pow2(V))
+        if DECAY == 2 and TUNING["grad_sub"]:
+            DM = empty((Ttot, HV, CHUNK), **f32)
+            DT = empty((Ttot, HV, CHUNK), **f32) if ERASE else DM
+            chunk_dmdt_kernel[(NT, HV)](
+                do, R, dY, DM, DT, cu, chunk_indices, HV=HV, V=V, BT=CHUNK, BV=min(64, _pow2(V)), ERASE=ERASE,
+                PREC=PREC,
+            )
+            chunk_grad_sub_kernel[(NK, NT, HV)](
+                q, k, v, *gates, G, R, h, do, dY, dh, DM, DT, *outs, cu, chunk_indices, scale, Ttot,
+                H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad, ERASE=ERASE, WRITE=WRITE,
+                LOW=pair_low(q.dtype), PREC=PREC,
+            )
+        else:
+            chunk_grad_kernel[(NK, NT, HV)](
+                q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale,
+                Ttot,
+                H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad,
+                DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
+            )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
     if groups > 1:

@@ -46,8 +46,11 @@ CHUNK = 64
 # the W/U kernel (+512 B per token-head, transient) and read by the sequential kernels, instead of
 # formed by each of a head's value-block programs at every chunk step (Nsight Compute: those run
 # one warp per scheduler, so each step's time is its instruction count times their latency).
+# grad_sub (untimed): per-channel decay's gradient kernel one 16-row block at a time
+# (chunk_grad_sub_kernel, dM / dT from chunk_dmdt_kernel), [16, BK] tiles instead of [64, BK].
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": (0, 1),
-          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": False}
+          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": False,
+          "grad_sub": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -257,8 +260,11 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     the cancellation leaves standing (H200, bf16 inputs: dg 4.30e-3 → 3.77e-3 with tf32 products;
     interpreter with bf16 operands: 1.6e-2 → 7.9e-3).
 
+    ``BT`` is a chunk (64) or one 16-row block of it (:func:`chunk_grad_sub_kernel`'s diagonal
+    blocks; ``row0`` is then the block's first row).
+
     Returns ``(left, left2, right, dG)``."""
-    tl.static_assert(BT == 64)
+    tl.static_assert(BT == 64 or BT == 16)
     eye = o_t[:, None] == o_t[None, :]
     b_diag = tl.where(eye, b_D, 0.0)
     b_diag2 = tl.where(eye, b_D2, 0.0)
@@ -266,8 +272,8 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     b_l2 = tl.sum(b_diag2, 1)[:, None] * b_y
     b_r = tl.sum(b_diag, 0)[:, None] * b_x + tl.sum(b_diag2, 0)[:, None] * b_x2
     b_dG = tl.zeros(b_x.shape, dtype=tl.float32)
-    for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+    for lvl in tl.static_range(6 if BT == 64 else 4):
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, (BT // 2) >> lvl, HV, K)
         b_Ds = pair_operand(tl.where(same, b_D, 0.0), PREC, LOW)
         b_ys = pair_operand(tl.where(right[:, None], 0.0, b_y * b_e), PREC, LOW)
         b_xr = pair_operand(tl.where(right[:, None], b_x * b_e, 0.0), PREC, LOW)
