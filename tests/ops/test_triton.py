@@ -72,20 +72,21 @@ def test_forward_backward_every_op(op):
 # flipped value: fuse_wu forms R = A (Z − Ē S₀) in the state kernel for the listed decay forms (else
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
-# per-channel decayed keys for the sequential kernels; grad_sub runs per-channel decay's gradient
-# kernel one 16-row block at a time. pair_bf16 only acts on 16-bit inputs (below).
+# per-channel decayed keys for the sequential kernels; grad_sub and intra_sub run per-channel
+# decay's gradient and intra kernels one 16-row block at a time. pair_bf16 only acts on 16-bit
+# inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
         return tuple(form for form in (0, 1, 2) if form not in value)
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "grad_sub")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "grad_sub", "intra_sub")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
                          + [("gdn", SWITCHES), ("delta_rule", SWITCHES), ("kda", ("pre_decayed_keys",)),
-                            ("kda", ("grad_sub",)), ("gla", ("grad_sub",))])
+                            ("kda", ("grad_sub", "intra_sub")), ("gla", ("grad_sub", "intra_sub"))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
     # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), and
     # the per-channel-decay switches for kda (a per-head erase gate) and gla (no erase gate)
@@ -177,7 +178,7 @@ def test_varlen_matches_reference():
     _compare("gdn2", args, s0, cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("switch", [None, "pre_decayed_keys", "grad_sub"])
+@pytest.mark.parametrize("switch", [None, "pre_decayed_keys", "grad_sub", "intra_sub"])
 @pytest.mark.parametrize("value", [float("-inf"), -50.0])
 def test_extreme_gates_are_finite_and_exact(value, switch, monkeypatch):
     # each pairwise factor of the pair split must stay ≤ 1 (a -50 gate inside a 16-row block

@@ -46,11 +46,12 @@ CHUNK = 64
 # the W/U kernel (+512 B per token-head, transient) and read by the sequential kernels, instead of
 # formed by each of a head's value-block programs at every chunk step (Nsight Compute: those run
 # one warp per scheduler, so each step's time is its instruction count times their latency).
-# grad_sub (untimed): per-channel decay's gradient kernel one 16-row block at a time
-# (chunk_grad_sub_kernel, dM / dT from chunk_dmdt_kernel), [16, BK] tiles instead of [64, BK].
+# grad_sub / intra_sub (untimed): per-channel decay's gradient and intra kernels one 16-row block
+# at a time (chunk_grad_sub_kernel with dM / dT from chunk_dmdt_kernel; chunk_intra_sub_kernel),
+# [16, BK] tiles instead of [64, BK].
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": False,
-          "grad_sub": False}
+          "grad_sub": False, "intra_sub": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -222,13 +223,15 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
     exactly one level ``h ∈ {BT/2, …, 1}``, the one at which r and s fall in the right and left
     halves of the same block of ``2h`` rows. Through that block's anchor row c (``s ≤ c < r``),
     ``exp(G_r − G_s) = exp(G_r − G_c)·exp(G_c − G_s)``, so each level is one matrix product of
-    scaled rows, masked to pairs in one block: log₂ BT products and no per-pair loop.
+    scaled rows, masked to pairs in one block: log₂ BT products and no per-pair loop. ``BT`` is a
+    chunk (64) or one 16-row block of it (``row0`` its first row; the sub-block intra kernel,
+    :func:`gatedelta.ops.triton.forward.chunk_intra_sub_kernel`).
     """
-    tl.static_assert(BT == 64)
+    tl.static_assert(BT == 64 or BT == 16)
     b_P = tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
     b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
-    for lvl in tl.static_range(6):
-        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 32 >> lvl, HV, K)
+    for lvl in tl.static_range(6 if BT == 64 else 4):
+        right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, (BT // 2) >> lvl, HV, K)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
         b_P += tl.where(same, pair_dot(b_xr, tl.trans(b_ys), PREC, LOW), 0.0)
