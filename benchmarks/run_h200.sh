@@ -4,7 +4,8 @@
 #   bash benchmarks/run_h200.sh sweep    # bf16 check of 5 ops; untimed TUNING variants; gdn's W/U
 #   bash benchmarks/run_h200.sh bf16     # the pair_bf16 switch: speed, block widths, accuracy
 #   bash benchmarks/run_h200.sh dg       # dG from the pair operands: speed, accuracy, check, ncu
-#   bash benchmarks/run_h200.sh next     # next session: autotuner picks (maxnreg), pre_decayed_keys, 16-wide tiles
+#   bash benchmarks/run_h200.sh next     # next session: maxnreg picks, pre_decayed_keys, grad_sub, intra_sub at 2k
+#   bash benchmarks/run_h200.sh next32k  # next session: the same at 32k, then 16-wide tiles
 #   bash benchmarks/run_h200.sh ncu      # next session: ncu per-line stalls of the gradient and sequential kernels
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -45,17 +46,23 @@ dg)
         grep -c "Profiling" $OUT/ncu_gdn2_$T.txt
     done ;;
 next)
-    # the intra and gradient kernels' autotuners now also try a 128-register cap (two programs per
-    # SM; local sm_90 compile: more stack). Which config wins, at 2k and 32k, and what it gives;
-    # then Nsight Compute's per-line stall sampling of the gradient and state kernels.
-    # pre_decayed_keys (local sm_90 compile, SASS instructions: state 4,312 -> 2,576, state backward
-    # 7,688 -> 5,192); narrower tiles (16) in the gradient kernel's V loop and the intra kernel's K
-    # loop: fewer live registers per program.
-    # (first calls compile the new 128-register configs too: allow for it)
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys pre_decayed_keys --out $OUT/tune_2k.json
-    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pre_decayed_keys \
+    # Built 2026-11-29 evening, untimed (local sm_90 compile, Triton 3.9):
+    # - the intra and gradient kernels' autotuners also try a 128-register cap (two 8-warp programs
+    #   per SM; more stack): the tune report's "chosen" lines say whether it wins;
+    # - pre_decayed_keys: SASS instructions of the state kernel 4,312 -> 2,576, state backward
+    #   7,688 -> 5,192;
+    # - grad_sub / intra_sub: the gradient and intra kernels in 16-row blocks, stack 800 -> 32-120 B
+    #   and 728 -> 0 B.
+    # (first calls compile the extra configs too: allow for it)
+    timeout 240 python3 benchmarks/tune_kernels.py --op gdn2 --keys pre_decayed_keys grad_sub intra_sub \
+        --out $OUT/tune_2k.json
+    T="pre_decayed_keys=True grad_sub=True intra_sub=True"
+    timeout 60 $K accuracy --tag h200-next --tuning $T
+    timeout 100 $K check --ops gdn2 kda gla --tag h200-next --tuning $T ;;
+next32k)
+    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pre_decayed_keys grad_sub intra_sub \
         --out $OUT/tune_32k.json
-    timeout 50 $K accuracy --tag h200-pre-kd --tuning pre_decayed_keys=True
+    # narrower tiles (16) in the gradient kernel's V loop and the intra kernel's K loop
     timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys grad_bv intra_bk --out $OUT/tune_2k_tiles.json ;;
 ncu)
     # Nsight Compute's per-line stall sampling of the gradient and sequential kernels (defaults)
@@ -75,5 +82,5 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|next|ncu|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|fla|models"; exit 2 ;;
 esac
