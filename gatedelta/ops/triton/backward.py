@@ -187,6 +187,25 @@ def pair_grads(b_dORt, b_dYRt, o_t):
 
 
 @triton.jit
+def write_dv_dw(v, w, dv, dw, b_dY, p_tv, m_tv, o_row, m_t, i_hv, HV: tl.constexpr, WRITE: tl.constexpr):
+    """dv and dw of one ``[rows, BV]`` block from ``z = w ⊙ v`` and ``dZ = dY``; for a per-head
+    write gate, returns this block's share of the rows' dw (the caller sums and stores it)."""
+    b_v = tl.load(v + p_tv, mask=m_tv, other=0).to(tl.float32)
+    b_dw1 = tl.zeros(o_row.shape, dtype=tl.float32)
+    if WRITE == 2:
+        b_w = tl.load(w + p_tv, mask=m_tv, other=0).to(tl.float32)
+        tl.store(dv + p_tv, (b_w * b_dY).to(dv.dtype.element_ty), mask=m_tv)
+        tl.store(dw + p_tv, (b_v * b_dY).to(dw.dtype.element_ty), mask=m_tv)
+    elif WRITE == 1:
+        b_w1 = tl.load(w + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)
+        tl.store(dv + p_tv, (b_w1[:, None] * b_dY).to(dv.dtype.element_ty), mask=m_tv)
+        b_dw1 = tl.sum(b_v * b_dY, 1)
+    else:
+        tl.store(dv + p_tv, b_dY.to(dv.dtype.element_ty), mask=m_tv)
+    return b_dw1
+
+
+@triton.jit
 def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, m_k, write_dv,
                 HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
@@ -223,18 +242,7 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
         if DECAY > 0:
             b_dgc += tl.sum(b_h * b_dh, 1)
         if write_dv:
-            # z = w ⊙ v and dZ = dY
-            b_v = tl.load(v + p_tv, mask=m_tv, other=0).to(tl.float32)
-            if WRITE == 2:
-                b_w = tl.load(w + p_tv, mask=m_tv, other=0).to(tl.float32)
-                tl.store(dv + p_tv, (b_w * b_dY).to(dv.dtype.element_ty), mask=m_tv)
-                tl.store(dw + p_tv, (b_v * b_dY).to(dw.dtype.element_ty), mask=m_tv)
-            elif WRITE == 1:
-                b_w1 = tl.load(w + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)
-                tl.store(dv + p_tv, (b_w1[:, None] * b_dY).to(dv.dtype.element_ty), mask=m_tv)
-                b_dw1 += tl.sum(b_v * b_dY, 1)
-            else:
-                tl.store(dv + p_tv, b_dY.to(dv.dtype.element_ty), mask=m_tv)
+            b_dw1 += write_dv_dw(v, w, dv, dw, b_dY, p_tv, m_tv, o_row, m_t, i_hv, HV, WRITE)
     if write_dv and WRITE == 1:
         tl.store(dw + o_row * HV + i_hv, b_dw1.to(dw.dtype.element_ty), mask=m_t)
     b_dM, b_dT = pair_grads(b_dM, b_dT, o_t)
@@ -408,17 +416,7 @@ def sub_state_terms(do, R, dY, h, dh, v, w, dv, dw, p_h, rows, m_r, i_hv, o_k, m
             b_dEb += tl.dot(b_dY, tl.trans(b_h), input_precision=PREC)
         b_dKt += tl.dot(b_R, tl.trans(b_dh), input_precision=PREC)
         if write_dv:
-            b_v = tl.load(v + p_rv, mask=m_rv, other=0).to(tl.float32)
-            if WRITE == 2:
-                b_w = tl.load(w + p_rv, mask=m_rv, other=0).to(tl.float32)
-                tl.store(dv + p_rv, (b_w * b_dY).to(dv.dtype.element_ty), mask=m_rv)
-                tl.store(dw + p_rv, (b_v * b_dY).to(dw.dtype.element_ty), mask=m_rv)
-            elif WRITE == 1:
-                b_w1 = tl.load(w + rows * HV + i_hv, mask=m_r, other=0).to(tl.float32)
-                tl.store(dv + p_rv, (b_w1[:, None] * b_dY).to(dv.dtype.element_ty), mask=m_rv)
-                b_dw1 += tl.sum(b_v * b_dY, 1)
-            else:
-                tl.store(dv + p_rv, b_dY.to(dv.dtype.element_ty), mask=m_rv)
+            b_dw1 += write_dv_dw(v, w, dv, dw, b_dY, p_rv, m_rv, rows, m_r, i_hv, HV, WRITE)
     if write_dv and WRITE == 1:
         tl.store(dw + rows * HV + i_hv, b_dw1.to(dw.dtype.element_ty), mask=m_r)
     return b_dqs, b_dEb, b_dKt
