@@ -208,12 +208,13 @@ def write_dv_dw(v, w, dv, dw, b_dY, p_tv, m_tv, o_row, m_t, i_hv, HV: tl.constex
 @triton.jit
 def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, m_k, write_dv,
                 HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
-    """Phase 1 of the gradient kernel, the contractions over V of one chunk: the ``[BT, BT]``
-    gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``, the K block ``o_k``'s
-    state-side terms ``dO S₀ᵀ``,
-    ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[BT, BK]`` and ``Σ_v S₀ ⊙ dS_C`` ``[BK]``. When write_dv, also dv
-    and dw."""
+                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FORM_D: tl.constexpr,
+                PREC: tl.constexpr):
+    """Phase 1 of the gradient kernel, the contractions over V of BT rows (a chunk, or one 16-row
+    block for :func:`chunk_grad_sub_kernel`): with FORM_D the ``[BT, BT]`` gradients
+    ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)`` (else zeros), the K block ``o_k``'s
+    state-side terms ``dO S₀ᵀ``, ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[BT, BK]`` and (DECAY > 0)
+    ``Σ_v S₀ ⊙ dS_C`` ``[BK]``. When write_dv, also dv and dw."""
     b_dM = tl.zeros([BT, BT], dtype=tl.float32)
     b_dT = tl.zeros([BT, BT], dtype=tl.float32)
     b_dqs = tl.zeros([BT, BK], dtype=tl.float32)
@@ -229,9 +230,10 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_R = tl.load(R + p_tv, mask=m_tv, other=0)
         b_dY = tl.load(dY + p_tv, mask=m_tv, other=0)
-        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
-        if ERASE > 0:
-            b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
+        if FORM_D:
+            b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
+            if ERASE > 0:
+                b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
         m_kv = m_k[:, None] & m_v[None, :]
         b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
         b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
@@ -380,7 +382,7 @@ def chunk_grad_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
         do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
-        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
+        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, True, PREC)
     grad_k_block(
         q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
         bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC)
@@ -388,38 +390,6 @@ def chunk_grad_kernel(
 
 # Rows per block of the sub-block gradient kernel (TUNING["grad_sub"]).
 SUB = tl.constexpr(16)
-
-
-@triton.jit
-def sub_state_terms(do, R, dY, h, dh, v, w, dv, dw, p_h, rows, m_r, i_hv, o_k, m_k, write_dv,
-                    HV: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
-    """:func:`grad_v_loop` for the 16 rows ``rows`` of one block, without dM and dT: ``dO S₀ᵀ``,
-    ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[16, BK]``; dv and dw of the rows when write_dv."""
-    b_dqs = tl.zeros([SUB, BK], dtype=tl.float32)
-    b_dEb = tl.zeros([SUB, BK], dtype=tl.float32)
-    b_dKt = tl.zeros([SUB, BK], dtype=tl.float32)
-    b_dw1 = tl.zeros([SUB], dtype=tl.float32)
-    for i_v in range(tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
-        m_rv = m_r[:, None] & m_v[None, :]
-        p_rv = (rows[:, None] * HV + i_hv) * V + o_v[None, :]
-        b_do = tl.load(do + p_rv, mask=m_rv, other=0).to(tl.float32)
-        b_R = tl.load(R + p_rv, mask=m_rv, other=0)
-        b_dY = tl.load(dY + p_rv, mask=m_rv, other=0)
-        m_kv = m_k[:, None] & m_v[None, :]
-        b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-        b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-        b_dqs += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-        if ERASE > 0:
-            b_dEb += tl.dot(b_dY, tl.trans(b_h), input_precision=PREC)
-        b_dKt += tl.dot(b_R, tl.trans(b_dh), input_precision=PREC)
-        if write_dv:
-            b_dw1 += write_dv_dw(v, w, dv, dw, b_dY, p_rv, m_rv, rows, m_r, i_hv, HV, WRITE)
-    if write_dv and WRITE == 1:
-        tl.store(dw + rows * HV + i_hv, b_dw1.to(dw.dtype.element_ty), mask=m_r)
-    return b_dqs, b_dEb, b_dKt
 
 
 @triton.jit
@@ -467,7 +437,8 @@ def chunk_grad_sub_kernel(
       ``a = 16 i − 1`` (``s ≤ a < r``): ``exp(G_r − G_s) = exp(G_r − G_a)·exp(G_a − G_s)``, both
       factors ≤ 1; the same rounded operands serve the left side (dq, de of block i), the right
       side (dk of block j, when j is the current block) and dG (see :func:`pair_both`);
-    * the state-side terms (:func:`sub_state_terms`), then dq, dk, db as in :func:`grad_k_block`;
+    * the state-side terms (:func:`grad_v_loop` on the block's rows), then dq, dk, db as in
+      :func:`grad_k_block`;
     * dg: blocks last to first, each block's reverse cumulative sum plus the sum of the later
       blocks.
     """
@@ -567,8 +538,9 @@ def chunk_grad_sub_kernel(
             b_dr += b_Rp * e_s
             b_dG -= b_ys.to(tl.float32) * b_Rp
         # the state-side terms, then dq, dk, de and dG as in grad_k_block
-        b_dqs, b_dEb, b_dKt = sub_state_terms(do, R, dY, h, dh, v, w, dv, dw, p_h, rows, m_r, i_hv, o_k, m_k,
-                                              i_k == 0, HV, V, BK, BV, ERASE, WRITE, PREC)
+        _, _, b_dqs, b_dEb, b_dKt, _ = grad_v_loop(
+            do, R, dY, h, dh, v, w, dv, dw, p_h, rows, m_r, o_s, i_hv, o_k, m_k, i_k == 0,
+            HV, V, SUB, BK, BV, 0, ERASE, WRITE, False, PREC)
         b_gam = tl.exp(b_G)
         b_dq0 = scale * b_gam * b_dqs
         b_dq = b_dl + b_dq0
