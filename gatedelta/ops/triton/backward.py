@@ -252,6 +252,25 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
 
 
 @triton.jit
+def store_dq_dk_db(b, dq, dk, db, b_dq, b_dk, b_de, b_k, o_row, m_t, m_tk, o_k, i_k, i_hv, Ttot,
+                   HV: tl.constexpr, K: tl.constexpr, ERASE: tl.constexpr):
+    """Through ``e = b ⊙ k``: ``dk += b ⊙ de`` and db (per channel, or per head as the K block's
+    partial sum ``[NK, Ttot, HV]``), then dq and dk of the rows. Returns the rows' offsets in
+    ``[Ttot, HV, K]``."""
+    p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
+    if ERASE == 2:
+        b_dk += tl.load(b + p_tk, mask=m_tk, other=0).to(tl.float32) * b_de
+        tl.store(db + p_tk, (b_k * b_de).to(db.dtype.element_ty), mask=m_tk)
+    elif ERASE == 1:
+        b_b1 = tl.load(b + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)
+        b_dk += b_b1[:, None] * b_de
+        tl.store(db + (i_k * Ttot + o_row) * HV + i_hv, tl.sum(b_k * b_de, 1), mask=m_t)
+    tl.store(dq + p_tk, b_dq.to(dq.dtype.element_ty), mask=m_tk)
+    tl.store(dk + p_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    return p_tk
+
+
+@triton.jit
 def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
                  bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv,
                  H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -326,18 +345,8 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         b_dk += b_dk2
 
     # 3. e = b ⊙ k
-    if ERASE == 2:
-        b_b = tl.load(b + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
-        b_dk += b_b * b_de
-        tl.store(db + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], (b_k * b_de).to(db.dtype.element_ty),
-                 mask=m_tk)
-    elif ERASE == 1:
-        b_b1 = tl.load(b + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)
-        b_dk += b_b1[:, None] * b_de
-        tl.store(db + (i_k * Ttot + o_row) * HV + i_hv, tl.sum(b_k * b_de, 1), mask=m_t)
-    p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
-    tl.store(dq + p_tk, b_dq.to(dq.dtype.element_ty), mask=m_tk)
-    tl.store(dk + p_tk, b_dk.to(dk.dtype.element_ty), mask=m_tk)
+    p_tk = store_dq_dk_db(b, dq, dk, db, b_dq, b_dk, b_de, b_k, o_row, m_t, m_tk, o_k, i_k, i_hv, Ttot, HV, K,
+                          ERASE)
 
     # 4. dg: reverse cumulative sum of d log γ within the chunk; a clamped g (a hard reset) has 0
     if DECAY == 2:
@@ -555,17 +564,8 @@ def chunk_grad_sub_kernel(
         b_dk += b_dk2
         b_dG -= b_k * b_dk2
         b_dG += tl.where((rows == i_last)[:, None], b_dGC[None, :], 0.0)
-        if ERASE == 2:
-            p_rk = (rows[:, None] * HV + i_hv) * K + o_k[None, :]
-            b_dk += tl.load(b + p_rk, mask=m_rk, other=0).to(tl.float32) * b_de
-            tl.store(db + p_rk, (b_k * b_de).to(db.dtype.element_ty), mask=m_rk)
-        elif ERASE == 1:
-            b_b1 = tl.load(b + rows * HV + i_hv, mask=m_r, other=0).to(tl.float32)
-            b_dk += b_b1[:, None] * b_de
-            tl.store(db + (i_k * Ttot + rows) * HV + i_hv, tl.sum(b_k * b_de, 1), mask=m_r)
-        p_rk = (rows[:, None] * HV + i_hv) * K + o_k[None, :]
-        tl.store(dq + p_rk, b_dq.to(dq.dtype.element_ty), mask=m_rk)
-        tl.store(dk + p_rk, b_dk.to(dk.dtype.element_ty), mask=m_rk)
+        p_rk = store_dq_dk_db(b, dq, dk, db, b_dq, b_dk, b_de, b_k, rows, m_r, m_rk, o_k, i_k, i_hv, Ttot,
+                              HV, K, ERASE)
         # dg: reverse cumulative sum within the block plus the later blocks' total
         b_dGm = tl.where(m_rk, b_dG, 0.0)
         b_dg = tl.cumsum(b_dGm, 0, reverse=True) + b_carry[None, :]
