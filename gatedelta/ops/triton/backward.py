@@ -345,6 +345,8 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         b_dk += b_dk2
 
     # 3. e = b ⊙ k
+    if ERASE == 0:
+        b_de = b_dk  # a placeholder: without an erase gate the helper does not read it
     p_tk = store_dq_dk_db(b, dq, dk, db, b_dq, b_dk, b_de, b_k, o_row, m_t, m_tk, o_k, i_k, i_hv, Ttot, HV, K,
                           ERASE)
 
