@@ -409,15 +409,17 @@ def _dense_gate(x: Tensor, gate: Tensor | None, work: dict | None = None, name: 
     return torch.mul(x, gate, out=_work_buffer(work, name, _broadcast_shape(x.shape, gate.shape), x))
 
 
-def _work_buffer(work: dict | None, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """An uninitialised tensor of ``shape``: kept in ``work`` under ``name`` for every block of that
-    shape (the blocks run one after another, each done with its terms before the next one writes
-    them), or a fresh one without ``work``."""
+def _work_buffer(work: dict | None, name: str, shape: tuple[int, ...], like: Tensor, zeroed: bool = False
+                 ) -> Tensor:
+    """An uninitialised (``zeroed``: zero when made) tensor of ``shape``: kept in ``work`` under
+    ``name`` for every block of that shape (the blocks run one after another, each done with its
+    terms before the next one writes them), or a fresh one without ``work``."""
+    make = like.new_zeros if zeroed else like.new_empty
     if work is None:
-        return like.new_empty(shape)
+        return make(shape)
     key = (name, shape, like.dtype, like.device)
     if key not in work:
-        work[key] = like.new_empty(shape)
+        work[key] = make(shape)
     return work[key]
 
 
@@ -561,13 +563,7 @@ def _wy_inverse(t: Tensor, work: dict | None = None) -> Tensor:
     a = torch.linalg.solve_triangular(leaves, eye, **solve)  # [..., n, c, c]
     a = a.reshape(-1, n, c, c)
     t3 = t.reshape(-1, C, C)
-    if work is None:
-        inv = t.new_zeros(t3.shape)
-    else:
-        key = ("inv", t3.shape, t.dtype, t.device)
-        if key not in work:
-            work[key] = t.new_zeros(t3.shape)
-        inv = work[key]
+    inv = _work_buffer(work, "inv", tuple(t3.shape), t, zeroed=True)
     inv.view(-1, n, c, n, c).diagonal(dim1=1, dim2=3).copy_(a.permute(0, 2, 3, 1))
     for i in range(1, n):
         r0, r1 = i * c, (i + 1) * c
