@@ -28,7 +28,9 @@ import triton.language as tl
 from .common import (
     CHUNK,
     G_MIN,
+    SUB,
     TUNING,
+    anchor_row,
     chunk_rows,
     dot_precision,
     empty,
@@ -39,6 +41,7 @@ from .common import (
     pair_low,
     pair_operand,
     prepare_chunks,
+    sub_rows,
 )
 from .forward import (
     _pow2,
@@ -399,20 +402,6 @@ def chunk_grad_kernel(
         bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC)
 
 
-# Rows per block of the sub-block gradient kernel (TUNING["grad_sub"]).
-SUB = tl.constexpr(16)
-
-
-@triton.jit
-def sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV: tl.constexpr, K: tl.constexpr):
-    """Rows of block ``i_b`` (``[16]``, their mask) and their G ``[16, BK]``."""
-    rows = row0 + i_b * SUB + o_s
-    m_r = rows < eos
-    m_rk = m_r[:, None] & m_k[None, :]
-    b_G = tl.load(G + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_rk, other=0)
-    return rows, m_r, b_G
-
-
 @triton.jit
 def sub_block_D(DM, rows, m_r, i_hv, j_b, o_s, factor, HV: tl.constexpr, BT: tl.constexpr,
                 PREC: tl.constexpr, LOW: tl.constexpr):
@@ -505,9 +494,7 @@ def chunk_grad_sub_kernel(
             LOW)
         # pairs (r in this block, s in an earlier one): the left side
         if i_b > 0:
-            # (a block past the sequence end reads the last row: its own rows are all masked)
-            a_row = tl.minimum(row0 + i_b * SUB - 1, eos - 1)
-            g_a = tl.load(G + (a_row * HV + i_hv) * K + o_k, mask=m_k, other=0)
+            g_a = anchor_row(G, row0, eos, i_b, i_hv, o_k, m_k, HV, K)
             e_r = tl.exp(tl.minimum(b_G - g_a[None, :], 0.0))
             b_xr = pair_operand(b_q * e_r, PREC, LOW)
             b_xr2 = pair_operand(b_e * e_r, PREC, LOW)
@@ -533,8 +520,7 @@ def chunk_grad_sub_kernel(
         for p_b in range(i_b + 1, NB):
             rows_p, m_p, b_Gp = sub_rows(G, row0, eos, p_b, i_hv, o_s, o_k, m_k, HV, K)
             m_pk = m_p[:, None] & m_k[None, :]
-            a_row = tl.minimum(row0 + p_b * SUB - 1, eos - 1)
-            g_a = tl.load(G + (a_row * HV + i_hv) * K + o_k, mask=m_k, other=0)
+            g_a = anchor_row(G, row0, eos, p_b, i_hv, o_k, m_k, HV, K)
             e_s = tl.exp(tl.minimum(g_a[None, :] - b_G, 0.0))
             b_ys = pair_operand(b_k * e_s, PREC, LOW)
             e_rp = tl.exp(tl.minimum(b_Gp - g_a[None, :], 0.0))

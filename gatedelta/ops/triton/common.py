@@ -181,6 +181,28 @@ def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.
     return right, same, b_e
 
 
+# Rows per block of the sub-block kernels (TUNING["intra_sub"], TUNING["grad_sub"]).
+SUB = tl.constexpr(16)
+
+
+@triton.jit
+def sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV: tl.constexpr, K: tl.constexpr):
+    """Rows of the chunk's 16-row block ``i_b`` (``[16]``, their mask) and their G ``[16, BK]``."""
+    rows = row0 + i_b * SUB + o_s
+    m_r = rows < eos
+    m_rk = m_r[:, None] & m_k[None, :]
+    return rows, m_r, tl.load(G + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_rk, other=0)
+
+
+@triton.jit
+def anchor_row(G, row0, eos, i_b, i_hv, o_k, m_k, HV: tl.constexpr, K: tl.constexpr):
+    """G ``[BK]`` at the anchor of block ``i_b``'s pairs with earlier blocks: row ``16 i_b − 1``,
+    the last of the block before (a block past the sequence end reads the last row instead: its
+    own rows are all masked)."""
+    a_row = tl.minimum(row0 + i_b * SUB - 1, eos - 1)
+    return tl.load(G + (a_row * HV + i_hv) * K + o_k, mask=m_k, other=0)
+
+
 @triton.jit
 def pair_operand(a, PREC: tl.constexpr, LOW: tl.constexpr):
     """An fp32 operand of the pair split's products, rounded as :func:`pair_dot` will use it: to

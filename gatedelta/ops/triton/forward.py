@@ -25,7 +25,9 @@ import triton.language as tl
 from .common import (
     CHUNK,
     G_MIN,
+    SUB,
     TUNING,
+    anchor_row,
     chunk_rows,
     dot_precision,
     empty,
@@ -36,6 +38,7 @@ from .common import (
     pair_low,
     pair_matrices,
     prepare_chunks,
+    sub_rows,
 )
 
 
@@ -254,10 +257,6 @@ def chunk_intra_kernel(
             solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC_INV)
 
 
-# Rows per block of the sub-block intra kernel (TUNING["intra_sub"]).
-SUB = tl.constexpr(16)
-
-
 @triton.autotune(
     # local sm_90 compile (Triton 3.9): 186–246 registers, no stack (the [64, BK] form: 728 B)
     launch_configs((4, 8), (1, 2)),
@@ -283,24 +282,20 @@ def chunk_intra_sub_kernel(
     rows = row0 + i_b * SUB + o_s
     m_r = rows < eos
     p_out = (rows[:, None] * HV + i_hv) * BT + o_s[None, :]
-    # (a block past the sequence end reads the last row as its anchor: its own rows are masked)
-    a_row = tl.minimum(row0 + i_b * SUB - 1, eos - 1)
     for j_b in range(i_b):
         b_Mij = tl.zeros([SUB, SUB], dtype=tl.float32)
         b_Tij = tl.zeros([SUB, SUB], dtype=tl.float32)
-        rows_j = row0 + j_b * SUB + o_s
-        m_j = rows_j < eos
         for i_k in range(tl.cdiv(K, BK)):
             o_k = i_k * BK + tl.arange(0, BK)
             m_k = o_k < K
             m_rk = m_r[:, None] & m_k[None, :]
-            m_jk = m_j[:, None] & m_k[None, :]
-            g_a = tl.load(G + (a_row * HV + i_hv) * K + o_k, mask=m_k, other=0)
-            b_G = tl.load(G + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_rk, other=0)
+            g_a = anchor_row(G, row0, eos, i_b, i_hv, o_k, m_k, HV, K)
+            _, _, b_G = sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV, K)
             e_r = tl.exp(tl.minimum(b_G - g_a[None, :], 0.0))
             b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_rk, other=0).to(tl.float32)
             _, b_e = load_erase(k, b, rows, m_r, i_h, i_hv, o_k, m_rk, H, HV, K, ERASE)
-            b_Gj = tl.load(G + (rows_j[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_jk, other=0)
+            rows_j, m_j, b_Gj = sub_rows(G, row0, eos, j_b, i_hv, o_s, o_k, m_k, HV, K)
+            m_jk = m_j[:, None] & m_k[None, :]
             b_kj = tl.load(k + (rows_j[:, None] * H + i_h) * K + o_k[None, :], mask=m_jk, other=0)
             b_ys = tl.trans(b_kj.to(tl.float32) * tl.exp(tl.minimum(g_a[None, :] - b_Gj, 0.0)))
             b_Mij += pair_dot(b_q * e_r, b_ys, PREC, LOW)
@@ -316,7 +311,7 @@ def chunk_intra_sub_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_rk = m_r[:, None] & m_k[None, :]
-        b_G = tl.load(G + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_rk, other=0)
+        _, _, b_G = sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV, K)
         b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_rk, other=0).to(tl.float32)
         b_k, b_e = load_erase(k, b, rows, m_r, i_h, i_hv, o_k, m_rk, H, HV, K, ERASE)
         b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, row0 + i_b * SUB, eos, i_hv, o_s, o_k, m_k,
