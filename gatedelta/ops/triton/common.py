@@ -49,8 +49,8 @@ CHUNK = 64
 # grad_sub / intra_sub (untimed): per-channel decay's gradient and intra kernels one 16-row block
 # at a time (chunk_grad_sub_kernel with dM / dT from chunk_dmdt_kernel; chunk_intra_sub_kernel),
 # [16, BK] tiles instead of [64, BK].
-TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 32, "fuse_wu": (0, 1),
-          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": False,
+TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
+          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "grad_sub": False, "intra_sub": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
