@@ -26,8 +26,7 @@ FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve")
 # are autotuned by the kernels themselves)
 CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32, 64], "grad_bv": [16, 32, 64],
            "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32], "split_solve": [False, True],
-           "pair_bf16": [False, True], "pre_decayed_keys": [False, True],
-           "grad_sub": [False, True], "intra_sub": [False, True]}
+           "pair_bf16": [False, True], "pre_decayed_keys": [False, True]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:
@@ -67,9 +66,8 @@ def kernel_report() -> dict:
     from gatedelta.ops.triton import backward, forward
 
     report = {}
-    for kern in (forward.chunk_intra_kernel, forward.chunk_intra_sub_kernel, forward.chunk_wu_kernel,
-                 forward.chunk_state_kernel, forward.chunk_output_kernel, backward.chunk_state_bwd_kernel,
-                 backward.chunk_grad_kernel, backward.chunk_grad_sub_kernel, backward.chunk_dmdt_kernel):
+    for kern in (forward.chunk_intra_kernel, forward.chunk_wu_kernel, forward.chunk_state_kernel,
+                 forward.chunk_output_kernel, backward.chunk_state_bwd_kernel, backward.chunk_grad_kernel):
         name = kern.fn.__name__
         rep = {"chosen": [str(c) for c in getattr(kern, "cache", {}).values()], "compiled": []}
         try:

@@ -28,20 +28,15 @@ import triton.language as tl
 from .common import (
     CHUNK,
     G_MIN,
-    SUB,
     TUNING,
-    anchor_row,
     chunk_rows,
     dot_precision,
     empty,
     gate_form,
     launch_configs,
     pair_both,
-    pair_dot,
     pair_low,
-    pair_operand,
     prepare_chunks,
-    sub_rows,
 )
 from .forward import (
     _pow2,
@@ -211,11 +206,9 @@ def write_dv_dw(v, w, dv, dw, b_dY, p_tv, m_tv, o_row, m_t, i_hv, HV: tl.constex
 @triton.jit
 def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, m_k, write_dv,
                 HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FORM_D: tl.constexpr,
-                PREC: tl.constexpr):
-    """Phase 1 of the gradient kernel, the contractions over V of BT rows (a chunk, or one 16-row
-    block for :func:`chunk_grad_sub_kernel`): with FORM_D the ``[BT, BT]`` gradients
-    ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)`` (else zeros), the K block ``o_k``'s
+                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
+    """Phase 1 of the gradient kernel, the contractions over V of a chunk's BT rows: the
+    ``[BT, BT]`` gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``, the K block ``o_k``'s
     state-side terms ``dO S₀ᵀ``, ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[BT, BK]`` and (DECAY > 0)
     ``Σ_v S₀ ⊙ dS_C`` ``[BK]``. When write_dv, also dv and dw."""
     b_dM = tl.zeros([BT, BT], dtype=tl.float32)
@@ -233,10 +226,9 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_R = tl.load(R + p_tv, mask=m_tv, other=0)
         b_dY = tl.load(dY + p_tv, mask=m_tv, other=0)
-        if FORM_D:
-            b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
-            if ERASE > 0:
-                b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
+        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
+        if ERASE > 0:
+            b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
         m_kv = m_k[:, None] & m_v[None, :]
         b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
         b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
@@ -367,9 +359,10 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
 
 
 @triton.autotune(
-    # 4 warps spill 460–880 B (H200 sweep); capped at 128 registers: 1,792 B of stack instead of
-    # 800 B (local sm_90 compile), but two programs per SM
-    launch_configs((8,), (1, 2), (None, 128)),
+    # 4 warps spill 460–880 B (H200 sweep). A 128-register cap (two programs per SM, 1,792 B of
+    # stack) and a 16-row-block form (40–120 B of stack) were timed on the H200 and never won
+    # (2026-11-29): the spills are not what limits this kernel.
+    launch_configs((8,), (1, 2)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW"],
 )
 @triton.jit
@@ -396,200 +389,10 @@ def chunk_grad_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
         do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
-        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, True, PREC)
+        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
     grad_k_block(
         q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
         bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC)
-
-
-@triton.jit
-def sub_block_D(DM, rows, m_r, i_hv, j_b, o_s, factor, HV: tl.constexpr, BT: tl.constexpr,
-                PREC: tl.constexpr, LOW: tl.constexpr):
-    """Block ``(rows, j_b)`` ``[16, 16]`` of a chunk matrix stored like M (``[Ttot, HV, BT]``, row
-    r holds row r of its chunk), times ``factor``, rounded as a pair operand."""
-    p = (rows[:, None] * HV + i_hv) * BT + j_b * SUB + o_s[None, :]
-    return pair_operand(tl.load(DM + p, mask=m_r[:, None], other=0) * factor, PREC, LOW)
-
-
-@triton.autotune(
-    # local sm_90 compile (Triton 3.9): 255 registers and 40–120 B of stack at 4 or 8 warps (the
-    # [64, BK] form: 800 B); capped at 128 registers it spills 560–950 B
-    launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "ERASE", "WRITE", "LOW"],
-)
-@triton.jit
-def chunk_grad_sub_kernel(
-    q, k, v, g, b, w, G, R, h, do, dY, dh, DM, DT,
-    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
-    Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-):
-    """:func:`chunk_grad_kernel` for per-channel decay, one 16-row block at a time
-    (``TUNING["grad_sub"]``): every tile is ``[16, BK]`` or ``[16, 16]``, so a program needs a
-    fraction of the registers of the ``[64, BK]`` form (which spills at 255 on sm_90).
-
-    One program per (K block, chunk, value head), reading dM and dT from DM, DT
-    (:func:`chunk_dmdt_kernel`). For the rows of block i:
-
-    * pairs inside the block: :func:`pair_both` at 16 rows (its dyadic split, levels 8 … 1);
-    * pairs (r in i, s in an earlier block j): one product per (i, j), through the anchor row
-      ``a = 16 i − 1`` (``s ≤ a < r``): ``exp(G_r − G_s) = exp(G_r − G_a)·exp(G_a − G_s)``, both
-      factors ≤ 1; the same rounded operands serve the left side (dq, de of block i), the right
-      side (dk of block j, when j is the current block) and dG (see :func:`pair_both`);
-    * the state-side terms (:func:`grad_v_loop` on the block's rows), then dq, dk, db as in
-      :func:`grad_k_block`;
-    * dg: blocks last to first, each block's reverse cumulative sum plus the sum of the later
-      blocks.
-    """
-    i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_h = i_hv // (HV // H)
-    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    row0 = bos + i_c * BT
-    n_last = tl.minimum(eos - row0, BT) - 1  # last valid row of the chunk
-    i_last = row0 + n_last
-    p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
-    o_s = tl.arange(0, SUB)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    NB: tl.constexpr = BT // SUB
-    b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=m_k, other=0)
-    # dG at the last row takes the chunk-end decay's gradient: Σ_v S₀ ⊙ dS_C and Σ_r k̃_r ⊙ dK̃_r
-    b_dgc = tl.zeros([BK], dtype=tl.float32)
-    for i_v in range(tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_kv = m_k[:, None] & (o_v < V)[None, :]
-        b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-        b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-        b_dgc += tl.sum(b_h * b_dh, 1)
-    b_dGC = tl.exp(b_gl) * b_dgc
-    for i_pre in range(NB):
-        rows, m_r, b_G = sub_rows(G, row0, eos, i_pre, i_hv, o_s, o_k, m_k, HV, K)
-        m_rk = m_r[:, None] & m_k[None, :]
-        b_dKt = tl.zeros([SUB, BK], dtype=tl.float32)
-        for i_v in range(tl.cdiv(V, BV)):
-            o_v = i_v * BV + tl.arange(0, BV)
-            m_v = o_v < V
-            m_rv = m_r[:, None] & m_v[None, :]
-            b_R = tl.load(R + (rows[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_rv, other=0)
-            m_kv = m_k[:, None] & m_v[None, :]
-            b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0)
-            b_dKt += tl.dot(b_R, tl.trans(b_dh), input_precision=PREC)
-        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_rk, other=0).to(tl.float32)
-        b_dGC += tl.sum(b_k * tl.where(m_rk, tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), 0.0) * b_dKt, 0)
-
-    b_carry = tl.zeros([BK], dtype=tl.float32)  # Σ of dG over the blocks after the current one
-    for i_bb in range(NB):
-        i_b = NB - 1 - i_bb  # last block first: dg's carry
-        rows, m_r, b_G = sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV, K)
-        m_rk = m_r[:, None] & m_k[None, :]
-        b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_rk, other=0).to(tl.float32)
-        b_k, b_e = load_erase(k, b, rows, m_r, i_h, i_hv, o_k, m_rk, H, HV, K, ERASE)
-        # pairs inside the block
-        b_dl, b_dl2, b_dr, b_dG = pair_both(
-            sub_block_D(DM, rows, m_r, i_hv, i_b, o_s, scale, HV, BT, "ieee", 0),
-            sub_block_D(DT, rows, m_r, i_hv, i_b, o_s, 1.0, HV, BT, "ieee", 0) if ERASE > 0
-            else tl.zeros([SUB, SUB], dtype=tl.float32),
-            b_q, b_e, b_k, b_G, G, row0 + i_b * SUB, eos, i_hv, o_s, o_k, m_k, HV, K, SUB, ERASE > 0, PREC,
-            LOW)
-        # pairs (r in this block, s in an earlier one): the left side
-        if i_b > 0:
-            g_a = anchor_row(G, row0, eos, i_b, i_hv, o_k, m_k, HV, K)
-            e_r = tl.exp(tl.minimum(b_G - g_a[None, :], 0.0))
-            b_xr = pair_operand(b_q * e_r, PREC, LOW)
-            b_xr2 = pair_operand(b_e * e_r, PREC, LOW)
-            b_L = tl.zeros([SUB, BK], dtype=tl.float32)
-            b_L2 = tl.zeros([SUB, BK], dtype=tl.float32)
-            for j_b in range(i_b):
-                rows_j, m_j, b_Gj = sub_rows(G, row0, eos, j_b, i_hv, o_s, o_k, m_k, HV, K)
-                m_jk = m_j[:, None] & m_k[None, :]
-                b_kj = tl.load(k + (rows_j[:, None] * H + i_h) * K + o_k[None, :], mask=m_jk, other=0)
-                e_s = tl.exp(tl.minimum(g_a[None, :] - b_Gj, 0.0))
-                b_ys = pair_operand(b_kj.to(tl.float32) * e_s, PREC, LOW)
-                b_D = sub_block_D(DM, rows, m_r, i_hv, j_b, o_s, scale, HV, BT, PREC, LOW)
-                b_L += pair_dot(b_D, b_ys, PREC, LOW)
-                if ERASE > 0:
-                    b_L2 += pair_dot(sub_block_D(DT, rows, m_r, i_hv, j_b, o_s, 1.0, HV, BT, PREC, LOW), b_ys,
-                                     PREC, LOW)
-            b_dl += b_L * e_r
-            b_dG += b_xr.to(tl.float32) * b_L
-            if ERASE > 0:
-                b_dl2 += b_L2 * e_r
-                b_dG += b_xr2.to(tl.float32) * b_L2
-        # pairs (r in a later block, s in this one): the right side
-        for p_b in range(i_b + 1, NB):
-            rows_p, m_p, b_Gp = sub_rows(G, row0, eos, p_b, i_hv, o_s, o_k, m_k, HV, K)
-            m_pk = m_p[:, None] & m_k[None, :]
-            g_a = anchor_row(G, row0, eos, p_b, i_hv, o_k, m_k, HV, K)
-            e_s = tl.exp(tl.minimum(g_a[None, :] - b_G, 0.0))
-            b_ys = pair_operand(b_k * e_s, PREC, LOW)
-            e_rp = tl.exp(tl.minimum(b_Gp - g_a[None, :], 0.0))
-            b_qp = tl.load(q + (rows_p[:, None] * H + i_h) * K + o_k[None, :], mask=m_pk, other=0)
-            b_qp = b_qp.to(tl.float32)
-            b_kp, b_ep = load_erase(k, b, rows_p, m_p, i_h, i_hv, o_k, m_pk, H, HV, K, ERASE)
-            b_D = sub_block_D(DM, rows_p, m_p, i_hv, i_b, o_s, scale, HV, BT, PREC, LOW)
-            b_Rp = pair_dot(tl.trans(b_D), pair_operand(b_qp * e_rp, PREC, LOW), PREC, LOW)
-            if ERASE > 0:
-                b_D2 = sub_block_D(DT, rows_p, m_p, i_hv, i_b, o_s, 1.0, HV, BT, PREC, LOW)
-                b_Rp += pair_dot(tl.trans(b_D2), pair_operand(b_ep * e_rp, PREC, LOW), PREC, LOW)
-            b_dr += b_Rp * e_s
-            b_dG -= b_ys.to(tl.float32) * b_Rp
-        # the state-side terms, then dq, dk, de and dG as in grad_k_block
-        _, _, b_dqs, b_dEb, b_dKt, _ = grad_v_loop(
-            do, R, dY, h, dh, v, w, dv, dw, p_h, rows, m_r, o_s, i_hv, o_k, m_k, i_k == 0,
-            HV, V, SUB, BK, BV, 0, ERASE, WRITE, False, PREC)
-        b_gam = tl.exp(b_G)
-        b_dq0 = scale * b_gam * b_dqs
-        b_dq = b_dl + b_dq0
-        b_dG += b_q * b_dq0
-        b_dk = b_dr
-        b_de = b_dl2
-        if ERASE > 0:
-            b_de0 = -b_gam * b_dEb
-            b_de += b_de0
-            b_dG += b_e * b_de0
-        b_dk2 = tl.where(m_rk, tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), 0.0) * b_dKt
-        b_dk += b_dk2
-        b_dG -= b_k * b_dk2
-        b_dG += tl.where((rows == i_last)[:, None], b_dGC[None, :], 0.0)
-        p_rk = store_dq_dk_db(b, dq, dk, db, b_dq, b_dk, b_de, b_k, rows, m_r, m_rk, o_k, i_k, i_hv, Ttot,
-                              HV, K, ERASE)
-        # dg: reverse cumulative sum within the block plus the later blocks' total
-        b_dGm = tl.where(m_rk, b_dG, 0.0)
-        b_dg = tl.cumsum(b_dGm, 0, reverse=True) + b_carry[None, :]
-        b_carry += tl.sum(b_dGm, 0)
-        b_g = tl.load(g + p_rk, mask=m_rk, other=0)
-        tl.store(dg + p_rk, tl.where(b_g > G_MIN, b_dg, 0.0).to(dg.dtype.element_ty), mask=m_rk)
-
-
-@triton.autotune(
-    launch_configs((8,), (1, 2)),  # two [64, 64] fp32 accumulators: 4 warps spill (local sm_90 compile)
-    key=["HV", "V", "BV", "ERASE"],
-)
-@triton.jit
-def chunk_dmdt_kernel(do, R, dY, DM, DT, cu_seqlens, chunk_indices, HV: tl.constexpr, V: tl.constexpr,
-                      BT: tl.constexpr, BV: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr):
-    """One program per (chunk, value head): ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``
-    into DM, DT ``[Ttot, HV, BT]`` (row r holds row r of its chunk's matrix, like M), for
-    :func:`chunk_grad_sub_kernel`."""
-    i_t, i_hv = tl.program_id(0), tl.program_id(1)
-    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    b_dM = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < V)[None, :]
-        p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
-        b_R = tl.load(R + p_tv, mask=m_tv, other=0)
-        b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
-        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
-        if ERASE > 0:
-            b_dT += tl.dot(tl.load(dY + p_tv, mask=m_tv, other=0), tl.trans(b_R), input_precision=PREC)
-    b_dM, b_dT = pair_grads(b_dM, b_dT, o_t)
-    p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
-    tl.store(DM + p_tt, b_dM, mask=m_t[:, None])
-    if ERASE > 0:
-        tl.store(DT + p_tt, b_dT, mask=m_t[:, None])
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -641,25 +444,11 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)
         gates = (q if g is None else g, q if b is None else b, q if w is None else w)
         BV_grad = min(TUNING["grad_bv"], _pow2(V))
-        if DECAY == 2 and TUNING["grad_sub"]:
-            DM = empty((Ttot, HV, CHUNK), **f32)
-            DT = empty((Ttot, HV, CHUNK), **f32) if ERASE else DM
-            chunk_dmdt_kernel[(NT, HV)](
-                do, R, dY, DM, DT, cu, chunk_indices, HV=HV, V=V, BT=CHUNK, BV=min(64, _pow2(V)), ERASE=ERASE,
-                PREC=PREC,
-            )
-            chunk_grad_sub_kernel[(NK, NT, HV)](
-                q, k, v, *gates, G, R, h, do, dY, dh, DM, DT, *outs, cu, chunk_indices, scale, Ttot,
-                H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad, ERASE=ERASE, WRITE=WRITE,
-                LOW=pair_low(q.dtype), PREC=PREC,
-            )
-        else:
-            chunk_grad_kernel[(NK, NT, HV)](
-                q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale,
-                Ttot,
-                H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad,
-                DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
-            )
+        chunk_grad_kernel[(NK, NT, HV)](
+            q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale, Ttot,
+            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad,
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
+        )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
     if groups > 1:

@@ -42,35 +42,28 @@ CHUNK = 64
 # vs 3.6e-3 on the interpreter). Measured and removed (H200, 2026-11-29, code in git history):
 # the short levels batched as 16×16 products (pair_diag3d, −2 % f+b, then +8 % with the dG
 # accumulator) and dM / dT formed once per chunk by their own kernel (grad_pre_d, ±0.3 %).
-# pre_decayed_keys (untimed): per-channel decay's k̃ = exp(G_C − G) ⊙ k written once per chunk by
-# the W/U kernel (+512 B per token-head, transient) and read by the sequential kernels, instead of
-# formed by each of a head's value-block programs at every chunk step (Nsight Compute: those run
-# one warp per scheduler, so each step's time is its instruction count times their latency).
-# grad_sub / intra_sub (untimed): per-channel decay's gradient and intra kernels one 16-row block
-# at a time (chunk_grad_sub_kernel with dM / dT from chunk_dmdt_kernel; chunk_intra_sub_kernel),
-# [16, BK] tiles instead of [64, BK].
+# pre_decayed_keys: per-channel decay's k̃ = exp(G_C − G) ⊙ k (and for the backward γ ⊙ q, Ē)
+# written once per chunk by the W/U kernel (+512 B per token-head transient in the forward, 1.5 KB
+# in the backward) and read by the sequential kernels, instead of formed by each of a head's
+# value-block programs at every chunk step: gdn2 f+b 18.47 → 17.88 ms at 2k, 24.78 → 23.18 at 32k
+# (H200, 2026-11-29); off, the kernels form them (less memory). grad_bv 64: 17.86 → 17.25 ms at 2k.
+# Measured and removed the same day: the gradient and intra kernels in 16-row blocks (grad_sub:
+# ±0.3 %; intra_sub: +0.6 ms forward), although they spill almost nothing.
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
-          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
-          "grad_sub": False, "intra_sub": False}
+          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def launch_configs(
-    warps: tuple[int, ...], stages: tuple[int, ...], max_registers: tuple[int | None, ...] = (None,)
-) -> list[triton.Config]:
-    """Autotuning candidates (warps × software-pipeline stages × register caps); one under the
-    interpreter.
+def launch_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[triton.Config]:
+    """Autotuning candidates (warps × software-pipeline stages); one under the interpreter.
 
-    A register cap (``maxnreg``) of 128 lets two 8-warp programs share an SM instead of one at
-    255 registers, at the price of more spilling; Nsight Compute showed the intra and gradient
-    kernels at one program per SM, stalled on memory (12.5 % occupancy, H200, 2026-11-29), so
-    the autotuner times both. Every chunk kernel only stores (no accumulation into its outputs),
-    so re-running it while tuning is harmless.
+    Every chunk kernel only stores (no accumulation into its outputs), so re-running it while
+    tuning is harmless. A 128-register cap (``maxnreg``: two 8-warp programs per SM instead of one)
+    was among the intra and gradient kernels' candidates and never won on the H200 (2026-11-29).
     """
     if INTERPRET:
         return [triton.Config({}, num_warps=4, num_stages=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s, maxnreg=r) for w in warps for s in stages
-            for r in max_registers]
+    return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
 
 
 # Debug mode (tests): fill every kernel output with NaN before the kernels write it, so an element
@@ -181,28 +174,6 @@ def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.
     return right, same, b_e
 
 
-# Rows per block of the sub-block kernels (TUNING["intra_sub"], TUNING["grad_sub"]).
-SUB = tl.constexpr(16)
-
-
-@triton.jit
-def sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV: tl.constexpr, K: tl.constexpr):
-    """Rows of the chunk's 16-row block ``i_b`` (``[16]``, their mask) and their G ``[16, BK]``."""
-    rows = row0 + i_b * SUB + o_s
-    m_r = rows < eos
-    m_rk = m_r[:, None] & m_k[None, :]
-    return rows, m_r, tl.load(G + (rows[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_rk, other=0)
-
-
-@triton.jit
-def anchor_row(G, row0, eos, i_b, i_hv, o_k, m_k, HV: tl.constexpr, K: tl.constexpr):
-    """G ``[BK]`` at the anchor of block ``i_b``'s pairs with earlier blocks: row ``16 i_b − 1``,
-    the last of the block before (a block past the sequence end reads the last row instead: its
-    own rows are all masked)."""
-    a_row = tl.minimum(row0 + i_b * SUB - 1, eos - 1)
-    return tl.load(G + (a_row * HV + i_hv) * K + o_k, mask=m_k, other=0)
-
-
 @triton.jit
 def pair_operand(a, PREC: tl.constexpr, LOW: tl.constexpr):
     """An fp32 operand of the pair split's products, rounded as :func:`pair_dot` will use it: to
@@ -245,14 +216,13 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
     exactly one level ``h ∈ {BT/2, …, 1}``, the one at which r and s fall in the right and left
     halves of the same block of ``2h`` rows. Through that block's anchor row c (``s ≤ c < r``),
     ``exp(G_r − G_s) = exp(G_r − G_c)·exp(G_c − G_s)``, so each level is one matrix product of
-    scaled rows, masked to pairs in one block: log₂ BT products and no per-pair loop. ``BT`` is a
-    chunk (64) or one 16-row block of it (``row0`` its first row; the sub-block intra kernel,
-    :func:`gatedelta.ops.triton.forward.chunk_intra_sub_kernel`).
+    scaled rows, masked to pairs in one block: log₂ BT products and no per-pair loop. ``row0`` is
+    the chunk's first row.
     """
-    tl.static_assert(BT == 64 or BT == 16)
+    tl.static_assert(BT == 64)  # six levels
     b_P = tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
     b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
-    for lvl in tl.static_range(6 if BT == 64 else 4):
+    for lvl in tl.static_range(6):
         right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, (BT // 2) >> lvl, HV, K)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
@@ -285,11 +255,9 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     the cancellation leaves standing (H200, bf16 inputs: dg 4.30e-3 → 3.77e-3 with tf32 products;
     interpreter with bf16 operands: 1.6e-2 → 7.9e-3).
 
-    ``BT`` is a chunk (64) or one 16-row block of it (:func:`chunk_grad_sub_kernel`'s diagonal
-    blocks; ``row0`` is then the block's first row).
 
     Returns ``(left, left2, right, dG)``."""
-    tl.static_assert(BT == 64 or BT == 16)
+    tl.static_assert(BT == 64)  # six levels
     eye = o_t[:, None] == o_t[None, :]
     b_diag = tl.where(eye, b_D, 0.0)
     b_diag2 = tl.where(eye, b_D2, 0.0)
@@ -297,7 +265,7 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     b_l2 = tl.sum(b_diag2, 1)[:, None] * b_y
     b_r = tl.sum(b_diag, 0)[:, None] * b_x + tl.sum(b_diag2, 0)[:, None] * b_x2
     b_dG = tl.zeros(b_x.shape, dtype=tl.float32)
-    for lvl in tl.static_range(6 if BT == 64 else 4):
+    for lvl in tl.static_range(6):
         right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, (BT // 2) >> lvl, HV, K)
         b_Ds = pair_operand(tl.where(same, b_D, 0.0), PREC, LOW)
         b_ys = pair_operand(tl.where(right[:, None], 0.0, b_y * b_e), PREC, LOW)

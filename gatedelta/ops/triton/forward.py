@@ -25,20 +25,16 @@ import triton.language as tl
 from .common import (
     CHUNK,
     G_MIN,
-    SUB,
     TUNING,
-    anchor_row,
     chunk_rows,
     dot_precision,
     empty,
     gate_form,
     inverse_precision,
     launch_configs,
-    pair_dot,
     pair_low,
     pair_matrices,
     prepare_chunks,
-    sub_rows,
 )
 
 
@@ -204,9 +200,9 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
 
 
 @triton.autotune(
-    # 4 warps spill ~250 B (H200 sweep, tune_gdn2_h200.json); capped at 128 registers: 1,152 B of
-    # stack instead of 728 B (local sm_90 compile), but two programs per SM
-    launch_configs((8,), (1, 2), (None, 128)),
+    # 4 warps spill ~250 B (H200 sweep, tune_gdn2_h200.json). A 128-register cap (two programs
+    # per SM) and a 16-row-block form without stack were timed on the H200 and lost (2026-11-29).
+    launch_configs((8,), (1, 2)),
     key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE"],
 )
 @triton.jit
@@ -255,78 +251,6 @@ def chunk_intra_kernel(
         if not SPLIT_SOLVE:
             tl.debug_barrier()
             solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC_INV)
-
-
-@triton.autotune(
-    # local sm_90 compile (Triton 3.9): 186–246 registers, no stack (the [64, BK] form: 728 B)
-    launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "BK", "ERASE", "LOW"],
-)
-@triton.jit
-def chunk_intra_sub_kernel(
-    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale,
-    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    ERASE: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-):
-    """:func:`chunk_intra_kernel` for per-channel decay, one 16-row block of M and T per program
-    (``TUNING["intra_sub"]``): grid (BT / 16 row blocks, chunks, value heads). Block (i, j < i)
-    is one product per K block through the anchor row ``a = 16 i − 1`` (``s ≤ a < r``, both
-    factors ``exp(G_r − G_a)``, ``exp(G_a − G_s)`` ≤ 1); the diagonal block is
-    :func:`pair_matrices` at 16 rows; the blocks above it are written as zeros. T goes to A
-    unsolved: :func:`chunk_solve_kernel` inverts it."""
-    i_b, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_h = i_hv // (HV // H)
-    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    row0 = bos + i_c * BT
-    o_s = tl.arange(0, SUB)
-    rows = row0 + i_b * SUB + o_s
-    m_r = rows < eos
-    p_out = (rows[:, None] * HV + i_hv) * BT + o_s[None, :]
-    for j_b in range(i_b):
-        b_Mij = tl.zeros([SUB, SUB], dtype=tl.float32)
-        b_Tij = tl.zeros([SUB, SUB], dtype=tl.float32)
-        for i_k in range(tl.cdiv(K, BK)):
-            o_k = i_k * BK + tl.arange(0, BK)
-            m_k = o_k < K
-            m_rk = m_r[:, None] & m_k[None, :]
-            g_a = anchor_row(G, row0, eos, i_b, i_hv, o_k, m_k, HV, K)
-            _, _, b_G = sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV, K)
-            e_r = tl.exp(tl.minimum(b_G - g_a[None, :], 0.0))
-            b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_rk, other=0).to(tl.float32)
-            _, b_e = load_erase(k, b, rows, m_r, i_h, i_hv, o_k, m_rk, H, HV, K, ERASE)
-            rows_j, m_j, b_Gj = sub_rows(G, row0, eos, j_b, i_hv, o_s, o_k, m_k, HV, K)
-            m_jk = m_j[:, None] & m_k[None, :]
-            b_kj = tl.load(k + (rows_j[:, None] * H + i_h) * K + o_k[None, :], mask=m_jk, other=0)
-            b_ys = tl.trans(b_kj.to(tl.float32) * tl.exp(tl.minimum(g_a[None, :] - b_Gj, 0.0)))
-            b_Mij += pair_dot(b_q * e_r, b_ys, PREC, LOW)
-            if ERASE > 0:
-                b_Tij += pair_dot(b_e * e_r, b_ys, PREC, LOW)
-        tl.store(M + p_out + j_b * SUB, b_Mij * scale, mask=m_r[:, None])
-        if ERASE > 0:
-            tl.store(A + p_out + j_b * SUB, b_Tij, mask=m_r[:, None])
-    # the diagonal block
-    b_Mii = tl.zeros([SUB, SUB], dtype=tl.float32)
-    b_Tii = tl.zeros([SUB, SUB], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        m_rk = m_r[:, None] & m_k[None, :]
-        _, _, b_G = sub_rows(G, row0, eos, i_b, i_hv, o_s, o_k, m_k, HV, K)
-        b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_rk, other=0).to(tl.float32)
-        b_k, b_e = load_erase(k, b, rows, m_r, i_h, i_hv, o_k, m_rk, H, HV, K, ERASE)
-        b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, row0 + i_b * SUB, eos, i_hv, o_s, o_k, m_k,
-                                   HV, K, SUB, ERASE > 0, PREC, LOW)
-        b_Mii += b_Mk
-        b_Tii += b_Tk
-    b_Mii = tl.where(o_s[:, None] >= o_s[None, :], b_Mii * scale, 0.0)
-    tl.store(M + p_out + i_b * SUB, b_Mii, mask=m_r[:, None])
-    if ERASE > 0:
-        tl.store(A + p_out + i_b * SUB, tl.where(o_s[:, None] > o_s[None, :], b_Tii, 0.0), mask=m_r[:, None])
-    # the blocks above the diagonal
-    for j_b in range(i_b + 1, BT // SUB):
-        tl.store(M + p_out + j_b * SUB, tl.zeros([SUB, SUB], dtype=tl.float32), mask=m_r[:, None])
-        if ERASE > 0:
-            tl.store(A + p_out + j_b * SUB, tl.zeros([SUB, SUB], dtype=tl.float32), mask=m_r[:, None])
 
 
 @triton.jit
@@ -617,16 +541,6 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     f32 = dict(dtype=torch.float32, device=q.device)
     M = empty((Ttot, HV, CHUNK), **f32)
     A = empty((Ttot, HV, CHUNK), **f32) if ERASE else None  # also the scratch of the inverse
-    if DECAY == 2 and TUNING["intra_sub"]:
-        chunk_intra_sub_kernel[(CHUNK // 16, NT, HV)](
-            q, k, q if b is None else b, G, M, M if A is None else A, cu, chunk_indices, scale,
-            H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk"], _pow2(K)), ERASE=ERASE,
-            PREC=dot_precision(q.dtype), LOW=pair_low(q.dtype),
-        )
-        if ERASE:
-            chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK,
-                                         PREC=inverse_precision(q.dtype), num_warps=2)
-        return M, A
     chunk_intra_kernel[(NT, HV)](
         q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
         cu, chunk_indices, scale,
