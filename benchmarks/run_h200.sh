@@ -7,6 +7,7 @@
 #   bash benchmarks/run_h200.sh next     # next session: maxnreg picks, pre_decayed_keys, grad_sub, intra_sub at 2k
 #   bash benchmarks/run_h200.sh next32k  # next session: the same at 32k, then 16-wide tiles
 #   bash benchmarks/run_h200.sh ncu      # next session: ncu per-line stalls of the gradient and sequential kernels
+#   bash benchmarks/run_h200.sh final    # 2026-11-29 late: block widths on the new defaults; ncu per-line export
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -73,6 +74,18 @@ ncu)
             python3 benchmarks/ncu_kernels.py --T $T > $OUT/ncu_src_gdn2_$T.txt 2>&1
         grep -c "Profiling" $OUT/ncu_src_gdn2_$T.txt
     done ;;
+final)
+    # block widths again now that pre_decayed_keys is on and the gradient V block is 64
+    timeout 190 python3 benchmarks/tune_kernels.py --op gdn2 --keys grad_bv grad_bk state_bv_min output_bk \
+        --out $OUT/tune_2k.json
+    timeout 70 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys state_bv_min --out $OUT/tune_32k.json
+    # the gradient kernel's per-source-line counters (stall samples, sectors), exported as CSV
+    timeout 90 ncu --nvtx --nvtx-include "prof/" --clock-control none --section SourceCounters \
+        --section WarpStateStats --import-source yes -k regex:chunk_grad_kernel -c 1 -o $OUT/grad \
+        python3 benchmarks/ncu_kernels.py --T 2048 > $OUT/ncu_grad_log.txt 2>&1
+    timeout 40 ncu --import $OUT/grad.ncu-rep --page source --csv --print-source cuda,sass 2>&1 \
+        | head -c 20000000 > $OUT/ncu_grad_source.csv
+    rm -f $OUT/grad.ncu-rep; ls -la $OUT ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)
@@ -82,5 +95,5 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|fla|models"; exit 2 ;;
 esac

@@ -24,7 +24,7 @@ from gatedelta.ops.triton.common import TUNING
 FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve")
 # values tried for each entry; the current default of each is skipped (warps and pipeline stages
 # are autotuned by the kernels themselves)
-CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32, 64], "grad_bv": [16, 32, 64],
+CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32, 64], "grad_bv": [16, 32, 64, 128],
            "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32], "split_solve": [False, True],
            "pair_bf16": [False, True], "pre_decayed_keys": [False, True]}
 
