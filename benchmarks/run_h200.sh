@@ -8,6 +8,7 @@
 #   bash benchmarks/run_h200.sh next32k  # next session: the same at 32k, then 16-wide tiles
 #   bash benchmarks/run_h200.sh ncu      # next session: ncu per-line stalls of the gradient and sequential kernels
 #   bash benchmarks/run_h200.sh final    # 2026-11-29 late: block widths on the new defaults; ncu per-line export
+#   bash benchmarks/run_h200.sh stack    # next session: the pair_stack switch at 2k and 32k, accuracy, check
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -86,6 +87,13 @@ final)
     timeout 40 ncu --import $OUT/grad.ncu-rep --page source --csv --print-source cuda,sass 2>&1 \
         | head -c 20000000 > $OUT/ncu_grad_source.csv
     rm -f $OUT/grad.ncu-rep; ls -la $OUT ;;
+stack)
+    # built 2026-11-29 late, untimed: the gradient kernel's two right-hand pair products of a level
+    # as one product over 2·BT (local sm_90 compile: shared loads 681 -> 273, barriers 137 -> 113)
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys pair_stack --out $OUT/tune_2k.json
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pair_stack --out $OUT/tune_32k.json
+    timeout 60 $K accuracy --tag h200-stack --tuning pair_stack=True
+    timeout 100 $K check --ops gdn2 kda --tag h200-stack --tuning pair_stack=True ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)
@@ -95,5 +103,5 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|stack|fla|models"; exit 2 ;;
 esac

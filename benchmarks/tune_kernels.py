@@ -24,9 +24,11 @@ from gatedelta.ops.triton.common import TUNING
 FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve")
 # values tried for each entry; the current default of each is skipped (warps and pipeline stages
 # are autotuned by the kernels themselves)
-CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32, 64], "grad_bv": [16, 32, 64, 128],
-           "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32], "split_solve": [False, True],
-           "pair_bf16": [False, True], "pre_decayed_keys": [False, True]}
+CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32, 64],
+           "grad_bv": [16, 32, 64, 128], "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32],
+           "split_solve": [False, True],
+           "pair_bf16": [False, True], "pre_decayed_keys": [False, True],
+           "pair_stack": [False, True]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:

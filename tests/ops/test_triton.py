@@ -72,7 +72,8 @@ def test_forward_backward_every_op(op):
 # flipped value: fuse_wu forms R = A (Z − Ē S₀) in the state kernel for the listed decay forms (else
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
-# per-channel decayed keys for the sequential kernels (else they form them). pair_bf16 only acts on
+# per-channel decayed keys for the sequential kernels (else they form them); pair_stack sums the
+# gradient kernel's two right-hand pair products of a level as one product. pair_bf16 only acts on
 # 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
@@ -80,12 +81,12 @@ def _flipped(name: str, value: object) -> object:
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "pair_stack")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
-                         + [("gdn", SWITCHES), ("delta_rule", SWITCHES), ("kda", ("pre_decayed_keys",)),
-                            ("gla", ("pre_decayed_keys",))])
+                         + [("gdn", SWITCHES), ("delta_rule", SWITCHES),
+                            ("kda", ("pre_decayed_keys", "pair_stack")), ("gla", ("pre_decayed_keys",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
     # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), and
     # the per-channel-decay switch for kda (a per-head erase gate) and gla (no erase gate)
@@ -111,8 +112,9 @@ def test_bf16_inputs_with_and_without_bf16_pair_products(pair_bf16, monkeypatch)
     _compare("gdn2", args, s0.float(), tol=2e-2)
 
 
+@pytest.mark.parametrize("pair_stack", [False, True])
 @pytest.mark.parametrize("precision", ["bf16", "tf32"])
-def test_dg_cancels_with_rounded_pair_operands(precision, monkeypatch):
+def test_dg_cancels_with_rounded_pair_operands(precision, pair_stack, monkeypatch):
     # dg is a reverse cumulative sum of x⊙left − y⊙right, in which every pair inside [t, BT)
     # cancels. The pair products run on rounded operands (bf16 with pair_bf16; tf32 on a GPU);
     # the kernel forms dG from the same rounded values, so the cancellation stays exact. With
@@ -121,6 +123,7 @@ def test_dg_cancels_with_rounded_pair_operands(precision, monkeypatch):
     # operand rounding itself.
     from gatedelta.ops.triton import backward, common, forward
 
+    monkeypatch.setitem(common.TUNING, "pair_stack", pair_stack)
     if precision == "bf16":
         monkeypatch.setitem(common.TUNING, "pair_bf16", True)
     else:
@@ -188,7 +191,7 @@ def test_varlen_matches_reference():
     _compare("gdn2", args, s0, cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",)])
+@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",), ("pair_stack",)])
 @pytest.mark.parametrize("value", [float("-inf"), -50.0])
 def test_extreme_gates_are_finite_and_exact(value, flip, monkeypatch):
     # each pairwise factor of the pair split must stay ≤ 1 (a -50 gate inside a 16-row block

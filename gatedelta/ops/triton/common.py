@@ -49,8 +49,14 @@ CHUNK = 64
 # (H200, 2026-11-29); off, the kernels form them (less memory). grad_bv 64: 17.86 → 17.25 ms at 2k.
 # Measured and removed the same day: the gradient and intra kernels in 16-row blocks (grad_sub:
 # ±0.3 %; intra_sub: +0.6 ms forward), although they spill almost nothing.
+# pair_stack (untimed): the gradient kernel's two right-hand pair products of a level as one
+# product over 2·BT ([Dᵀ | D2ᵀ] @ [x; x2]); per-line profiling put ~37 % of its stall samples on
+# the pair products' wgmma round trips. Local sm_90 compile (Triton 3.9, 8 warps, 2 stages, the
+# autotuner's pick for the default): SASS 9,544 → 9,088 instructions, shared loads 681 → 273,
+# shared stores 451 → 403, barriers 137 → 113, stack 928 → 976 B; MMA instructions unchanged.
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
-          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True}
+          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
+          "pair_stack": False}
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -235,7 +241,8 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
 
 @triton.jit
 def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
-              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
+              STACK: tl.constexpr):
     """The pairwise products of the gradient kernel, for D and (when TWO) D2 lower-triangular
     ``[BT, BT]`` and x, x2, y ``[BT, BK]``, with ``ρ_rsk = exp(G[r,k] − G[s,k])``:
 
@@ -270,20 +277,35 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
         b_Ds = pair_operand(tl.where(same, b_D, 0.0), PREC, LOW)
         b_ys = pair_operand(tl.where(right[:, None], 0.0, b_y * b_e), PREC, LOW)
         b_xr = pair_operand(tl.where(right[:, None], b_x * b_e, 0.0), PREC, LOW)
-        # xr is zero on left rows and ys on right rows: dG needs no mask
-        b_L = pair_dot(b_Ds, b_ys, PREC, LOW)
-        b_l += tl.where(right[:, None], b_L * b_e, 0.0)
-        b_dG += b_xr.to(tl.float32) * b_L
-        b_R = pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
-        b_r += tl.where(right[:, None], 0.0, b_R * b_e)
-        b_dG -= b_ys.to(tl.float32) * b_R
-        if TWO:
+        if TWO and STACK:
             b_D2s = pair_operand(tl.where(same, b_D2, 0.0), PREC, LOW)
             b_xr2 = pair_operand(tl.where(right[:, None], b_x2 * b_e, 0.0), PREC, LOW)
+            b_L = pair_dot(b_Ds, b_ys, PREC, LOW)
             b_L2 = pair_dot(b_D2s, b_ys, PREC, LOW)
+            # right = [Dsᵀ | D2sᵀ] @ [xr; xr2]: one product over 2·BT instead of two over BT (the
+            # contraction index is 2 r + c in both operands, c picking D or D2)
+            b_DT = tl.reshape(tl.join(tl.trans(b_Ds), tl.trans(b_D2s)), (BT, 2 * BT))
+            b_XX = tl.reshape(tl.permute(tl.join(b_xr, b_xr2), (0, 2, 1)), (2 * BT, b_xr.shape[1]))
+            b_R = pair_dot(b_DT, b_XX, PREC, LOW)
+            b_l += tl.where(right[:, None], b_L * b_e, 0.0)
             b_l2 += tl.where(right[:, None], b_L2 * b_e, 0.0)
-            b_dG += b_xr2.to(tl.float32) * b_L2
-            b_R2 = pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
-            b_r += tl.where(right[:, None], 0.0, b_R2 * b_e)
-            b_dG -= b_ys.to(tl.float32) * b_R2
+            b_r += tl.where(right[:, None], 0.0, b_R * b_e)
+            b_dG += b_xr.to(tl.float32) * b_L + b_xr2.to(tl.float32) * b_L2 - b_ys.to(tl.float32) * b_R
+        else:
+            # xr is zero on left rows and ys on right rows: dG needs no mask
+            b_L = pair_dot(b_Ds, b_ys, PREC, LOW)
+            b_l += tl.where(right[:, None], b_L * b_e, 0.0)
+            b_dG += b_xr.to(tl.float32) * b_L
+            b_R = pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
+            b_r += tl.where(right[:, None], 0.0, b_R * b_e)
+            b_dG -= b_ys.to(tl.float32) * b_R
+            if TWO:
+                b_D2s = pair_operand(tl.where(same, b_D2, 0.0), PREC, LOW)
+                b_xr2 = pair_operand(tl.where(right[:, None], b_x2 * b_e, 0.0), PREC, LOW)
+                b_L2 = pair_dot(b_D2s, b_ys, PREC, LOW)
+                b_l2 += tl.where(right[:, None], b_L2 * b_e, 0.0)
+                b_dG += b_xr2.to(tl.float32) * b_L2
+                b_R2 = pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
+                b_r += tl.where(right[:, None], 0.0, b_R2 * b_e)
+                b_dG -= b_ys.to(tl.float32) * b_R2
     return b_l, b_l2, b_r, b_dG
