@@ -263,6 +263,9 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     interpreter with bf16 operands: 1.6e-2 → 7.9e-3).
 
 
+    STACK (``TUNING["pair_stack"]``, with TWO): a level's two right-hand products as one product
+    over 2·BT, ``[Dᵀ | D2ᵀ] @ [x; x2]``, one wgmma round trip instead of two.
+
     Returns ``(left, left2, right, dG)``."""
     tl.static_assert(BT == 64)  # six levels
     eye = o_t[:, None] == o_t[None, :]
