@@ -9,6 +9,8 @@
 #   bash benchmarks/run_h200.sh ncu      # next session: ncu per-line stalls of the gradient and sequential kernels
 #   bash benchmarks/run_h200.sh final    # 2026-11-29 late: block widths on the new defaults; ncu per-line export
 #   bash benchmarks/run_h200.sh stack    # next session: the pair_stack switch at 2k and 32k, accuracy, check
+#   bash benchmarks/run_h200.sh scratch  # bf16 intermediates (storage, state-side operands), 64-wide state blocks
+#   bash benchmarks/run_h200.sh scratch32k  # the same at 32k; combinations at 2k; bf16 check
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -94,6 +96,23 @@ stack)
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pair_stack --out $OUT/tune_32k.json
     timeout 60 $K accuracy --tag h200-stack --tuning pair_stack=True
     timeout 100 $K check --ops gdn2 kda --tag h200-stack --tuning pair_stack=True ;;
+scratch)
+    # built 2026-11-29 night, untimed: bf16 storage of W, the decayed keys, γ⊙q, Ē and the per-chunk
+    # states h / dh (interpreter, T = 512: forward error 4.78e-3 -> 4.80e-3; U, R, dY stay fp32, they
+    # cost 50 %); bf16 operands of the state-side products; the state kernels' 64-wide value block;
+    # pair_stack (built the session before)
+    S="scratch_bf16=('W','KD','QG','EG','h','dh')"
+    timeout 300 python3 benchmarks/tune_kernels.py --op gdn2 --keys scratch_bf16 seq_bf16 pair_stack state_bv_max \
+        --out $OUT/tune_2k.json
+    timeout 70 $K accuracy --tag h200-scratch --tuning "$S"
+    timeout 70 $K accuracy --tag h200-scratch-seq --tuning "$S" seq_bf16=True ;;
+scratch32k)
+    S="scratch_bf16=('W','KD','QG','EG','h','dh')"
+    timeout 250 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys scratch_bf16 seq_bf16 state_bv_max \
+        --out $OUT/tune_32k.json
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --set "$S" --keys seq_bf16 pair_stack state_bv_max \
+        --out $OUT/tune_2k_scratch.json
+    timeout 100 $K check --ops gdn2 kda gdn --tag h200-scratch --tuning "$S" seq_bf16=True ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)
@@ -103,5 +122,5 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|stack|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|stack|scratch|scratch32k|fla|models"; exit 2 ;;
 esac

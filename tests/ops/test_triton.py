@@ -99,17 +99,39 @@ def test_alternative_kernel_paths(op, flip, monkeypatch):
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("pair_bf16", [False, True])
-def test_bf16_inputs_with_and_without_bf16_pair_products(pair_bf16, monkeypatch):
-    # bf16 inputs (the switch's only users) vs the fp64 reference fed the same rounded inputs: the
-    # bf16 output rounding alone is ~2e-3; fp32 inputs never take bf16 operands. (The interpreter
-    # runs the bf16 products as bf16-rounded operands multiplied in fp32: the same numbers.)
+# The 16-bit-only switches: bf16 operands of the pair products (pair_bf16), bf16 storage of the
+# sequential pass's intermediates (scratch_bf16: all of them here, also those kept fp32 by default
+# for accuracy) and bf16 operands of the products that read the state side (seq_bf16).
+LOW_SWITCHES = [(), ("pair_bf16",), ("scratch_bf16",), ("scratch_bf16", "seq_bf16"), ("seq_bf16",)]
+
+
+@pytest.mark.parametrize("op", ["gdn2", "gdn"])
+@pytest.mark.parametrize("switches", LOW_SWITCHES)
+def test_bf16_inputs_with_and_without_bf16_intermediates(op, switches, monkeypatch):
+    # bf16 inputs (the switches' only users) vs the fp64 reference fed the same rounded inputs: the
+    # bf16 output rounding alone is ~2e-3; fp32 inputs never take bf16 operands or storage. (The
+    # interpreter runs the bf16 products as bf16-rounded operands multiplied in fp32: the same
+    # numbers.)
     from gatedelta.ops.triton import common
 
-    monkeypatch.setitem(common.TUNING, "pair_bf16", pair_bf16)
-    assert bool(common.pair_low(torch.bfloat16)) is pair_bf16 and common.pair_low(torch.float32) == 0
-    args, s0 = make_inputs("gdn2", B=1, T=75, H=1, G=2, K=32, V=16, dtype=torch.bfloat16)
-    _compare("gdn2", args, s0.float(), tol=2e-2)
+    monkeypatch.setitem(common.TUNING, "scratch_bf16", common.SCRATCH if "scratch_bf16" in switches else ())
+    for name in ("pair_bf16", "seq_bf16"):
+        monkeypatch.setitem(common.TUNING, name, name in switches)
+    assert bool(common.pair_low(torch.bfloat16)) is ("pair_bf16" in switches)
+    assert bool(common.seq_low(torch.bfloat16)) is ("seq_bf16" in switches)
+    for name in common.SCRATCH:
+        assert (common.scratch_dtype(torch.bfloat16, name) == torch.bfloat16) is ("scratch_bf16" in switches)
+        assert common.scratch_dtype(torch.float32, name) == torch.float32
+    assert common.pair_low(torch.float32) == common.seq_low(torch.float32) == 0
+    args, s0 = make_inputs(op, B=1, T=75, H=1, G=2, K=32, V=16, dtype=torch.bfloat16)
+    _compare(op, args, s0.float(), tol=2e-2)
+
+
+def test_scratch_names_are_checked():
+    from gatedelta.ops.triton import common
+
+    with pytest.raises(ValueError, match="scratch name"):
+        common.scratch_dtype(torch.bfloat16, "S")
 
 
 @pytest.mark.parametrize("pair_stack", [False, True])

@@ -54,9 +54,19 @@ CHUNK = 64
 # the pair products' wgmma round trips. Local sm_90 compile (Triton 3.9, 8 warps, 2 stages, the
 # autotuner's pick for the default): SASS 9,544 → 9,088 instructions, shared loads 681 → 273,
 # shared stores 451 → 403, barriers 137 → 113, stack 928 → 976 B; MMA instructions unchanged.
+# scratch_bf16 (untimed): for 16-bit inputs, the intermediates that cross kernels in the forward's
+# sequential pass and the backward (W, U, the decayed keys, γ ⊙ q, Ē, the per-chunk states h and
+# dh, R and dY) stored as bf16 instead of fp32, products still from fp32 values (tf32). The state
+# kernel re-reads W and the decayed keys (2 × 512 B per token-head in fp32) in every value-block
+# program at every chunk, so it moves bytes more than it multiplies. seq_bf16 (untimed): the
+# products that read those intermediates (state, output, state backward, the gradient kernel's V
+# loop) from bf16 operands, fp32 accumulation, as FLA does; the (I + T)⁻¹ and M products keep PREC.
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
-          "pair_stack": False}
+          "pair_stack": False, "scratch_bf16": (), "seq_bf16": False,
+          "state_bv_max": 32}
+# The intermediates TUNING["scratch_bf16"] may list.
+SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -92,13 +102,34 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def pair_low(dtype: torch.dtype) -> int:
-    """Operands of the pair split's products (:func:`pair_dot`): 0 = fp32; 1 = bf16 (2 under the
-    interpreter), only for 16-bit inputs, whose own rounding is as coarse, and only when
-    ``TUNING["pair_bf16"]``."""
-    if not (TUNING["pair_bf16"] and dtype in (torch.bfloat16, torch.float16)):
+def _low(switch: str, dtype: torch.dtype) -> int:
+    if not (TUNING[switch] and dtype in (torch.bfloat16, torch.float16)):
         return 0
     return 2 if INTERPRET else 1
+
+
+def pair_low(dtype: torch.dtype) -> int:
+    """Operands of the pair split's products (:func:`mixed_dot`): 0 = fp32; 1 = bf16 (2 under the
+    interpreter), only for 16-bit inputs, whose own rounding is as coarse, and only when
+    ``TUNING["pair_bf16"]``."""
+    return _low("pair_bf16", dtype)
+
+
+def seq_low(dtype: torch.dtype) -> int:
+    """Operands of the products that read the sequential pass's intermediates (state, output,
+    state backward, the gradient kernel's V loop), as :func:`pair_low` for ``TUNING["seq_bf16"]``."""
+    return _low("seq_bf16", dtype)
+
+
+def scratch_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
+    """Storage dtype of the intermediate ``name`` (one of :data:`SCRATCH`) passed between the
+    sequential kernels and the rest: bf16 for 16-bit inputs when ``TUNING["scratch_bf16"]`` lists
+    it, else fp32. Kernels load them with ``.to(tl.float32)``; stores convert to the buffer's dtype."""
+    if name not in SCRATCH:
+        raise ValueError(f"scratch name {name!r} not in {SCRATCH}")
+    if name in TUNING["scratch_bf16"] and dtype in (torch.bfloat16, torch.float16):
+        return torch.bfloat16
+    return torch.float32
 
 
 def inverse_precision(dtype: torch.dtype) -> str:
@@ -182,7 +213,7 @@ def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.
 
 @triton.jit
 def pair_operand(a, PREC: tl.constexpr, LOW: tl.constexpr):
-    """An fp32 operand of the pair split's products, rounded as :func:`pair_dot` will use it: to
+    """An fp32 operand of the pair split's products, rounded as :func:`mixed_dot` will use it: to
     bf16 (LOW = 1: a bf16 tile; LOW = 2: bf16 values in fp32), to tf32 (round to nearest, ties
     away, like ``cvt.rna.tf32.f32``) for ``PREC == "tf32"``, else unchanged. Rounding once,
     before the product, lets :func:`pair_both` reuse the exact values the tensor cores saw."""
@@ -198,7 +229,7 @@ def pair_operand(a, PREC: tl.constexpr, LOW: tl.constexpr):
 
 
 @triton.jit
-def pair_dot(a, b, PREC: tl.constexpr, LOW: tl.constexpr):
+def mixed_dot(a, b, PREC: tl.constexpr, LOW: tl.constexpr):
     """``a @ b`` accumulated in fp32, from fp32 operands at precision PREC (LOW = 0), bf16 operands
     (LOW = 1, see :func:`pair_low`), or operands rounded to bf16 and multiplied exactly (LOW = 2:
     the same numbers, for the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9)."""
@@ -232,10 +263,10 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
         right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, (BT // 2) >> lvl, HV, K)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
-        b_P += tl.where(same, pair_dot(b_xr, tl.trans(b_ys), PREC, LOW), 0.0)
+        b_P += tl.where(same, mixed_dot(b_xr, tl.trans(b_ys), PREC, LOW), 0.0)
         if TWO:
             b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
-            b_P2 += tl.where(same, pair_dot(b_xr2, tl.trans(b_ys), PREC, LOW), 0.0)
+            b_P2 += tl.where(same, mixed_dot(b_xr2, tl.trans(b_ys), PREC, LOW), 0.0)
     return b_P, b_P2
 
 
@@ -283,32 +314,32 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
         if TWO and STACK:
             b_D2s = pair_operand(tl.where(same, b_D2, 0.0), PREC, LOW)
             b_xr2 = pair_operand(tl.where(right[:, None], b_x2 * b_e, 0.0), PREC, LOW)
-            b_L = pair_dot(b_Ds, b_ys, PREC, LOW)
-            b_L2 = pair_dot(b_D2s, b_ys, PREC, LOW)
+            b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
+            b_L2 = mixed_dot(b_D2s, b_ys, PREC, LOW)
             # right = [Dsᵀ | D2sᵀ] @ [xr; xr2]: one product over 2·BT instead of two over BT (the
             # contraction index is 2 r + c in both operands, c picking D or D2)
             b_DT = tl.reshape(tl.join(tl.trans(b_Ds), tl.trans(b_D2s)), (BT, 2 * BT))
             b_XX = tl.reshape(tl.permute(tl.join(b_xr, b_xr2), (0, 2, 1)), (2 * BT, b_xr.shape[1]))
-            b_R = pair_dot(b_DT, b_XX, PREC, LOW)
+            b_R = mixed_dot(b_DT, b_XX, PREC, LOW)
             b_l += tl.where(right[:, None], b_L * b_e, 0.0)
             b_l2 += tl.where(right[:, None], b_L2 * b_e, 0.0)
             b_r += tl.where(right[:, None], 0.0, b_R * b_e)
             b_dG += b_xr.to(tl.float32) * b_L + b_xr2.to(tl.float32) * b_L2 - b_ys.to(tl.float32) * b_R
         else:
             # xr is zero on left rows and ys on right rows: dG needs no mask
-            b_L = pair_dot(b_Ds, b_ys, PREC, LOW)
+            b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
             b_l += tl.where(right[:, None], b_L * b_e, 0.0)
             b_dG += b_xr.to(tl.float32) * b_L
-            b_R = pair_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
+            b_R = mixed_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
             b_r += tl.where(right[:, None], 0.0, b_R * b_e)
             b_dG -= b_ys.to(tl.float32) * b_R
             if TWO:
                 b_D2s = pair_operand(tl.where(same, b_D2, 0.0), PREC, LOW)
                 b_xr2 = pair_operand(tl.where(right[:, None], b_x2 * b_e, 0.0), PREC, LOW)
-                b_L2 = pair_dot(b_D2s, b_ys, PREC, LOW)
+                b_L2 = mixed_dot(b_D2s, b_ys, PREC, LOW)
                 b_l2 += tl.where(right[:, None], b_L2 * b_e, 0.0)
                 b_dG += b_xr2.to(tl.float32) * b_L2
-                b_R2 = pair_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
+                b_R2 = mixed_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
                 b_r += tl.where(right[:, None], 0.0, b_R2 * b_e)
                 b_dG -= b_ys.to(tl.float32) * b_R2
     return b_l, b_l2, b_r, b_dG

@@ -32,9 +32,12 @@ from .common import (
     gate_form,
     inverse_precision,
     launch_configs,
+    mixed_dot,
     pair_low,
     pair_matrices,
     prepare_chunks,
+    scratch_dtype,
+    seq_low,
 )
 
 
@@ -324,7 +327,7 @@ def decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.conste
     wrote, instead of formed here by every value-block program of the sequential kernels."""
     m_tk = m_t[:, None] & m_k[None, :]
     if DECAY == 2 and PRE_KD:
-        b_k = tl.load(KD + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+        b_k = tl.load(KD + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
     else:
         b_k = tl.load(k + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
     if DECAY == 2:
@@ -346,7 +349,8 @@ def decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.conste
 @triton.jit
 def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_v, m_v,
                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                    DECAY: tl.constexpr, ERASE: tl.constexpr, FUSED_WU: tl.constexpr, PREC: tl.constexpr):
+                    DECAY: tl.constexpr, ERASE: tl.constexpr, FUSED_WU: tl.constexpr, PREC: tl.constexpr,
+                    LOWD: tl.constexpr):
     """Phase 1 of one K slot ``o_s`` of the state: store it as the chunk's incoming state and
     return its share of ``Ē S₀`` (FUSED_WU: ``Ē`` rows ``γ_r ⊙ b_r ⊙ k_r`` built here) or of
     ``W S₀`` (W from memory); 0 without an erase gate."""
@@ -363,7 +367,8 @@ def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_
                 b_e *= tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
         else:
             b_e = tl.load(W + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0)
-        return tl.dot(b_e, b_S, input_precision=PREC)
+            b_e = b_e.to(tl.float32)
+        return mixed_dot(b_e, b_S, PREC, LOWD)
     else:
         return tl.zeros(b_Y.shape, dtype=tl.float32)
 
@@ -371,7 +376,7 @@ def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_
 @triton.jit
 def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H: tl.constexpr,
                       HV: tl.constexpr, K: tl.constexpr, DECAY: tl.constexpr, PRE_KD: tl.constexpr,
-                      PREC: tl.constexpr):
+                      PREC: tl.constexpr, LOWD: tl.constexpr):
     """Phase 2 of one K slot: ``S ← γ_C ⊙ S + K̃ᵀ R``."""
     b_k, b_decay = decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY,
                                 PRE_KD)
@@ -380,7 +385,7 @@ def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H:
 
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "LOWD"],
 )
 @triton.jit
 def chunk_state_kernel(
@@ -389,6 +394,7 @@ def chunk_state_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FUSED_WU: tl.constexpr,
     PRE_KD: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+    LOWD: tl.constexpr,
 ):
     """One program per (value block, sequence·head), walking the sequence's chunks in order.
 
@@ -426,19 +432,20 @@ def chunk_state_kernel(
         # FUSED_WU: Y = Z − Ē S₀, then R = A Y. Else R = U − W S₀.
         if ERASE > 0 and not FUSED_WU:
             b_Y = tl.load(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_tv, other=0)
+            b_Y = b_Y.to(tl.float32)
         else:
             b_Y = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
         b_Y -= state_slot_step(b_S0, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s0, o_v, m_v,
-                               H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
+                               H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, LOWD)
         if K > BK:
             b_Y -= state_slot_step(b_S1, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s1,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, LOWD)
         if K > 2 * BK:
             b_Y -= state_slot_step(b_S2, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s2,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, LOWD)
         if K > 3 * BK:
             b_Y -= state_slot_step(b_S3, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s3,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, LOWD)
         if ERASE > 0 and FUSED_WU:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
             b_R = tl.dot(b_A, b_Y, input_precision=PREC)
@@ -446,29 +453,30 @@ def chunk_state_kernel(
             b_R = b_Y
         tl.store(R + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], b_R, mask=m_tv)
         b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K, DECAY,
-                                 PRE_KD, PREC)
+                                 PRE_KD, PREC, LOWD)
         if K > BK:
             b_S1 = state_slot_update(b_S1, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s1, H, HV, K,
-                                     DECAY, PRE_KD, PREC)
+                                     DECAY, PRE_KD, PREC, LOWD)
         if K > 2 * BK:
             b_S2 = state_slot_update(b_S2, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s2, H, HV, K,
-                                     DECAY, PRE_KD, PREC)
+                                     DECAY, PRE_KD, PREC, LOWD)
         if K > 3 * BK:
             b_S3 = state_slot_update(b_S3, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s3, H, HV, K,
-                                     DECAY, PRE_KD, PREC)
+                                     DECAY, PRE_KD, PREC, LOWD)
     if STORE_HT:
         store_slots(ht, p_n, b_S0, b_S1, b_S2, b_S3, o_k, o_v, m_v, K, V, BK)
 
 
 @triton.autotune(
     launch_configs((4,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "LOWD"],
 )
 @triton.jit
 def chunk_output_kernel(
     q, G, M, R, h, o, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr,
+    LOWD: tl.constexpr,
 ):
     """One program per (value block, chunk, value head): ``O = scale·(γ ⊙ Q) S₀ + M R``."""
     i_v, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -486,15 +494,15 @@ def chunk_output_kernel(
         if DECAY == 2:
             b_q *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0))
         b_h = tl.load(h + (i_t.to(tl.int64) * HV + i_hv) * K * V + o_k[:, None] * V + o_v[None, :],
-                      mask=m_k[:, None] & m_v[None, :], other=0)
-        b_o += tl.dot(b_q, b_h, input_precision=PREC)
+                      mask=m_k[:, None] & m_v[None, :], other=0).to(tl.float32)
+        b_o += mixed_dot(b_q, b_h, PREC, LOWD)
     if DECAY == 1:
         b_o *= tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
     b_o *= scale
     b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
     p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
-    b_o += tl.dot(b_M, tl.load(R + p_tv, mask=m_tv, other=0), input_precision=PREC)
+    b_o += tl.dot(b_M, tl.load(R + p_tv, mask=m_tv, other=0).to(tl.float32), input_precision=PREC)
     tl.store(o + p_tv, b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
@@ -510,7 +518,7 @@ def state_slot(K: int) -> int:
 def state_block_v(V: int, K: int, programs: int) -> int:
     """Value-block width of the sequential kernels: narrow enough to give the GPU ≥ ~256 programs
     (long single sequences have few heads to spread over), wide enough to feed the matrix units."""
-    BV = min(_pow2(V), 64 if K <= 64 else 32)
+    BV = min(_pow2(V), 64 if K <= 64 else TUNING["state_bv_max"])
     # For K > 64 not below TUNING["state_bv_min"] (32): when the state was one [128, 16] tile, 8
     # warps faulted (illegal address) on the H100 with Triton 3.6 (benchmarks/kernels_notes.md);
     # the state is now held in 64-row slots.
@@ -560,19 +568,24 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
     ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])``, all fp32, and the decayed operands
     ``(KD, QG, EG)`` ``[Ttot, HV, K]`` fp32 when the W, U kernel wrote them
     (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q and EG = Ē only when ``q`` is
-    given, for the backward's sequential kernel), else ``(None, None, None)``."""
+    given, for the backward's sequential kernel), else ``(None, None, None)``. All but ht are
+    stored in :func:`scratch_dtype`."""
     Ttot, H, K = k.shape
     HV, V = v.shape[1], v.shape[2]
     f32 = dict(dtype=torch.float32, device=k.device)
+
+    def scratch(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return empty(shape, dtype=scratch_dtype(k.dtype, name), device=k.device)
+
     DECAY, ERASE, WRITE = gate_form(G), gate_form(b), gate_form(w)
     fused = DECAY in TUNING["fuse_wu"]
     W = U = KD = QG = EG = None
     if ERASE and not fused:
-        W, U = empty((Ttot, HV, K), **f32), empty((Ttot, HV, V), **f32)
+        W, U = scratch("W", (Ttot, HV, K)), scratch("U", (Ttot, HV, V))
         if DECAY == 2 and TUNING["pre_decayed_keys"]:
-            KD = empty((Ttot, HV, K), **f32)
+            KD = scratch("KD", (Ttot, HV, K))
             if q is not None:
-                QG, EG = empty((Ttot, HV, K), **f32), empty((Ttot, HV, K), **f32)
+                QG, EG = scratch("QG", (Ttot, HV, K)), scratch("EG", (Ttot, HV, K))
         chunk_wu_kernel[(NT, HV)](
             k if q is None else q, k, v, b, k if w is None else w, k if G is None else G, A, W, U,
             W if KD is None else KD, W if QG is None else QG, W if EG is None else EG, cu, chunk_indices,
@@ -580,8 +593,8 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
             ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PRE_QE=QG is not None,
             PREC=dot_precision(k.dtype),
         )
-    h = empty((NT, HV, K, V), **f32)
-    R = empty((Ttot, HV, V), **f32)
+    h = scratch("h", (NT, HV, K, V))
+    R = scratch("R", (Ttot, HV, V))
     ht = empty((N, HV, K, V), **f32)
     BV = state_block_v(V, K, N * HV)
     x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
@@ -590,7 +603,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
         x if W is None else W, x if U is None else U, x if KD is None else KD, R, h, ht if h0 is None else h0,
         ht, cu, chunk_offsets, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
         ERASE=ERASE, WRITE=WRITE, FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True,
-        PREC=dot_precision(k.dtype),
+        PREC=dot_precision(k.dtype), LOWD=seq_low(k.dtype),
     )
     return h, R, ht, (KD, QG, EG)
 
@@ -621,6 +634,6 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
         q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(TUNING["output_bk"], _pow2(K)), BV=BV, DECAY=gate_form(g),
-        PREC=dot_precision(q.dtype),
+        PREC=dot_precision(q.dtype), LOWD=seq_low(q.dtype),
     )
     return o, ht, M, A
