@@ -29,7 +29,7 @@ CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32,
            "split_solve": [False, True],
            "pair_bf16": [False, True], "pre_decayed_keys": [False, True],
            "pair_stack": [False, True], "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh")],
-           "seq_bf16": [False, True], "state_bv_max": [32, 64]}
+           "seq_bf16": [(), ("state", "output"), ("state_bwd",), ("grad",)], "state_bv_max": [32, 64]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:
@@ -96,10 +96,18 @@ def main() -> None:
     p.add_argument("--keys", nargs="*", default=list(CHOICES), help="TUNING entries to sweep")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="TUNING overrides applied before the sweep (its baseline)")
+    p.add_argument("--values", default=None, metavar="LIST",
+                   help="a Python list of the values to try, for a single --keys entry")
     args = p.parse_args()
     from gatedelta.bench.kernels import _tuning_overrides
 
     _tuning_overrides(args.set)
+    if args.values is not None:
+        import ast
+
+        if len(args.keys) != 1:
+            raise SystemExit("--values needs exactly one --keys entry")
+        CHOICES[args.keys[0]] = ast.literal_eval(args.values)
     x = inputs(args.op, 32768 // args.T, args.T)
     do = torch.randn_like(x[2])
     defaults = dict(TUNING)

@@ -115,23 +115,27 @@ def test_bf16_inputs_with_and_without_bf16_intermediates(op, switches, monkeypat
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "scratch_bf16", common.SCRATCH if "scratch_bf16" in switches else ())
-    for name in ("pair_bf16", "seq_bf16"):
-        monkeypatch.setitem(common.TUNING, name, name in switches)
+    monkeypatch.setitem(common.TUNING, "seq_bf16", common.SEQ_KERNELS if "seq_bf16" in switches else ())
+    monkeypatch.setitem(common.TUNING, "pair_bf16", "pair_bf16" in switches)
     assert bool(common.pair_low(torch.bfloat16)) is ("pair_bf16" in switches)
-    assert bool(common.seq_low(torch.bfloat16)) is ("seq_bf16" in switches)
+    assert common.pair_low(torch.float32) == 0
+    for name in common.SEQ_KERNELS:
+        assert bool(common.seq_low(torch.bfloat16, name)) is ("seq_bf16" in switches)
+        assert common.seq_low(torch.float32, name) == 0
     for name in common.SCRATCH:
         assert (common.scratch_dtype(torch.bfloat16, name) == torch.bfloat16) is ("scratch_bf16" in switches)
         assert common.scratch_dtype(torch.float32, name) == torch.float32
-    assert common.pair_low(torch.float32) == common.seq_low(torch.float32) == 0
     args, s0 = make_inputs(op, B=1, T=75, H=1, G=2, K=32, V=16, dtype=torch.bfloat16)
     _compare(op, args, s0.float(), tol=2e-2)
 
 
-def test_scratch_names_are_checked():
+def test_scratch_and_kernel_names_are_checked():
     from gatedelta.ops.triton import common
 
     with pytest.raises(ValueError, match="scratch name"):
         common.scratch_dtype(torch.bfloat16, "S")
+    with pytest.raises(ValueError, match="kernel"):
+        common.seq_low(torch.bfloat16, "intra")
 
 
 @pytest.mark.parametrize("pair_stack", [False, True])

@@ -63,10 +63,12 @@ CHUNK = 64
 # loop) from bf16 operands, fp32 accumulation, as FLA does; the (I + T)⁻¹ and M products keep PREC.
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
-          "pair_stack": False, "scratch_bf16": (), "seq_bf16": False,
+          "pair_stack": False, "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "seq_bf16": (),
           "state_bv_max": 32}
 # The intermediates TUNING["scratch_bf16"] may list.
 SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY")
+# The kernels TUNING["seq_bf16"] may list.
+SEQ_KERNELS = ("state", "output", "state_bwd", "grad")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -102,23 +104,23 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _low(switch: str, dtype: torch.dtype) -> int:
-    if not (TUNING[switch] and dtype in (torch.bfloat16, torch.float16)):
-        return 0
-    return 2 if INTERPRET else 1
-
-
 def pair_low(dtype: torch.dtype) -> int:
     """Operands of the pair split's products (:func:`mixed_dot`): 0 = fp32; 1 = bf16 (2 under the
     interpreter), only for 16-bit inputs, whose own rounding is as coarse, and only when
     ``TUNING["pair_bf16"]``."""
-    return _low("pair_bf16", dtype)
+    if not (TUNING["pair_bf16"] and dtype in (torch.bfloat16, torch.float16)):
+        return 0
+    return 2 if INTERPRET else 1
 
 
-def seq_low(dtype: torch.dtype) -> int:
-    """Operands of the products that read the sequential pass's intermediates (state, output,
-    state backward, the gradient kernel's V loop), as :func:`pair_low` for ``TUNING["seq_bf16"]``."""
-    return _low("seq_bf16", dtype)
+def seq_low(dtype: torch.dtype, kernel: str) -> int:
+    """Operands of the state-side products of ``kernel`` (one of :data:`SEQ_KERNELS`), as
+    :func:`pair_low`, when ``TUNING["seq_bf16"]`` lists the kernel."""
+    if kernel not in SEQ_KERNELS:
+        raise ValueError(f"kernel {kernel!r} not in {SEQ_KERNELS}")
+    if not (kernel in TUNING["seq_bf16"] and dtype in (torch.bfloat16, torch.float16)):
+        return 0
+    return 2 if INTERPRET else 1
 
 
 def scratch_dtype(dtype: torch.dtype, name: str) -> torch.dtype:

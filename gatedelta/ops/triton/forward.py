@@ -603,7 +603,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
         x if W is None else W, x if U is None else U, x if KD is None else KD, R, h, ht if h0 is None else h0,
         ht, cu, chunk_offsets, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
         ERASE=ERASE, WRITE=WRITE, FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True,
-        PREC=dot_precision(k.dtype), LOWD=seq_low(k.dtype),
+        PREC=dot_precision(k.dtype), LOWD=seq_low(k.dtype, "state"),
     )
     return h, R, ht, (KD, QG, EG)
 
@@ -634,6 +634,6 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
         q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(TUNING["output_bk"], _pow2(K)), BV=BV, DECAY=gate_form(g),
-        PREC=dot_precision(q.dtype), LOWD=seq_low(q.dtype),
+        PREC=dot_precision(q.dtype), LOWD=seq_low(q.dtype, "output"),
     )
     return o, ht, M, A
