@@ -11,6 +11,7 @@
 #   bash benchmarks/run_h200.sh stack    # next session: the pair_stack switch at 2k and 32k, accuracy, check
 #   bash benchmarks/run_h200.sh scratch  # bf16 intermediates (storage, state-side operands), 64-wide state blocks
 #   bash benchmarks/run_h200.sh scratch32k  # the same at 32k; combinations at 2k; bf16 check
+#   bash benchmarks/run_h200.sh bf16b    # the output kernel's bf16 operands, A in bf16; accuracy, check of the defaults
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -116,6 +117,15 @@ scratch32k)
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys pair_stack state_bv_max --out $OUT/tune_2k.json
     timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys scratch_bf16 state_bv_max pair_stack \
         --out $OUT/tune_32k.json ;;
+bf16b)
+    # defaults now: W, KD, QG, EG, h, dh in bf16, bf16 state-side operands in the state kernel,
+    # 64-wide state value blocks, pair_stack removed. The output kernel's bf16 operands and A in
+    # bf16 (each costs 6-12 % of the kernels' own error on the tests' inputs): what they buy.
+    T2="timeout 100 python3 benchmarks/tune_kernels.py --op gdn2"
+    $T2 --keys seq_bf16 --values "[(), ('state', 'output')]" --out $OUT/tune_2k_seq.json
+    $T2 --keys scratch_bf16 --values "[('W', 'KD', 'QG', 'EG', 'h', 'dh', 'A')]" --out $OUT/tune_2k_A.json
+    timeout 70 $K accuracy --tag h200-bf16b
+    timeout 100 $K check --ops gdn2 kda gdn delta_rule gla --tag h200-bf16b ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)
@@ -125,5 +135,5 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|stack|scratch|scratch32k|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|stack|scratch|scratch32k|bf16b|fla|models"; exit 2 ;;
 esac

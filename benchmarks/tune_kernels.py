@@ -28,8 +28,8 @@ CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32,
            "grad_bv": [16, 32, 64, 128], "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32],
            "split_solve": [False, True],
            "pair_bf16": [False, True], "pre_decayed_keys": [False, True],
-           "pair_stack": [False, True], "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh")],
-           "seq_bf16": [(), ("state", "output"), ("state_bwd",), ("grad",)], "state_bv_max": [32, 64]}
+           "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh"), ("W", "KD", "QG", "EG", "h", "dh", "A")],
+           "seq_bf16": [(), ("state", "output")], "state_bv_max": [32, 64]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:

@@ -34,12 +34,10 @@ from .common import (
     empty,
     gate_form,
     launch_configs,
-    mixed_dot,
     pair_both,
     pair_low,
     prepare_chunks,
     scratch_dtype,
-    seq_low,
 )
 from .forward import (
     _pow2,
@@ -58,18 +56,18 @@ from .forward import (
 @triton.jit
 def state_bwd_slot_dR(b_dS, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s, o_v, m_v,
                       H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                      DECAY: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr, LOWD: tl.constexpr):
+                      DECAY: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr):
     """Phase 1 of one K slot ``o_s`` of ``dS_C``: store it as the chunk's dh and return its share
     ``K̃ dS_C`` of dR."""
     tl.store(dh + p_dh + o_s[:, None] * V + o_v[None, :], b_dS, mask=(o_s < K)[:, None] & m_v[None, :])
     b_k, _ = decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY, PRE_KD)
-    return mixed_dot(b_k, b_dS, PREC, LOWD)
+    return tl.dot(b_k, b_dS, input_precision=PREC)
 
 
 @triton.jit
 def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv, i_last, o_s, scale,
                           H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, DECAY: tl.constexpr,
-                          ERASE: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr, LOWD: tl.constexpr):
+                          ERASE: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr):
     """Phase 2 of one K slot: ``dS₀ = γ_C ⊙ dS_C + scale·Q_γᵀ dO − Ēᵀ dY`` (PRE_KD: Q_γ and Ē
     read from QG, EG, which :func:`chunk_wu_kernel` wrote)."""
     m_k = o_s < K
@@ -92,7 +90,7 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
         b_q *= b_gam
         b_e *= b_gam
         b_dS *= tl.exp(tl.load(G + i_last * HV + i_hv))
-    b_dS += mixed_dot(tl.trans(b_q * scale), b_do, PREC, LOWD)
+    b_dS += tl.dot(tl.trans(b_q * scale), b_do, input_precision=PREC)
     if ERASE > 0:
         b_dS -= tl.dot(tl.trans(b_e), b_dY, input_precision=PREC)
     return b_dS
@@ -102,7 +100,7 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
     # 8 warps spilled 14–44 B (H200 sweep, before pre_decayed_keys lightened the step); 3 stages
     # did not compile. At T = 32k one program per SM: 8 warps give each scheduler two warps.
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD", "LOWD"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD"],
 )
 @triton.jit
 def chunk_state_bwd_kernel(
@@ -110,7 +108,7 @@ def chunk_state_bwd_kernel(
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PRE_KD: tl.constexpr, USE_DHT: tl.constexpr,
-    STORE_DH0: tl.constexpr, PREC: tl.constexpr, LOWD: tl.constexpr,
+    STORE_DH0: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (value block, sequence·head), last chunk first.
 
@@ -144,36 +142,37 @@ def chunk_state_bwd_kernel(
         p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+        b_M = b_M.to(tl.float32)
         # dR = Mᵀ dO + K̃ dS_C
         b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
         b_dR += state_bwd_slot_dR(b_dS0, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
-                                  H, HV, K, V, DECAY, PRE_KD, PREC, LOWD)
+                                  H, HV, K, V, DECAY, PRE_KD, PREC)
         if K > BK:
             b_dR += state_bwd_slot_dR(b_dS1, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v,
-                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC, LOWD)
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
         if K > 2 * BK:
             b_dR += state_bwd_slot_dR(b_dS2, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v,
-                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC, LOWD)
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
         if K > 3 * BK:
             b_dR += state_bwd_slot_dR(b_dS3, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v,
-                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC, LOWD)
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
         if ERASE > 0:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-            b_dY = tl.dot(tl.trans(b_A), b_dR, input_precision=PREC)
+            b_dY = tl.dot(tl.trans(b_A.to(tl.float32)), b_dR, input_precision=PREC)
         else:
             b_dY = b_dR
         tl.store(dY + p_tv, b_dY, mask=m_tv)
         b_dS0 = state_bwd_slot_update(b_dS0, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv, i_last,
-                                      o_s0, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC, LOWD)
+                                      o_s0, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
         if K > BK:
             b_dS1 = state_bwd_slot_update(b_dS1, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s1, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC, LOWD)
+                                          i_last, o_s1, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
         if K > 2 * BK:
             b_dS2 = state_bwd_slot_update(b_dS2, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s2, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC, LOWD)
+                                          i_last, o_s2, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
         if K > 3 * BK:
             b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s3, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC, LOWD)
+                                          i_last, o_s3, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
     if STORE_DH0:
         store_slots(dh0, p_n, b_dS0, b_dS1, b_dS2, b_dS3, o_k, o_v, m_v, K, V, BK)
 
@@ -209,8 +208,7 @@ def write_dv_dw(v, w, dv, dw, b_dY, p_tv, m_tv, o_row, m_t, i_hv, HV: tl.constex
 @triton.jit
 def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, m_k, write_dv,
                 HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr,
-                LOWD: tl.constexpr):
+                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
     """Phase 1 of the gradient kernel, the contractions over V of a chunk's BT rows: the
     ``[BT, BT]`` gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``, the K block ``o_k``'s
     state-side terms ``dO S₀ᵀ``, ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[BT, BK]`` and (DECAY > 0)
@@ -236,7 +234,7 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
         m_kv = m_k[:, None] & m_v[None, :]
         b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0).to(tl.float32)
         b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0).to(tl.float32)
-        b_dqs += mixed_dot(b_do, tl.trans(b_h), PREC, LOWD)
+        b_dqs += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
         if ERASE > 0:
             b_dEb += tl.dot(b_dY, tl.trans(b_h), input_precision=PREC)
         b_dKt += tl.dot(b_R, tl.trans(b_dh), input_precision=PREC)
@@ -273,8 +271,7 @@ def store_dq_dk_db(b, dq, dk, db, b_dq, b_dk, b_de, b_k, o_row, m_t, m_tk, o_k, 
 def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
                  bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv,
                  H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-                 STACK: tl.constexpr):
+                 DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr):
     """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms, dq, dk,
     the erase gate's db and the log-decay gradient dg of its rows."""
     o_k = i_k * BK + tl.arange(0, BK)
@@ -291,7 +288,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         # dk sums both pair products; dG's pair terms come from pair_both itself (q⊙dq − k⊙dk
         # formed here would not cancel in dg's reverse cumulative sum)
         b_dq, b_de, b_dk, b_dG = pair_both(b_dM * scale, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv,
-                                           o_t, o_k, m_k, HV, K, BT, ERASE > 0, PREC, LOW, STACK)
+                                           o_t, o_k, m_k, HV, K, BT, ERASE > 0, PREC, LOW)
         b_dq0 = scale * b_gam * b_dqs
         b_dq += b_dq0
         b_dG += b_q * b_dq0
@@ -368,7 +365,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
     # stack) and a 16-row-block form (40–120 B of stack) were timed on the H200 and never won
     # (2026-11-29): the spills are not what limits this kernel.
     launch_configs((8,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "STACK", "LOWD"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW"],
 )
 @triton.jit
 def chunk_grad_kernel(
@@ -377,7 +374,6 @@ def chunk_grad_kernel(
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-    STACK: tl.constexpr, LOWD: tl.constexpr,
 ):
     """One program per (K block, chunk, value head). Each recomputes the chunk's ``dM``, ``dT``
     (``[BT, BT]``, a contraction over V): forming them once per chunk in a kernel of their own
@@ -395,10 +391,10 @@ def chunk_grad_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
         do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
-        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC, LOWD)
+        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
     grad_k_block(
         q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, STACK)
+        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC)
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -446,7 +442,6 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             M if A is None else A, do, dY, dh, dh if dht is None else dht, dh if dh0 is None else dh0, cu,
             chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
             ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
-            LOWD=seq_low(q.dtype, "state_bwd"),
         )
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)
         gates = (q if g is None else g, q if b is None else b, q if w is None else w)
@@ -455,7 +450,6 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale, Ttot,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad,
             DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
-            STACK=bool(TUNING["pair_stack"]), LOWD=seq_low(q.dtype, "grad"),
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)

@@ -49,26 +49,32 @@ CHUNK = 64
 # (H200, 2026-11-29); off, the kernels form them (less memory). grad_bv 64: 17.86 → 17.25 ms at 2k.
 # Measured and removed the same day: the gradient and intra kernels in 16-row blocks (grad_sub:
 # ±0.3 %; intra_sub: +0.6 ms forward), although they spill almost nothing.
-# pair_stack (untimed): the gradient kernel's two right-hand pair products of a level as one
-# product over 2·BT ([Dᵀ | D2ᵀ] @ [x; x2]); per-line profiling put ~37 % of its stall samples on
-# the pair products' wgmma round trips. Local sm_90 compile (Triton 3.9, 8 warps, 2 stages, the
-# autotuner's pick for the default): SASS 9,544 → 9,088 instructions, shared loads 681 → 273,
-# shared stores 451 → 403, barriers 137 → 113, stack 928 → 976 B; MMA instructions unchanged.
-# scratch_bf16 (untimed): for 16-bit inputs, the intermediates that cross kernels in the forward's
-# sequential pass and the backward (W, U, the decayed keys, γ ⊙ q, Ē, the per-chunk states h and
-# dh, R and dY) stored as bf16 instead of fp32, products still from fp32 values (tf32). The state
-# kernel re-reads W and the decayed keys (2 × 512 B per token-head in fp32) in every value-block
-# program at every chunk, so it moves bytes more than it multiplies. seq_bf16 (untimed): the
-# products that read those intermediates (state, output, state backward, the gradient kernel's V
-# loop) from bf16 operands, fp32 accumulation, as FLA does; the (I + T)⁻¹ and M products keep PREC.
+# Measured and removed late that day: pair_stack, the gradient kernel's two right-hand pair
+# products of a level as one product over 2·BT (f+b 17.42 vs 15.48 ms at 2k, 21.54 vs 20.05 at
+# 32k, although it cut shared loads 681 → 273 in the local compile).
+# scratch_bf16: for 16-bit inputs, the intermediates listed (names in SCRATCH) are stored as bf16
+# instead of fp32; kernels still multiply fp32 values (tf32). The state kernel re-reads W and the
+# decayed keys in every value-block program at every chunk, so it moves bytes more than it
+# multiplies. Listed are those whose rounding the bf16 accuracy test cannot see (H200: forward
+# 3.83e-3–3.88e-3, gradients unchanged; interpreter at T = 512: 4.78e-3 → 4.80e-3): W, KD, QG, EG,
+# h, dh. The value-side ones cost ~50 % more error each (interpreter, forward 4.8e-3 → 7.1e-3
+# for U, R or M alone; dY: dv 4.8e-3 → 7.0e-3) and stay fp32; A is free on the accuracy test's
+# inputs but costs 6–12 % on the tests' harder ones (erase gate up to 2). gdn2 at 2k (H200): fwd
+# 4.46 → 3.79 ms, f+b 17.25 → 15.73; at 32k f+b 22.28 → 20.05. seq_bf16: the kernels listed (SEQ_KERNELS)
+# multiply their state-side products (W S₀ or Ē S₀ in the state kernel, (γ ⊙ Q) S₀ in the output
+# kernel) from bf16 operands, fp32 accumulation, as FLA does: fwd 3.76 → 3.48 ms at 2k (K̃ᵀ R keeps
+# PREC: R's rounding shows, as for U and R above). The same
+# for the state backward faulted (illegal address, Triton 3.6) and for the gradient kernel's V loop
+# was slower (15.72 vs 15.52 ms); both removed. state_bv_max: the widest value block of the
+# sequential kernels for K > 64 (64: f+b 15.48 → 15.01 ms at 2k; at 32k they narrow to 16 anyway).
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
-          "pair_stack": False, "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "seq_bf16": (),
-          "state_bv_max": 32}
+          "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "seq_bf16": ("state",),
+          "state_bv_max": 64}
 # The intermediates TUNING["scratch_bf16"] may list.
-SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY")
+SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A")
 # The kernels TUNING["seq_bf16"] may list.
-SEQ_KERNELS = ("state", "output", "state_bwd", "grad")
+SEQ_KERNELS = ("state", "output")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -274,8 +280,7 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
 
 @triton.jit
 def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
-              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-              STACK: tl.constexpr):
+              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """The pairwise products of the gradient kernel, for D and (when TWO) D2 lower-triangular
     ``[BT, BT]`` and x, x2, y ``[BT, BK]``, with ``ρ_rsk = exp(G[r,k] − G[s,k])``:
 
@@ -296,9 +301,6 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     interpreter with bf16 operands: 1.6e-2 → 7.9e-3).
 
 
-    STACK (``TUNING["pair_stack"]``, with TWO): a level's two right-hand products as one product
-    over 2·BT, ``[Dᵀ | D2ᵀ] @ [x; x2]``, one wgmma round trip instead of two.
-
     Returns ``(left, left2, right, dG)``."""
     tl.static_assert(BT == 64)  # six levels
     eye = o_t[:, None] == o_t[None, :]
@@ -313,35 +315,20 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
         b_Ds = pair_operand(tl.where(same, b_D, 0.0), PREC, LOW)
         b_ys = pair_operand(tl.where(right[:, None], 0.0, b_y * b_e), PREC, LOW)
         b_xr = pair_operand(tl.where(right[:, None], b_x * b_e, 0.0), PREC, LOW)
-        if TWO and STACK:
+        # xr is zero on left rows and ys on right rows: dG needs no mask
+        b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
+        b_l += tl.where(right[:, None], b_L * b_e, 0.0)
+        b_dG += b_xr.to(tl.float32) * b_L
+        b_R = mixed_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
+        b_r += tl.where(right[:, None], 0.0, b_R * b_e)
+        b_dG -= b_ys.to(tl.float32) * b_R
+        if TWO:
             b_D2s = pair_operand(tl.where(same, b_D2, 0.0), PREC, LOW)
             b_xr2 = pair_operand(tl.where(right[:, None], b_x2 * b_e, 0.0), PREC, LOW)
-            b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
             b_L2 = mixed_dot(b_D2s, b_ys, PREC, LOW)
-            # right = [Dsᵀ | D2sᵀ] @ [xr; xr2]: one product over 2·BT instead of two over BT (the
-            # contraction index is 2 r + c in both operands, c picking D or D2)
-            b_DT = tl.reshape(tl.join(tl.trans(b_Ds), tl.trans(b_D2s)), (BT, 2 * BT))
-            b_XX = tl.reshape(tl.permute(tl.join(b_xr, b_xr2), (0, 2, 1)), (2 * BT, b_xr.shape[1]))
-            b_R = mixed_dot(b_DT, b_XX, PREC, LOW)
-            b_l += tl.where(right[:, None], b_L * b_e, 0.0)
             b_l2 += tl.where(right[:, None], b_L2 * b_e, 0.0)
-            b_r += tl.where(right[:, None], 0.0, b_R * b_e)
-            b_dG += b_xr.to(tl.float32) * b_L + b_xr2.to(tl.float32) * b_L2 - b_ys.to(tl.float32) * b_R
-        else:
-            # xr is zero on left rows and ys on right rows: dG needs no mask
-            b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
-            b_l += tl.where(right[:, None], b_L * b_e, 0.0)
-            b_dG += b_xr.to(tl.float32) * b_L
-            b_R = mixed_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
-            b_r += tl.where(right[:, None], 0.0, b_R * b_e)
-            b_dG -= b_ys.to(tl.float32) * b_R
-            if TWO:
-                b_D2s = pair_operand(tl.where(same, b_D2, 0.0), PREC, LOW)
-                b_xr2 = pair_operand(tl.where(right[:, None], b_x2 * b_e, 0.0), PREC, LOW)
-                b_L2 = mixed_dot(b_D2s, b_ys, PREC, LOW)
-                b_l2 += tl.where(right[:, None], b_L2 * b_e, 0.0)
-                b_dG += b_xr2.to(tl.float32) * b_L2
-                b_R2 = mixed_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
-                b_r += tl.where(right[:, None], 0.0, b_R2 * b_e)
-                b_dG -= b_ys.to(tl.float32) * b_R2
+            b_dG += b_xr2.to(tl.float32) * b_L2
+            b_R2 = mixed_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
+            b_r += tl.where(right[:, None], 0.0, b_R2 * b_e)
+            b_dG -= b_ys.to(tl.float32) * b_R2
     return b_l, b_l2, b_r, b_dG

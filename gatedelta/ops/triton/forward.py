@@ -66,16 +66,16 @@ def solve_unit_lower(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexpr, PRE
     p1 = A + (r1[:, None] * HV + i_hv) * BT + o_i[None, :]
     p2 = A + (r2[:, None] * HV + i_hv) * BT + o_i[None, :]
     p3 = A + (r3[:, None] * HV + i_hv) * BT + o_i[None, :]
-    T00 = tl.load(p0, mask=m0, other=0)
-    T10 = tl.load(p1, mask=m1, other=0)
-    T11 = tl.load(p1 + 16, mask=m1, other=0)
-    T20 = tl.load(p2, mask=m2, other=0)
-    T21 = tl.load(p2 + 16, mask=m2, other=0)
-    T22 = tl.load(p2 + 32, mask=m2, other=0)
-    T30 = tl.load(p3, mask=m3, other=0)
-    T31 = tl.load(p3 + 16, mask=m3, other=0)
-    T32 = tl.load(p3 + 32, mask=m3, other=0)
-    T33 = tl.load(p3 + 48, mask=m3, other=0)
+    T00 = tl.load(p0, mask=m0, other=0).to(tl.float32)
+    T10 = tl.load(p1, mask=m1, other=0).to(tl.float32)
+    T11 = tl.load(p1 + 16, mask=m1, other=0).to(tl.float32)
+    T20 = tl.load(p2, mask=m2, other=0).to(tl.float32)
+    T21 = tl.load(p2 + 16, mask=m2, other=0).to(tl.float32)
+    T22 = tl.load(p2 + 32, mask=m2, other=0).to(tl.float32)
+    T30 = tl.load(p3, mask=m3, other=0).to(tl.float32)
+    T31 = tl.load(p3 + 16, mask=m3, other=0).to(tl.float32)
+    T32 = tl.load(p3 + 32, mask=m3, other=0).to(tl.float32)
+    T33 = tl.load(p3 + 48, mask=m3, other=0).to(tl.float32)
     tl.debug_barrier()  # every T block is read before any A block overwrites it
     A00 = invert_unit_lower(T00, o_i, PREC)
     A11 = invert_unit_lower(T11, o_i, PREC)
@@ -288,6 +288,7 @@ def chunk_wu_kernel(
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+    b_A = b_A.to(tl.float32)
     if DECAY == 1:
         b_gam1 = tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))
     i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
@@ -376,7 +377,7 @@ def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_
 @triton.jit
 def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H: tl.constexpr,
                       HV: tl.constexpr, K: tl.constexpr, DECAY: tl.constexpr, PRE_KD: tl.constexpr,
-                      PREC: tl.constexpr, LOWD: tl.constexpr):
+                      PREC: tl.constexpr):
     """Phase 2 of one K slot: ``S ← γ_C ⊙ S + K̃ᵀ R``."""
     b_k, b_decay = decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY,
                                 PRE_KD)
@@ -448,21 +449,21 @@ def chunk_state_kernel(
                                    o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, LOWD)
         if ERASE > 0 and FUSED_WU:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-            b_R = tl.dot(b_A, b_Y, input_precision=PREC)
+            b_R = tl.dot(b_A.to(tl.float32), b_Y, input_precision=PREC)
         else:
             b_R = b_Y
         tl.store(R + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], b_R, mask=m_tv)
         b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K, DECAY,
-                                 PRE_KD, PREC, LOWD)
+                                 PRE_KD, PREC)
         if K > BK:
             b_S1 = state_slot_update(b_S1, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s1, H, HV, K,
-                                     DECAY, PRE_KD, PREC, LOWD)
+                                     DECAY, PRE_KD, PREC)
         if K > 2 * BK:
             b_S2 = state_slot_update(b_S2, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s2, H, HV, K,
-                                     DECAY, PRE_KD, PREC, LOWD)
+                                     DECAY, PRE_KD, PREC)
         if K > 3 * BK:
             b_S3 = state_slot_update(b_S3, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s3, H, HV, K,
-                                     DECAY, PRE_KD, PREC, LOWD)
+                                     DECAY, PRE_KD, PREC)
     if STORE_HT:
         store_slots(ht, p_n, b_S0, b_S1, b_S2, b_S3, o_k, o_v, m_v, K, V, BK)
 
@@ -500,6 +501,7 @@ def chunk_output_kernel(
         b_o *= tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
     b_o *= scale
     b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+    b_M = b_M.to(tl.float32)
     p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     b_o += tl.dot(b_M, tl.load(R + p_tv, mask=m_tv, other=0).to(tl.float32), input_precision=PREC)
@@ -546,9 +548,9 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     ``(M, A)``, A None without an erase gate."""
     Ttot, H, K = q.shape
     DECAY, ERASE = gate_form(G), gate_form(b)
-    f32 = dict(dtype=torch.float32, device=q.device)
-    M = empty((Ttot, HV, CHUNK), **f32)
-    A = empty((Ttot, HV, CHUNK), **f32) if ERASE else None  # also the scratch of the inverse
+    M = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "M"), device=q.device)
+    # A: also the scratch of the in-place (I + T)⁻¹ solve
+    A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
     chunk_intra_kernel[(NT, HV)](
         q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
         cu, chunk_indices, scale,
