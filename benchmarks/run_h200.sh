@@ -12,6 +12,7 @@
 #   bash benchmarks/run_h200.sh scratch  # bf16 intermediates (storage, state-side operands), 64-wide state blocks
 #   bash benchmarks/run_h200.sh scratch32k  # the same at 32k; combinations at 2k; bf16 check
 #   bash benchmarks/run_h200.sh bf16b    # the output kernel's bf16 operands, A in bf16; accuracy, check of the defaults
+#   bash benchmarks/run_h200.sh long     # every op at a 32k sequence vs the chunked backend; compiled models
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -126,6 +127,16 @@ bf16b)
     $T2 --keys scratch_bf16 --values "[('W', 'KD', 'QG', 'EG', 'h', 'dh', 'A')]" --out $OUT/tune_2k_A.json
     timeout 70 $K accuracy --tag h200-bf16b
     timeout 100 $K check --ops gdn2 kda gdn delta_rule gla --tag h200-bf16b ;;
+long)
+    # every op at one 32k sequence (16-wide state value blocks) against the PyTorch chunked
+    # backend: ours_gdn faulted there with the state kernel's bf16 operands (2026-11-29 night)
+    timeout 150 python3 benchmarks/long_smoke.py --ops gdn2 kda gla ssd linear_attn delta_rule
+    timeout 60 python3 benchmarks/long_smoke.py --ops gdn
+    CUDA_LAUNCH_BLOCKING=1 timeout 60 python3 -c "
+from gatedelta.ops.triton.common import TUNING; TUNING['seq_bf16'] = ('state',)
+import sys; sys.argv = ['x', '--ops', 'gdn']; exec(open('benchmarks/long_smoke.py').read())" 2>&1 | grep -E "^\{|File.*triton/(forward|backward)" | head
+    timeout 300 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
+        --max-seconds 260 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)
@@ -135,5 +146,5 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|stack|scratch|scratch32k|bf16b|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|stack|scratch|scratch32k|bf16b|long|fla|models"; exit 2 ;;
 esac

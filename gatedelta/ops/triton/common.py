@@ -69,7 +69,7 @@ CHUNK = 64
 # sequential kernels for K > 64 (64: f+b 15.48 → 15.01 ms at 2k; at 32k they narrow to 16 anyway).
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
-          "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "seq_bf16": ("state",),
+          "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "seq_bf16": (),
           "state_bv_max": 64}
 # The intermediates TUNING["scratch_bf16"] may list.
 SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A")
