@@ -4,18 +4,14 @@
 #   bash benchmarks/run_h200.sh sweep    # bf16 check of 5 ops; untimed TUNING variants; gdn's W/U
 #   bash benchmarks/run_h200.sh bf16     # the pair_bf16 switch: speed, block widths, accuracy
 #   bash benchmarks/run_h200.sh dg       # dG from the pair operands: speed, accuracy, check, ncu
-#   bash benchmarks/run_h200.sh next     # next session: maxnreg picks, pre_decayed_keys, grad_sub, intra_sub at 2k
-#   bash benchmarks/run_h200.sh next32k  # next session: the same at 32k, then 16-wide tiles
 #   bash benchmarks/run_h200.sh ncu      # next session: ncu per-line stalls of the gradient and sequential kernels
 #   bash benchmarks/run_h200.sh final    # 2026-11-29 late: block widths on the new defaults; ncu per-line export
-#   bash benchmarks/run_h200.sh stack    # next session: the pair_stack switch at 2k and 32k, accuracy, check
-#   bash benchmarks/run_h200.sh scratch  # bf16 intermediates (storage, state-side operands), 64-wide state blocks
-#   bash benchmarks/run_h200.sh scratch32k  # the same at 32k; combinations at 2k; bf16 check
-#   bash benchmarks/run_h200.sh bf16b    # the output kernel's bf16 operands, A in bf16; accuracy, check of the defaults
 #   bash benchmarks/run_h200.sh long     # every op at a 32k sequence vs the chunked backend; compiled models
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
+# Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
+# bf16b) are in the git history (e.g. 91ffde9).
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
 K="python3 benchmarks/kernels.py --out $OUT --tag h200 --no-ceilings"
@@ -51,25 +47,6 @@ dg)
             python3 benchmarks/ncu_kernels.py --T $T > $OUT/ncu_gdn2_$T.txt 2>&1
         grep -c "Profiling" $OUT/ncu_gdn2_$T.txt
     done ;;
-next)
-    # Built 2026-11-29 evening, untimed (local sm_90 compile, Triton 3.9):
-    # - the intra and gradient kernels' autotuners also try a 128-register cap (two 8-warp programs
-    #   per SM; more stack): the tune report's "chosen" lines say whether it wins;
-    # - pre_decayed_keys: SASS instructions of the state kernel 4,312 -> 2,576, state backward
-    #   7,688 -> 5,192;
-    # - grad_sub / intra_sub: the gradient and intra kernels in 16-row blocks, stack 800 -> 32-120 B
-    #   and 728 -> 0 B.
-    # (first calls compile the extra configs too: allow for it)
-    timeout 240 python3 benchmarks/tune_kernels.py --op gdn2 --keys pre_decayed_keys grad_sub intra_sub \
-        --out $OUT/tune_2k.json
-    T="pre_decayed_keys=True grad_sub=True intra_sub=True"
-    timeout 60 $K accuracy --tag h200-next --tuning $T
-    timeout 100 $K check --ops gdn2 kda gla --tag h200-next --tuning $T ;;
-next32k)
-    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pre_decayed_keys grad_sub intra_sub \
-        --out $OUT/tune_32k.json
-    # narrower tiles (16) in the gradient kernel's V loop and the intra kernel's K loop
-    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys grad_bv intra_bk --out $OUT/tune_2k_tiles.json ;;
 ncu)
     # Nsight Compute's per-line stall sampling of the gradient and sequential kernels (defaults)
     for T in 2048 32768; do
@@ -91,47 +68,11 @@ final)
     timeout 40 ncu --import $OUT/grad.ncu-rep --page source --csv --print-source cuda,sass 2>&1 \
         | head -c 20000000 > $OUT/ncu_grad_source.csv
     rm -f $OUT/grad.ncu-rep; ls -la $OUT ;;
-stack)
-    # built 2026-11-29 late, untimed: the gradient kernel's two right-hand pair products of a level
-    # as one product over 2·BT (local sm_90 compile: shared loads 681 -> 273, barriers 137 -> 113)
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys pair_stack --out $OUT/tune_2k.json
-    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pair_stack --out $OUT/tune_32k.json
-    timeout 60 $K accuracy --tag h200-stack --tuning pair_stack=True
-    timeout 100 $K check --ops gdn2 kda --tag h200-stack --tuning pair_stack=True ;;
-scratch)
-    # built 2026-11-29 night, untimed: bf16 storage of W, the decayed keys, γ⊙q, Ē and the per-chunk
-    # states h / dh (interpreter, T = 512: forward error 4.78e-3 -> 4.80e-3; U, R, dY stay fp32, they
-    # cost 50 %); bf16 operands of the state-side products; the state kernels' 64-wide value block;
-    # pair_stack (built the session before)
-    S="scratch_bf16=('W','KD','QG','EG','h','dh')"
-    timeout 300 python3 benchmarks/tune_kernels.py --op gdn2 --keys scratch_bf16 seq_bf16 pair_stack state_bv_max \
-        --out $OUT/tune_2k.json
-    timeout 70 $K accuracy --tag h200-scratch --tuning "$S"
-    timeout 70 $K accuracy --tag h200-scratch-seq --tuning "$S" seq_bf16=True ;;
-scratch32k)
-    # scratch_bf16 (W, KD, QG, EG, h, dh) adopted after `scratch` (2k f+b 17.25 -> 15.73 ms); seq_bf16
-    # faulted in the backward there: each kernel's share in its own process now
-    T2="timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --keys seq_bf16 --values"
-    $T2 "[('state', 'output')]" --out $OUT/tune_2k_seq_fwd.json
-    $T2 "[('state_bwd',)]" --out $OUT/tune_2k_seq_sbwd.json
-    $T2 "[('grad',)]" --out $OUT/tune_2k_seq_grad.json
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys pair_stack state_bv_max --out $OUT/tune_2k.json
-    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys scratch_bf16 state_bv_max pair_stack \
-        --out $OUT/tune_32k.json ;;
-bf16b)
-    # defaults now: W, KD, QG, EG, h, dh in bf16, bf16 state-side operands in the state kernel,
-    # 64-wide state value blocks, pair_stack removed. The output kernel's bf16 operands and A in
-    # bf16 (each costs 6-12 % of the kernels' own error on the tests' inputs): what they buy.
-    T2="timeout 100 python3 benchmarks/tune_kernels.py --op gdn2"
-    $T2 --keys seq_bf16 --values "[(), ('state', 'output')]" --out $OUT/tune_2k_seq.json
-    $T2 --keys scratch_bf16 --values "[('W', 'KD', 'QG', 'EG', 'h', 'dh', 'A')]" --out $OUT/tune_2k_A.json
-    timeout 70 $K accuracy --tag h200-bf16b
-    timeout 100 $K check --ops gdn2 kda gdn delta_rule gla --tag h200-bf16b ;;
 long)
     # every op at one 32k sequence (16-wide state value blocks) against the PyTorch chunked
     # backend: ours_gdn faulted there with the state kernel's bf16 operands (2026-11-29 night)
-    timeout 130 python3 benchmarks/long_smoke.py --ops gdn2 kda gla ssd linear_attn delta_rule
-    timeout 50 python3 benchmarks/long_smoke.py --ops gdn
+    timeout 130 python3 benchmarks/long_smoke.py --ops delta_rule linear_attn gla ssd
+    timeout 90 python3 benchmarks/long_smoke.py --ops gdn gdn2 kda
     timeout 240 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 220 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 fla)
@@ -143,5 +84,5 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|next|next32k|ncu|final|stack|scratch|scratch32k|bf16b|long|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|ncu|final|long|fla|models"; exit 2 ;;
 esac

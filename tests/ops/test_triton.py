@@ -72,8 +72,8 @@ def test_forward_backward_every_op(op):
 # flipped value: fuse_wu forms R = A (Z − Ē S₀) in the state kernel for the listed decay forms (else
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
-# per-channel decayed keys for the sequential kernels (else they form them). pair_bf16, scratch_bf16
-# and seq_bf16 only act on 16-bit inputs (below).
+# per-channel decayed keys for the sequential kernels (else they form them). pair_bf16 and
+# scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
         return tuple(form for form in (0, 1, 2) if form not in value)
@@ -98,10 +98,10 @@ def test_alternative_kernel_paths(op, flip, monkeypatch):
     _compare(op, args, s0)
 
 
-# The 16-bit-only switches: bf16 operands of the pair products (pair_bf16), bf16 storage of the
-# sequential pass's intermediates (scratch_bf16: all of them here, also those kept fp32 by default
-# for accuracy) and bf16 operands of the products that read the state side (seq_bf16).
-LOW_SWITCHES = [(), ("pair_bf16",), ("scratch_bf16",), ("scratch_bf16", "seq_bf16"), ("seq_bf16",)]
+# The 16-bit-only switches: bf16 operands of the pair products (pair_bf16) and bf16 storage of the
+# intermediates passed between kernels (scratch_bf16: all of them here, also those kept fp32 by
+# default for accuracy).
+LOW_SWITCHES = [(), ("pair_bf16",), ("scratch_bf16",), ("pair_bf16", "scratch_bf16")]
 # (the defaults, some intermediates bf16, are run with bf16 inputs by the tests below)
 
 
@@ -115,13 +115,9 @@ def test_bf16_inputs_with_and_without_bf16_intermediates(op, switches, monkeypat
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "scratch_bf16", common.SCRATCH if "scratch_bf16" in switches else ())
-    monkeypatch.setitem(common.TUNING, "seq_bf16", common.SEQ_KERNELS if "seq_bf16" in switches else ())
     monkeypatch.setitem(common.TUNING, "pair_bf16", "pair_bf16" in switches)
     assert bool(common.pair_low(torch.bfloat16)) is ("pair_bf16" in switches)
     assert common.pair_low(torch.float32) == 0
-    for name in common.SEQ_KERNELS:
-        assert bool(common.seq_low(torch.bfloat16, name)) is ("seq_bf16" in switches)
-        assert common.seq_low(torch.float32, name) == 0
     for name in common.SCRATCH:
         assert (common.scratch_dtype(torch.bfloat16, name) == torch.bfloat16) is ("scratch_bf16" in switches)
         assert common.scratch_dtype(torch.float32, name) == torch.float32
@@ -145,7 +141,7 @@ def _bf16_errors(op: str, seed: int) -> dict[str, float]:
 
 @pytest.mark.parametrize("op", ["gdn2", "kda"])
 def test_default_bf16_intermediates_cost_no_accuracy(op, monkeypatch):
-    # The default bf16 storage / operands are those whose rounding the bf16 accuracy test (fed
+    # The default bf16 storage is of those intermediates whose rounding the bf16 accuracy test (fed
     # unrounded inputs) cannot see. Here, against the reference fed the same rounded inputs, only
     # the kernels' own error counts: the defaults keep the output's within 15 % and every
     # gradient's within 15 % of the largest error of the all-fp32 intermediates (dg's, the
@@ -154,7 +150,6 @@ def test_default_bf16_intermediates_cost_no_accuracy(op, monkeypatch):
 
     default = _bf16_errors(op, seed=3)
     monkeypatch.setitem(common.TUNING, "scratch_bf16", ())
-    monkeypatch.setitem(common.TUNING, "seq_bf16", ())
     fp32 = _bf16_errors(op, seed=3)
     assert default["o"] <= 1.15 * fp32["o"], (default, fp32)
     assert max(default.values()) <= 1.15 * max(fp32.values()), (default, fp32)
@@ -163,13 +158,11 @@ def test_default_bf16_intermediates_cost_no_accuracy(op, monkeypatch):
     assert with_r["o"] > 1.5 * fp32["o"], (with_r, fp32)  # the test sees a costly rounding
 
 
-def test_scratch_and_kernel_names_are_checked():
+def test_scratch_names_are_checked():
     from gatedelta.ops.triton import common
 
     with pytest.raises(ValueError, match="scratch name"):
         common.scratch_dtype(torch.bfloat16, "S")
-    with pytest.raises(ValueError, match="kernel"):
-        common.seq_low(torch.bfloat16, "intra")
 
 
 @pytest.mark.parametrize("precision", ["bf16", "tf32"])

@@ -60,21 +60,18 @@ CHUNK = 64
 # h, dh. The value-side ones cost ~50 % more error each (interpreter, forward 4.8e-3 → 7.1e-3
 # for U, R or M alone; dY: dv 4.8e-3 → 7.0e-3) and stay fp32; A is free on the accuracy test's
 # inputs but costs 6–12 % on the tests' harder ones (erase gate up to 2). gdn2 at 2k (H200): fwd
-# 4.46 → 3.79 ms, f+b 17.25 → 15.73; at 32k f+b 22.28 → 20.05. seq_bf16: the kernels listed (SEQ_KERNELS)
-# multiply their state-side products (W S₀ or Ē S₀ in the state kernel, (γ ⊙ Q) S₀ in the output
-# kernel) from bf16 operands, fp32 accumulation, as FLA does: fwd 3.76 → 3.48 ms at 2k (K̃ᵀ R keeps
-# PREC: R's rounding shows, as for U and R above). The same
-# for the state backward faulted (illegal address, Triton 3.6) and for the gradient kernel's V loop
-# was slower (15.72 vs 15.52 ms); both removed. state_bv_max: the widest value block of the
-# sequential kernels for K > 64 (64: f+b 15.48 → 15.01 ms at 2k; at 32k they narrow to 16 anyway).
+# 4.46 → 3.79 ms, f+b 17.25 → 15.73; at 32k f+b 22.28 → 20.05 (f98462a). state_bv_max: the
+# widest value block of the sequential kernels for K > 64 (64: f+b 15.48 → 15.01 ms at 2k; at 32k
+# they narrow to 16 anyway). Measured and removed: bf16 operands (fp32 accumulation, as FLA) in the
+# state-side products: W S₀ in the state kernel f+b −0.12 ms at 2k, but gdn (the fused W/U path)
+# faulted at a 32k sequence with it (illegal address, Triton 3.6, 16-wide value blocks); with the
+# output kernel's (γ ⊙ Q) S₀ too, fwd −0.17 ms more at +8 % of the kernels' own output error; in
+# the state backward it faulted at 2k; in the gradient kernel's V loop it was slower.
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
-          "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "seq_bf16": (),
-          "state_bv_max": 64}
+          "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64}
 # The intermediates TUNING["scratch_bf16"] may list.
 SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A")
-# The kernels TUNING["seq_bf16"] may list.
-SEQ_KERNELS = ("state", "output")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -115,16 +112,6 @@ def pair_low(dtype: torch.dtype) -> int:
     interpreter), only for 16-bit inputs, whose own rounding is as coarse, and only when
     ``TUNING["pair_bf16"]``."""
     if not (TUNING["pair_bf16"] and dtype in (torch.bfloat16, torch.float16)):
-        return 0
-    return 2 if INTERPRET else 1
-
-
-def seq_low(dtype: torch.dtype, kernel: str) -> int:
-    """Operands of the state-side products of ``kernel`` (one of :data:`SEQ_KERNELS`), as
-    :func:`pair_low`, when ``TUNING["seq_bf16"]`` lists the kernel."""
-    if kernel not in SEQ_KERNELS:
-        raise ValueError(f"kernel {kernel!r} not in {SEQ_KERNELS}")
-    if not (kernel in TUNING["seq_bf16"] and dtype in (torch.bfloat16, torch.float16)):
         return 0
     return 2 if INTERPRET else 1
 

@@ -32,12 +32,10 @@ from .common import (
     gate_form,
     inverse_precision,
     launch_configs,
-    mixed_dot,
     pair_low,
     pair_matrices,
     prepare_chunks,
     scratch_dtype,
-    seq_low,
 )
 
 
@@ -350,8 +348,7 @@ def decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.conste
 @triton.jit
 def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_v, m_v,
                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                    DECAY: tl.constexpr, ERASE: tl.constexpr, FUSED_WU: tl.constexpr, PREC: tl.constexpr,
-                    LOWD: tl.constexpr):
+                    DECAY: tl.constexpr, ERASE: tl.constexpr, FUSED_WU: tl.constexpr, PREC: tl.constexpr):
     """Phase 1 of one K slot ``o_s`` of the state: store it as the chunk's incoming state and
     return its share of ``Ē S₀`` (FUSED_WU: ``Ē`` rows ``γ_r ⊙ b_r ⊙ k_r`` built here) or of
     ``W S₀`` (W from memory); 0 without an erase gate."""
@@ -369,7 +366,7 @@ def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_
         else:
             b_e = tl.load(W + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0)
             b_e = b_e.to(tl.float32)
-        return mixed_dot(b_e, b_S, PREC, LOWD)
+        return tl.dot(b_e, b_S, input_precision=PREC)
     else:
         return tl.zeros(b_Y.shape, dtype=tl.float32)
 
@@ -386,7 +383,7 @@ def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H:
 
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "LOWD"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD"],
 )
 @triton.jit
 def chunk_state_kernel(
@@ -395,7 +392,6 @@ def chunk_state_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FUSED_WU: tl.constexpr,
     PRE_KD: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
-    LOWD: tl.constexpr,
 ):
     """One program per (value block, sequence·head), walking the sequence's chunks in order.
 
@@ -437,16 +433,16 @@ def chunk_state_kernel(
         else:
             b_Y = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
         b_Y -= state_slot_step(b_S0, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s0, o_v, m_v,
-                               H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, LOWD)
+                               H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
         if K > BK:
             b_Y -= state_slot_step(b_S1, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s1,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, LOWD)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
         if K > 2 * BK:
             b_Y -= state_slot_step(b_S2, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s2,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, LOWD)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
         if K > 3 * BK:
             b_Y -= state_slot_step(b_S3, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s3,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, LOWD)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
         if ERASE > 0 and FUSED_WU:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
             b_R = tl.dot(b_A.to(tl.float32), b_Y, input_precision=PREC)
@@ -470,14 +466,13 @@ def chunk_state_kernel(
 
 @triton.autotune(
     launch_configs((4,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "LOWD"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY"],
 )
 @triton.jit
 def chunk_output_kernel(
     q, G, M, R, h, o, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr,
-    LOWD: tl.constexpr,
 ):
     """One program per (value block, chunk, value head): ``O = scale·(γ ⊙ Q) S₀ + M R``."""
     i_v, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -496,7 +491,7 @@ def chunk_output_kernel(
             b_q *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0))
         b_h = tl.load(h + (i_t.to(tl.int64) * HV + i_hv) * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=m_k[:, None] & m_v[None, :], other=0).to(tl.float32)
-        b_o += mixed_dot(b_q, b_h, PREC, LOWD)
+        b_o += tl.dot(b_q, b_h, input_precision=PREC)
     if DECAY == 1:
         b_o *= tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
     b_o *= scale
@@ -605,7 +600,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
         x if W is None else W, x if U is None else U, x if KD is None else KD, R, h, ht if h0 is None else h0,
         ht, cu, chunk_offsets, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
         ERASE=ERASE, WRITE=WRITE, FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True,
-        PREC=dot_precision(k.dtype), LOWD=seq_low(k.dtype, "state"),
+        PREC=dot_precision(k.dtype),
     )
     return h, R, ht, (KD, QG, EG)
 
@@ -636,6 +631,6 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
         q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(TUNING["output_bk"], _pow2(K)), BV=BV, DECAY=gate_form(g),
-        PREC=dot_precision(q.dtype), LOWD=seq_low(q.dtype, "output"),
+        PREC=dot_precision(q.dtype),
     )
     return o, ht, M, A
