@@ -52,7 +52,7 @@ CHUNK = 64
 # Measured and removed late that day: pair_stack, the gradient kernel's two right-hand pair
 # products of a level as one product over 2·BT (f+b 17.42 vs 15.48 ms at 2k, 21.54 vs 20.05 at
 # 32k, although it cut shared loads 681 → 273 in the local compile).
-# scratch_bf16: for 16-bit inputs, the intermediates listed (names in SCRATCH) are stored as bf16
+# scratch_bf16: for bf16 inputs, the intermediates listed (names in SCRATCH) are stored as bf16
 # instead of fp32; kernels still multiply fp32 values (tf32). The state kernel re-reads W and the
 # decayed keys in every value-block program at every chunk, so it moves bytes more than it
 # multiplies. Listed are those whose rounding the bf16 accuracy test cannot see (H200: forward
@@ -118,11 +118,14 @@ def pair_low(dtype: torch.dtype) -> int:
 
 def scratch_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
     """Storage dtype of the intermediate ``name`` (one of :data:`SCRATCH`) passed between the
-    sequential kernels and the rest: bf16 for 16-bit inputs when ``TUNING["scratch_bf16"]`` lists
-    it, else fp32. Kernels load them with ``.to(tl.float32)``; stores convert to the buffer's dtype."""
+    sequential kernels and the rest: bf16 for bf16 inputs when ``TUNING["scratch_bf16"]`` lists
+    it, else fp32. Kernels load them with ``.to(tl.float32)``; stores convert to the buffer's dtype.
+    fp16 inputs keep fp32: their own rounding is 8× finer than bf16's (interpreter, gdn2: the
+    kernels' own errors 2e-4–3e-4 with fp32, ~2e-3 with bf16 intermediates), and fp16 storage
+    could overflow."""
     if name not in SCRATCH:
         raise ValueError(f"scratch name {name!r} not in {SCRATCH}")
-    if name in TUNING["scratch_bf16"] and dtype in (torch.bfloat16, torch.float16):
+    if name in TUNING["scratch_bf16"] and dtype == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
 
