@@ -6,6 +6,7 @@
 #   bash benchmarks/run_h200.sh dg       # dG from the pair operands: speed, accuracy, check, ncu
 #   bash benchmarks/run_h200.sh ncu      # next session: ncu per-line stalls of the gradient and sequential kernels
 #   bash benchmarks/run_h200.sh final    # 2026-11-29 late: block widths on the new defaults; ncu per-line export
+#   bash benchmarks/run_h200.sh fuse     # next session: the output formed in the state kernel (fuse_output), 2k / 32k, gdn
 #   bash benchmarks/run_h200.sh long     # every op at a 32k sequence vs the chunked backend; compiled models
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -68,6 +69,14 @@ final)
     timeout 40 ncu --import $OUT/grad.ncu-rep --page source --csv --print-source cuda,sass 2>&1 \
         | head -c 20000000 > $OUT/ncu_grad_source.csv
     rm -f $OUT/grad.ncu-rep; ls -la $OUT ;;
+fuse)
+    # built 2026-11-29 night, untimed: the forward's state kernel forms the output (fuse_output);
+    # local sm_90 compile (Triton 3.9): stack 0 -> 240 B at 8 warps with 16-wide value blocks
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_output --out $OUT/tune_2k.json
+    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys fuse_output --out $OUT/tune_32k.json
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn --keys fuse_output --out $OUT/tune_gdn_2k.json
+    timeout 70 $K accuracy --tag h200-fuse --tuning fuse_output=True
+    timeout 100 $K check --ops gdn2 kda gdn gla --tag h200-fuse --tuning fuse_output=True ;;
 long)
     # every op at one 32k sequence (16-wide state value blocks) against the PyTorch chunked
     # backend: ours_gdn faulted there with the state kernel's bf16 operands (2026-11-29 night)
@@ -84,5 +93,5 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|long|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|long|fla|models"; exit 2 ;;
 esac

@@ -72,7 +72,8 @@ def test_forward_backward_every_op(op):
 # flipped value: fuse_wu forms R = A (Z − Ē S₀) in the state kernel for the listed decay forms (else
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
-# per-channel decayed keys for the sequential kernels (else they form them). pair_bf16 and
+# per-channel decayed keys for the sequential kernels (else they form them); fuse_output has the
+# forward's state kernel form the output (else chunk_output_kernel does, from h and R). pair_bf16 and
 # scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
@@ -80,12 +81,13 @@ def _flipped(name: str, value: object) -> object:
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
                          + [("gdn", SWITCHES), ("delta_rule", SWITCHES),
-                            ("kda", ("pre_decayed_keys",)), ("gla", ("pre_decayed_keys",))])
+                            ("kda", ("pre_decayed_keys",)), ("gla", ("pre_decayed_keys", "fuse_output")),
+                            ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
     # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), and
     # the per-channel-decay switch for kda (a per-head erase gate) and gla (no erase gate)
@@ -241,22 +243,30 @@ def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
     _compare(op, args, s0)
 
 
+@pytest.mark.parametrize("fuse_output", [False, True])
 @pytest.mark.parametrize("op, K, V", [("gdn2", 160, 24), ("gdn", 256, 16)])
-def test_wide_keys_use_every_state_slot(op, K, V):
+def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, monkeypatch):
     # The sequential kernels hold the state as up to four 64-row slots: K = 160 fills three (the
-    # last one masked), K = 256 all four.
+    # last one masked), K = 256 all four (with fuse_output, each slot also feeds the output).
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setitem(common.TUNING, "fuse_output", fuse_output)
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=1, K=K, V=V, dtype=torch.float32)
     _compare(op, args, s0)
 
 
-def test_varlen_matches_reference():
+@pytest.mark.parametrize("fuse_output", [False, True])
+def test_varlen_matches_reference(fuse_output, monkeypatch):
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setitem(common.TUNING, "fuse_output", fuse_output)
     args, s0 = make_inputs("gdn2", B=1, T=170, H=1, G=2, K=16, V=16, dtype=torch.float32)
     cu = torch.tensor([0, 30, 100, 170], dtype=torch.int32, device=DEV)
     s0 = torch.randn(3, *s0.shape[1:])
     _compare("gdn2", args, s0, cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",)])
+@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",), ("fuse_output",)])
 @pytest.mark.parametrize("value", [float("-inf"), -50.0])
 def test_extreme_gates_are_finite_and_exact(value, flip, monkeypatch):
     # each pairwise factor of the pair split must stay ≤ 1 (a -50 gate inside a 16-row block

@@ -346,14 +346,42 @@ def decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.conste
 
 
 @triton.jit
+def output_slot(b_S, q, G, o_row, m_t, i_h, i_hv, o_s, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr,
+                DECAY: tl.constexpr, PREC: tl.constexpr):
+    """The K rows ``o_s``'s share of ``(γ ⊙ Q) S₀`` ``[BT, BV]`` for a ``[len(o_s), BV]`` slice of
+    the incoming state (per-head γ is left to :func:`output_finish`)."""
+    m_tk = m_t[:, None] & (o_s < K)[None, :]
+    b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_s[None, :], mask=m_tk, other=0).to(tl.float32)
+    if DECAY == 2:
+        b_q *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0))
+    return tl.dot(b_q, b_S, input_precision=PREC)
+
+
+@triton.jit
+def output_finish(b_o, b_R, G, M, o, o_row, m_t, o_t, i_hv, p_tv, m_tv, scale, HV: tl.constexpr,
+                  BT: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
+    """Store ``O = scale·(γ ⊙ Q) S₀ + M R`` for one value block of a chunk, from b_o = the sum of
+    :func:`output_slot` over K and R ``[BT, BV]`` fp32."""
+    if DECAY == 1:
+        b_o *= tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
+    b_o *= scale
+    b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+    b_o += tl.dot(b_M.to(tl.float32), b_R, input_precision=PREC)
+    tl.store(o + p_tv, b_o.to(o.dtype.element_ty), mask=m_tv)
+
+
+@triton.jit
 def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_v, m_v,
                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                    DECAY: tl.constexpr, ERASE: tl.constexpr, FUSED_WU: tl.constexpr, PREC: tl.constexpr):
-    """Phase 1 of one K slot ``o_s`` of the state: store it as the chunk's incoming state and
-    return its share of ``Ē S₀`` (FUSED_WU: ``Ē`` rows ``γ_r ⊙ b_r ⊙ k_r`` built here) or of
-    ``W S₀`` (W from memory); 0 without an erase gate."""
+                    DECAY: tl.constexpr, ERASE: tl.constexpr, FUSED_WU: tl.constexpr, PREC: tl.constexpr,
+                    OUT: tl.constexpr):
+    """Phase 1 of one K slot ``o_s`` of the state: store it as the chunk's incoming state (unless
+    OUT: the state kernel forms the output itself and h is not needed) and return its share of
+    ``Ē S₀`` (FUSED_WU: ``Ē`` rows ``γ_r ⊙ b_r ⊙ k_r`` built here) or of ``W S₀`` (W from memory);
+    0 without an erase gate."""
     m_k = o_s < K
-    tl.store(h + p_h + o_s[:, None] * V + o_v[None, :], b_S, mask=m_k[:, None] & m_v[None, :])
+    if not OUT:
+        tl.store(h + p_h + o_s[:, None] * V + o_v[None, :], b_S, mask=m_k[:, None] & m_v[None, :])
     if ERASE > 0:
         m_tk = m_t[:, None] & m_k[None, :]
         if FUSED_WU:
@@ -383,20 +411,23 @@ def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H:
 
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT"],
 )
 @triton.jit
 def chunk_state_kernel(
-    k, v, b, w, G, A, W, U, KD, R, h, h0, ht, cu_seqlens, chunk_offsets,
+    k, v, b, w, G, A, W, U, KD, R, h, h0, ht, q, M, o, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FUSED_WU: tl.constexpr,
-    PRE_KD: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+    PRE_KD: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, OUT: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """One program per (value block, sequence·head), walking the sequence's chunks in order.
 
-    Writes the incoming state of each chunk h ``[NT, HV, K, V]`` fp32, the corrected values
-    R ``[Ttot, HV, V]`` fp32 and the final state ht ``[N, HV, K, V]``. With an erase gate,
+    Writes the incoming state of each chunk h ``[NT, HV, K, V]``, the corrected values
+    R ``[Ttot, HV, V]`` and the final state ht ``[N, HV, K, V]`` fp32; with OUT, instead of h and R,
+    the output o ``[Ttot, HV, V]`` (as :func:`chunk_output_kernel` would, from q, G, M and the
+    registers' S₀ and R: the forward then writes and re-reads neither). With an erase gate,
     ``R = A (Z − Ē S₀)`` (FUSED_WU: from A and the inputs) or ``R = U − W S₀`` (W, U from
     :func:`chunk_wu_kernel`); one or the other is faster depending on the compiler's registers.
 
@@ -433,22 +464,34 @@ def chunk_state_kernel(
         else:
             b_Y = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
         b_Y -= state_slot_step(b_S0, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s0, o_v, m_v,
-                               H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
+                               H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT)
         if K > BK:
             b_Y -= state_slot_step(b_S1, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s1,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT)
         if K > 2 * BK:
             b_Y -= state_slot_step(b_S2, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s2,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT)
         if K > 3 * BK:
             b_Y -= state_slot_step(b_S3, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s3,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT)
+        if OUT:  # the output's state term, from S₀ before phase 2 updates it
+            b_O = output_slot(b_S0, q, G, o_row, m_t, i_h, i_hv, o_s0, H, HV, K, DECAY, PREC)
+            if K > BK:
+                b_O += output_slot(b_S1, q, G, o_row, m_t, i_h, i_hv, o_s1, H, HV, K, DECAY, PREC)
+            if K > 2 * BK:
+                b_O += output_slot(b_S2, q, G, o_row, m_t, i_h, i_hv, o_s2, H, HV, K, DECAY, PREC)
+            if K > 3 * BK:
+                b_O += output_slot(b_S3, q, G, o_row, m_t, i_h, i_hv, o_s3, H, HV, K, DECAY, PREC)
         if ERASE > 0 and FUSED_WU:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
             b_R = tl.dot(b_A.to(tl.float32), b_Y, input_precision=PREC)
         else:
             b_R = b_Y
-        tl.store(R + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], b_R, mask=m_tv)
+        p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
+        if OUT:
+            output_finish(b_O, b_R, G, M, o, o_row, m_t, o_t, i_hv, p_tv, m_tv, scale, HV, BT, DECAY, PREC)
+        else:
+            tl.store(R + p_tv, b_R, mask=m_tv)
         b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K, DECAY,
                                  PRE_KD, PREC)
         if K > BK:
@@ -484,23 +527,13 @@ def chunk_output_kernel(
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        m_tk = m_t[:, None] & m_k[None, :]
-        b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
-        if DECAY == 2:
-            b_q *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0))
         b_h = tl.load(h + (i_t.to(tl.int64) * HV + i_hv) * K * V + o_k[:, None] * V + o_v[None, :],
-                      mask=m_k[:, None] & m_v[None, :], other=0).to(tl.float32)
-        b_o += tl.dot(b_q, b_h, input_precision=PREC)
-    if DECAY == 1:
-        b_o *= tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
-    b_o *= scale
-    b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-    b_M = b_M.to(tl.float32)
+                      mask=(o_k < K)[:, None] & m_v[None, :], other=0).to(tl.float32)
+        b_o += output_slot(b_h, q, G, o_row, m_t, i_h, i_hv, o_k, H, HV, K, DECAY, PREC)
     p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
-    b_o += tl.dot(b_M, tl.load(R + p_tv, mask=m_tv, other=0).to(tl.float32), input_precision=PREC)
-    tl.store(o + p_tv, b_o.to(o.dtype.element_ty), mask=m_tv)
+    b_R = tl.load(R + p_tv, mask=m_tv, other=0).to(tl.float32)
+    output_finish(b_o, b_R, G, M, o, o_row, m_t, o_t, i_hv, p_tv, m_tv, scale, HV, BT, DECAY, PREC)
 
 
 def _pow2(n: int, lo: int = 16) -> int:
@@ -560,13 +593,14 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     return M, A
 
 
-def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=None):
+def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=None, out=None):
     """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]``). Returns
-    ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])``, all fp32, and the decayed operands
-    ``(KD, QG, EG)`` ``[Ttot, HV, K]`` fp32 when the W, U kernel wrote them
+    ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])`` and the decayed operands
+    ``(KD, QG, EG)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
     (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q and EG = Ē only when ``q`` is
-    given, for the backward's sequential kernel), else ``(None, None, None)``. All but ht are
-    stored in :func:`scratch_dtype`."""
+    given, for the backward's sequential kernel), else ``(None, None, None)``. ht is fp32, the rest
+    stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state kernel writes the
+    output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``)."""
     Ttot, H, K = k.shape
     HV, V = v.shape[1], v.shape[2]
     f32 = dict(dtype=torch.float32, device=k.device)
@@ -590,16 +624,21 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
             ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PRE_QE=QG is not None,
             PREC=dot_precision(k.dtype),
         )
-    h = scratch("h", (NT, HV, K, V))
-    R = scratch("R", (Ttot, HV, V))
     ht = empty((N, HV, K, V), **f32)
-    BV = state_block_v(V, K, N * HV)
     x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
+    if out is None:
+        h, R = scratch("h", (NT, HV, K, V)), scratch("R", (Ttot, HV, V))
+        q_o, M, o, scale = x, x, x, 1.0
+    else:
+        h = R = None
+        q_o, M, o, scale = out
+    BV = state_block_v(V, K, N * HV)
     chunk_state_kernel[(triton.cdiv(V, BV), N * HV)](
         k, v, x if b is None else b, x if w is None else w, x if G is None else G, x if A is None else A,
-        x if W is None else W, x if U is None else U, x if KD is None else KD, R, h, ht if h0 is None else h0,
-        ht, cu, chunk_offsets, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
-        ERASE=ERASE, WRITE=WRITE, FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True,
+        x if W is None else W, x if U is None else U, x if KD is None else KD, x if R is None else R,
+        x if h is None else h, ht if h0 is None else h0, ht, q_o, M, o, cu, chunk_offsets, scale,
+        H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE, WRITE=WRITE,
+        FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True, OUT=out is not None,
         PREC=dot_precision(k.dtype),
     )
     return h, R, ht, (KD, QG, EG)
@@ -626,6 +665,10 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
         return o, ht, None, None
     G = chunk_cumdecay(g, cu, chunk_indices, NT)
     M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
+    if TUNING["fuse_output"]:
+        _, _, ht, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
+                                  out=(q, M, o, scale))
+        return o, ht, M, A
     h, R, ht, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N)
     BV = min(64, _pow2(V))
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
