@@ -86,9 +86,18 @@ long)
         --max-seconds 220 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
-    # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29)
+    # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29; ~5 min
+    # in all). Triton can keep autotuning results on disk (TRITON_CACHE_AUTOTUNING: one
+    # <hash>/<kernel>.autotune.json per kernel and key, the hash covering Triton, the GPU target,
+    # the kernel source and the configs): the results of this call come back as
+    # $OUT/autotune_cache.tgz; unpacked into .tcache/ (git-ignored) and carried with the snapshot,
+    # a later call on the same Triton and GPU then compiles only the chosen configs.
+    export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR=/tmp/tcache
+    mkdir -p /tmp/tcache && { [ -d ../.tcache ] && cp -r ../.tcache/. /tmp/tcache/ || true; }
+    echo "autotune results carried in: $(find /tmp/tcache -name '*.autotune.json' | wc -l)"
     timeout 400 $K fla-speed --ops gdn2 kda --T 2048 32768
-    timeout 150 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768 ;;
+    timeout 150 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
+    find /tmp/tcache -name '*.autotune.json' -printf '%P\n' | tar -czf $OUT/autotune_cache.tgz -C /tmp/tcache -T - ;;
 models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
