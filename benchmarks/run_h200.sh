@@ -7,6 +7,7 @@
 #   bash benchmarks/run_h200.sh ncu      # next session: ncu per-line stalls of the gradient and sequential kernels
 #   bash benchmarks/run_h200.sh final    # 2026-11-29 late: block widths on the new defaults; ncu per-line export
 #   bash benchmarks/run_h200.sh fuse     # next session: the output formed in the state kernel (fuse_output), 2k / 32k, gdn
+#   bash benchmarks/run_h200.sh adopt    # fuse_output on by default: every op's bf16 check, 32k smoke, speed, models
 #   bash benchmarks/run_h200.sh long     # every op at a 32k sequence vs the chunked backend; compiled models
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -77,6 +78,15 @@ fuse)
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn --keys fuse_output --out $OUT/tune_gdn_2k.json
     timeout 70 $K accuracy --tag h200-fuse --tuning fuse_output=True
     timeout 100 $K check --ops gdn2 kda gdn gla --tag h200-fuse --tuning fuse_output=True ;;
+adopt)
+    # fuse_output made the default (2026-11-29 evening): the ops not yet checked with it (gla's
+    # check ran out of its step's time in the fuse phase), one 32k sequence through the fused
+    # path's 16-wide value blocks, ours at 2k / 32k, and the compiled 1.3B models
+    timeout 130 $K check --ops gla delta_rule ssd linear_attn --tag h200-adopt
+    timeout 70 python3 benchmarks/long_smoke.py --ops gdn2 gdn gla | tee $OUT/long_smoke.txt
+    timeout 90 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768 --tag h200-adopt
+    timeout 230 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
+        --max-seconds 210 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 long)
     # every op at one 32k sequence (16-wide state value blocks) against the PyTorch chunked
     # backend: ours_gdn faulted there with the state kernel's bf16 operands (2026-11-29 night)
