@@ -71,7 +71,7 @@ final)
         | head -c 20000000 > $OUT/ncu_grad_source.csv
     rm -f $OUT/grad.ncu-rep; ls -la $OUT ;;
 fuse)
-    # built 2026-11-29 night, untimed: the forward's state kernel forms the output (fuse_output);
+    # built 2026-11-29 night, timed 17:20 UTC and adopted: the forward's state kernel forms the output (fuse_output);
     # local sm_90 compile (Triton 3.9): stack 0 -> 240 B at 8 warps with 16-wide value blocks
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_output --out $OUT/tune_2k.json
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys fuse_output --out $OUT/tune_32k.json
