@@ -10,7 +10,10 @@ Stages (DESIGN §1, chunk of BT tokens, incoming state S₀):
    incoming state of every chunk ``h``, the corrected values ``R = A (Z − Ē S₀)`` and the final
    state ``S_C = Diag(γ_C) S₀ + K̃ᵀ R``. (``R = U − W S₀`` with ``W = A Ē``, ``U = A Z``, without
    ever writing W and U: the state kernel applies A to ``Z − Ē S₀`` directly.)
-3. ``chunk_output_kernel`` (chunk-parallel): ``O = Q_γ S₀ + M R``.
+3. The output ``O = Q_γ S₀ + M R``: by default (``TUNING["fuse_output"]``) the state kernel forms it
+   from the state in its registers, so the forward writes neither h nor R; with the switch off,
+   ``chunk_output_kernel`` (chunk-parallel) reads them back. Both share ``output_slot`` /
+   ``output_finish``. The backward's recomputation still writes h and R for its gradient kernel.
 
 Without an erase gate ``T = 0``, so ``A = I`` and ``R = Z``: stage 1 skips the inverse.
 M and A are returned for the backward, which then skips stage 1.
