@@ -10,6 +10,7 @@
 #   bash benchmarks/run_h200.sh adopt    # fuse_output on by default: every op's bf16 check, 32k smoke, speed, models
 #   bash benchmarks/run_h200.sh long     # every op at a 32k sequence vs the chunked backend; compiled models
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
+#   bash benchmarks/run_h200.sh overlap  # the backward's sequential passes side by side (overlap_seq)
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
@@ -108,9 +109,23 @@ fla)
     timeout 400 $K fla-speed --ops gdn2 kda --T 2048 32768
     timeout 150 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
     find /tmp/tcache -name '*.autotune.json' -printf '%P\n' | tar -czf $OUT/autotune_cache.tgz -C /tmp/tcache -T - ;;
+overlap)
+    # 2026-11-29 (second evening): the backward's two sequential passes on two streams when they
+    # launch few programs (TUNING["overlap_seq"]): bitwise check on the GPU, speed at 32k / 8k / 2k,
+    # one 32k sequence vs the chunked backend, the compiled hybrid at 2k and 16k
+    timeout 110 python3 -m pytest -x -q -p no:cacheprovider tests/ops/test_triton.py \
+        -k "side or every_op or varlen or extreme" 2>&1 | tail -5
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys overlap_seq state_bv_min \
+        --out $OUT/tune_32k.json
+    timeout 60 python3 benchmarks/tune_kernels.py --op gdn2 --T 8192 --keys overlap_seq --out $OUT/tune_8k.json
+    timeout 60 python3 benchmarks/tune_kernels.py --op gdn2 --keys overlap_seq --out $OUT/tune_2k.json
+    timeout 75 python3 benchmarks/long_smoke.py --ops gdn2 kda gdn | tee $OUT/long_smoke.txt
+    timeout 150 python3 -m gatedelta.cli bench models --compile --skip-decode --models gdn2-hybrid \
+        --seq-lens 2048,16384 --steps 10 --warmup 2 --max-seconds 140 \
+        --out $OUT/models-1.3b-h200-compiled-hybrid.json 2>&1 | grep -v Warning ;;
 models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|long|fla|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|overlap|models"; exit 2 ;;
 esac

@@ -223,6 +223,41 @@ def test_dg_cancels_with_rounded_pair_operands(precision, monkeypatch):
     assert max(errs.values()) < 1e-2, errs
 
 
+def test_side_stream_only_on_cuda_and_when_asked(monkeypatch):
+    from gatedelta.ops.triton import common
+
+    assert common.side_stream(torch.device("cpu"), 1) is None
+    if not torch.cuda.is_available():
+        return
+    dev = torch.device("cuda")
+    monkeypatch.setitem(common.TUNING, "overlap_seq", 0)
+    assert common.side_stream(dev, 1) is None
+    monkeypatch.setitem(common.TUNING, "overlap_seq", 2)
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    assert common.side_stream(dev, 2 * sms) is not None
+    assert common.side_stream(dev, 2 * sms + 1) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="two CUDA streams")
+@pytest.mark.parametrize("op", ["gdn2", "kda", "gdn"])
+def test_backward_passes_side_by_side_equal_one_after_the_other(op, monkeypatch):
+    # TUNING["overlap_seq"]: the same kernels on the same inputs, so the gradients must agree bit
+    # for bit; a missing stream join or a reused buffer would not.
+    from gatedelta.ops.triton import common
+
+    args, s0 = make_inputs(op, B=2, T=1000, H=2, G=2, K=128, V=128, dtype=torch.bfloat16)
+    grads = []
+    for overlap in (0, 1000):
+        monkeypatch.setitem(common.TUNING, "overlap_seq", overlap)
+        leaves = [a.to(DEV).requires_grad_() for a in (*args, s0.float())]
+        o, s = run(op, tuple(leaves[:-1]), "triton", initial_state=leaves[-1], output_final_state=True)
+        torch.manual_seed(1)
+        torch.autograd.backward((o, s), (torch.randn_like(o), torch.randn_like(s)))
+        grads.append([a.grad for a in leaves])
+    for i, (a, b) in enumerate(zip(*grads)):
+        assert torch.equal(a, b), f"{op} grad of input {i} differs with the passes side by side"
+
+
 def test_backward_through_the_decode_kernel():
     # ≤ 4 tokens with a state take the decode kernel, which leaves no chunk matrices: the backward
     # recomputes them.

@@ -38,6 +38,7 @@ from .common import (
     pair_low,
     prepare_chunks,
     scratch_dtype,
+    side_stream,
 )
 from .forward import (
     _pow2,
@@ -431,11 +432,15 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         G = chunk_cumdecay(g, cu, chunk_indices, NT)
         if M is None or (ERASE and A is None):
             M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
+        BV = state_block_v(V, K, N * HV)
+        # The recomputed states (h, R) and the state gradients (dh, dY) are independent chains
+        # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
+        # sequences, run them side by side (TUNING["overlap_seq"]).
+        side = side_stream(dev, triton.cdiv(V, BV) * N * HV)
         h, R, _, (KD, QG, EG) = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
-                                            q=q)
+                                            q=q, stream=side)
         dh = empty((NT, HV, K, V), dtype=scratch_dtype(q.dtype, "dh"), device=dev)
         dY = empty((Ttot, HV, V), dtype=scratch_dtype(q.dtype, "dY"), device=dev)
-        BV = state_block_v(V, K, N * HV)
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
             q, k, q if b is None else b, M if G is None else G, M if KD is None else KD,
             M if QG is None else QG, M if EG is None else EG, M,
@@ -443,6 +448,8 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
             ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
         )
+        if side is not None:
+            torch.cuda.current_stream(dev).wait_stream(side)
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)
         gates = (q if g is None else g, q if b is None else b, q if w is None else w)
         BV_grad = min(TUNING["grad_bv"], _pow2(V))

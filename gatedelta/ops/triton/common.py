@@ -16,6 +16,7 @@ level (:func:`pair_matrix`).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -78,7 +79,11 @@ CHUNK = 64
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
-          "fuse_output": True}
+          "fuse_output": True, "overlap_seq": 2}
+# overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
+# pass (reverse order) are independent sequential kernels; when they launch at most
+# overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
+# of 16 heads), they run side by side on two CUDA streams instead of one after the other. 0: never.
 # The intermediates TUNING["scratch_bf16"] may list.
 SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -99,6 +104,22 @@ def launch_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[trit
 # Debug mode (tests): fill every kernel output with NaN before the kernels write it, so an element
 # a kernel forgets to write cannot pass.
 POISON = os.environ.get("GATEDELTA_TRITON_POISON") == "1"
+
+
+@functools.cache
+def _side_stream(device_index: int) -> tuple[torch.cuda.Stream, int]:
+    props = torch.cuda.get_device_properties(device_index)
+    return torch.cuda.Stream(device_index), props.multi_processor_count
+
+
+def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None:
+    """A second CUDA stream (one per device) for a sequential kernel of ``programs`` programs to
+    run beside another, or None (CPU, the interpreter, or enough programs to fill the GPU;
+    ``TUNING["overlap_seq"]``)."""
+    if device.type != "cuda" or INTERPRET or not TUNING["overlap_seq"]:
+        return None
+    stream, sms = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
+    return stream if programs <= TUNING["overlap_seq"] * sms else None
 
 
 def gate_form(x: torch.Tensor | None) -> int:

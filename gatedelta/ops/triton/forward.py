@@ -21,6 +21,8 @@ M and A are returned for the backward, which then skips stage 1.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -596,14 +598,19 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     return M, A
 
 
-def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=None, out=None):
+def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=None, out=None,
+                stream=None):
     """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]``). Returns
     ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])`` and the decayed operands
     ``(KD, QG, EG)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
     (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q and EG = Ē only when ``q`` is
     given, for the backward's sequential kernel), else ``(None, None, None)``. ht is fp32, the rest
     stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state kernel writes the
-    output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``)."""
+    output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``).
+
+    With a CUDA ``stream`` the state kernel (not the W, U kernel, whose KD, QG, EG the caller may
+    need at once) runs on that stream, after the work queued so far on the current one; every
+    tensor it touches is recorded on it, so the caller joins the streams before using h, R, ht."""
     Ttot, H, K = k.shape
     HV, V = v.shape[1], v.shape[2]
     f32 = dict(dtype=torch.float32, device=k.device)
@@ -636,14 +643,25 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
         h = R = None
         q_o, M, o, scale = out
     BV = state_block_v(V, K, N * HV)
-    chunk_state_kernel[(triton.cdiv(V, BV), N * HV)](
-        k, v, x if b is None else b, x if w is None else w, x if G is None else G, x if A is None else A,
-        x if W is None else W, x if U is None else U, x if KD is None else KD, x if R is None else R,
-        x if h is None else h, ht if h0 is None else h0, ht, q_o, M, o, cu, chunk_offsets, scale,
+    args = (k, v, x if b is None else b, x if w is None else w, x if G is None else G, x if A is None else A,
+            x if W is None else W, x if U is None else U, x if KD is None else KD, x if R is None else R,
+            x if h is None else h, ht if h0 is None else h0, ht, q_o, M, o, cu, chunk_offsets)
+    launch = functools.partial(
+        chunk_state_kernel[(triton.cdiv(V, BV), N * HV)], *args, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE, WRITE=WRITE,
         FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True, OUT=out is not None,
         PREC=dot_precision(k.dtype),
     )
+    if stream is None:
+        launch()
+    else:
+        # The caching allocator may hand a freed block to the current stream's next allocation
+        # while this stream still reads it (W and U go out of scope on return): record them all.
+        stream.wait_stream(torch.cuda.current_stream(k.device))
+        for t in args:
+            t.record_stream(stream)
+        with torch.cuda.stream(stream):
+            launch()
     return h, R, ht, (KD, QG, EG)
 
 
