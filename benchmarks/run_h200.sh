@@ -12,6 +12,7 @@
 #   bash benchmarks/run_h200.sh fla      # FLA gdn2 / kda at 2k and 32k, then ours, same call
 #   bash benchmarks/run_h200.sh overlap  # the backward's sequential passes side by side (overlap_seq)
 #   bash benchmarks/run_h200.sh split    # GPU tests; the hybrid's 2k -> 16k drop per layer kind
+#   bash benchmarks/run_h200.sh swa      # GPU overlap tests; FA-2 sliding window vs FlexAttention
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
@@ -131,9 +132,15 @@ split)
         -k "side or every_op or varlen or extreme" > $OUT/pytest_gpu.txt 2>&1; tail -3 $OUT/pytest_gpu.txt
     timeout 60 python3 benchmarks/long_smoke.py --ops gdn | tee $OUT/long_smoke_gdn.txt
     timeout 150 python3 benchmarks/layer_split.py --out $OUT/layer_split.json 2>&1 | grep -v Warning ;;
+swa)
+    # the backward-overlap GPU tests alone (the split phase's test run ran out of time compiling),
+    # and FlashAttention-2's sliding window against FlexAttention (benchmarks/swa_backends.py)
+    timeout 150 python3 -m pytest -x -q -p no:cacheprovider tests/ops/test_triton.py -k "side" \
+        > $OUT/pytest_gpu.txt 2>&1; tail -3 $OUT/pytest_gpu.txt
+    timeout 120 python3 benchmarks/swa_backends.py --out $OUT/swa_backends.json 2>&1 | grep -v Warning ;;
 models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|overlap|split|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|overlap|split|swa|models"; exit 2 ;;
 esac

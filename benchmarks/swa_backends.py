@@ -38,6 +38,20 @@ def sdpa_causal(q, k, v, window: int) -> torch.Tensor:
                                           is_causal=True).transpose(1, 2)
 
 
+def time_backend(fn, q, k, v, do, window: int) -> tuple[float, float]:
+    """(forward ms, forward + backward ms), medians."""
+
+    def step() -> None:
+        torch.autograd.grad(fn(q, k, v, window), (q, k, v), do)
+
+    def forward() -> None:
+        with torch.no_grad():
+            fn(q, k, v, window)
+
+    return (triton.testing.do_bench(forward, warmup=5, rep=40, return_mode="median"),
+            triton.testing.do_bench(step, warmup=5, rep=40, return_mode="median"))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None)
@@ -58,14 +72,7 @@ def main() -> None:
                 o = fn(q, k, v, W)
                 grads = torch.autograd.grad(o, (q, k, v), do)
                 results[name] = (o.float(), [g.float() for g in grads])
-
-                def step(fn=fn) -> None:
-                    torch.autograd.grad(fn(q, k, v, W), (q, k, v), do)
-
-                ms = triton.testing.do_bench(step, warmup=5, rep=40, return_mode="median")
-                with torch.no_grad():
-                    fwd = triton.testing.do_bench(lambda fn=fn: fn(q, k, v, W), warmup=5, rep=40,
-                                                  return_mode="median")
+                fwd, ms = time_backend(fn, q, k, v, do, W)
                 row = {"backend": name, "B": B, "T": T, "fwd_ms": round(fwd, 3), "fwd_bwd_ms": round(ms, 3)}
             except Exception as e:  # an op or argument this torch lacks
                 row = {"backend": name, "B": B, "T": T, "error": f"{type(e).__name__}: {e}"[:300]}
@@ -73,7 +80,7 @@ def main() -> None:
                 ref_o, ref_g = results["flex"]
                 o_, g_ = results[name]
                 rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
-                row["rel_vs_flex"] = [round(rel(o_, ref_o), 6)] + [round(rel(a, b), 6) for a, b in zip(g_, ref_g)]
+                row["rel_vs_flex"] = [round(rel(a, b), 6) for a, b in zip([o_, *g_], [ref_o, *ref_g])]
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
