@@ -13,6 +13,7 @@
 #   bash benchmarks/run_h200.sh overlap  # the backward's sequential passes side by side (overlap_seq)
 #   bash benchmarks/run_h200.sh split    # GPU tests; the hybrid's 2k -> 16k drop per layer kind
 #   bash benchmarks/run_h200.sh swa      # GPU overlap tests; FA-2 sliding window vs FlexAttention
+#   bash benchmarks/run_h200.sh confirm  # ours at 2k / 32k and the compiled models with overlap_seq on
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
@@ -138,9 +139,14 @@ swa)
     timeout 150 python3 -m pytest -x -q -p no:cacheprovider tests/ops/test_triton.py -k "side" \
         > $OUT/pytest_gpu.txt 2>&1; tail -3 $OUT/pytest_gpu.txt
     timeout 120 python3 benchmarks/swa_backends.py --out $OUT/swa_backends.json 2>&1 | grep -v Warning ;;
+confirm)
+    # with overlap_seq on: ours at 2k / 32k beside SDPA, and the compiled 1.3B models, T = 2k … 16k
+    timeout 100 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768 --tag h200-overlap
+    timeout 240 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
+        --max-seconds 220 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|overlap|split|swa|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|overlap|split|swa|confirm|models"; exit 2 ;;
 esac
