@@ -236,6 +236,10 @@ def test_side_stream_only_on_cuda_and_when_asked(monkeypatch):
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     assert common.side_stream(dev, 2 * sms) is not None
     assert common.side_stream(dev, 2 * sms + 1) is None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        inside_capture = common.side_stream(dev, 1)
+    assert inside_capture is None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="two CUDA streams")

@@ -116,9 +116,12 @@ def _side_stream(device_index: int) -> tuple[torch.cuda.Stream, int]:
 
 def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None:
     """A second CUDA stream (one per device) for a sequential kernel of ``programs`` programs to
-    run beside another, or None (CPU, the interpreter, or enough programs to fill the GPU;
-    ``TUNING["overlap_seq"]``)."""
+    run beside another, or None (CPU, the interpreter, enough programs to fill the GPU —
+    ``TUNING["overlap_seq"]`` — or a CUDA-graph capture in progress: a fork into a side stream
+    inside a capture was not measured, so captured graphs keep the single-stream order)."""
     if device.type != "cuda" or INTERPRET or not TUNING["overlap_seq"]:
+        return None
+    if torch.cuda.is_current_stream_capturing():
         return None
     stream, sms = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
     return stream if programs <= TUNING["overlap_seq"] * sms else None
