@@ -15,6 +15,10 @@ stage 1 too when M and A were not kept — then
    then ``e = b⊙k``, ``z = w⊙v`` give db, dw, and ``dg`` is the reverse cumulative sum of
    ``d log γ`` within the chunk.
 
+Stages 2 and 4 do not depend on each other (4 needs only stage 1's M, A and the W, U kernel's
+pre-decayed operands): when they launch few programs (one long sequence, few heads) they run side
+by side on two CUDA streams (``TUNING["overlap_seq"]``), and stage 5 waits for both.
+
 Here ``Y = Z − Ē S₀`` and ``R = A Y``; ``dT = −Aᵀ dA Aᵀ`` with ``dA = dR Yᵀ`` collapses to
 ``−dY Rᵀ``, so the gradient kernel needs no A.
 """
