@@ -26,6 +26,13 @@ from gatedelta.ops.attention import _compiled_flex, cached_block_mask
 SHAPES = ((8, 2048), (1, 16384))
 
 
+def write_rows(path: str, rows: list[dict]) -> None:
+    """The rows as JSON with the GPU's name and torch's version (also used by swa_backends.py)."""
+    with open(path, "w") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f,
+                  indent=1)
+
+
 def fwd_bwd_ms(fn, *args, leaves: list[torch.Tensor]) -> float:
     """Median ms of ``fn(*args).backward(grad)``; ``leaves`` get their gradients cleared."""
     grad = torch.randn_like(fn(*args))
@@ -90,9 +97,7 @@ def main() -> None:
             record("flex causal (no window)", B, T,
                    fwd_bwd_ms(flex_op, qt, kt, vt, mask, leaves=[qt, kt, vt]))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f,
-                      indent=1)
+        write_rows(args.out, rows)
 
 
 if __name__ == "__main__":

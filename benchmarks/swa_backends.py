@@ -18,6 +18,7 @@ import json
 import torch
 import torch.nn.functional as F
 import triton.testing
+from layer_split import write_rows  # the sibling script (run as python3 benchmarks/swa_backends.py)
 
 from gatedelta import ops
 
@@ -84,9 +85,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f,
-                      indent=1)
+        write_rows(args.out, rows)
 
 
 if __name__ == "__main__":
