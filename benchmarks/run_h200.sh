@@ -14,6 +14,7 @@
 #   bash benchmarks/run_h200.sh split    # GPU tests; the hybrid's 2k -> 16k drop per layer kind
 #   bash benchmarks/run_h200.sh swa      # GPU overlap tests; FA-2 sliding window vs FlexAttention
 #   bash benchmarks/run_h200.sh confirm  # ours at 2k / 32k and the compiled models with overlap_seq on
+#   bash benchmarks/run_h200.sh anchor   # pair products through one midpoint (anchor_range): speed, accuracy, check
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
@@ -112,6 +113,15 @@ fla)
     timeout 400 $K fla-speed --ops gdn2 kda --T 2048 32768
     timeout 150 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
     find /tmp/tcache -name '*.autotune.json' -printf '%P\n' | tar -czf $OUT/autotune_cache.tgz -C /tmp/tcache -T - ;;
+anchor)
+    # 2026-11-29 (third session): the pair products of a chunk through one per-channel midpoint when
+    # its log-decay spans <= TUNING["anchor_range"] (one product instead of the split's six levels)
+    timeout 130 python3 benchmarks/tune_kernels.py --op gdn2 --keys anchor_range --out $OUT/tune_2k.json
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys anchor_range --out $OUT/tune_32k.json
+    timeout 70 $K accuracy --tag h200-anchor
+    timeout 100 $K check --ops gdn2 kda gla --tag h200-anchor
+    timeout 90 $K speed --ops gdn2 kda gdn --T 2048 32768 --tag h200-anchor
+    timeout 40 $K profile --T 2048 --tag h200-anchor ;;
 overlap)
     # 2026-11-29 (second evening): the backward's two sequential passes on two streams when they
     # launch few programs (TUNING["overlap_seq"]): bitwise check on the GPU, speed at 32k / 8k / 2k,

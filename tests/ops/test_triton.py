@@ -330,6 +330,38 @@ def test_extreme_gates_are_finite_and_exact(value, flip, monkeypatch):
     _compare("gdn2", (q, k, v, g, b, w), s0, tol=TOL_EXTREME)
 
 
+# The pair products through one per-channel midpoint (TUNING["anchor_range"]): mild gates take them
+# in every chunk, a hard reset sends its chunk to the dyadic split, and both meet the reference.
+@pytest.mark.parametrize("op", ["gdn2", "kda", "gla"])
+@pytest.mark.parametrize("anchor_range", [0.0, 80.0])
+def test_pair_products_through_the_midpoint_or_the_split(op, anchor_range, monkeypatch):
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setitem(common.TUNING, "anchor_range", anchor_range)
+    args, s0 = make_inputs(op, B=1, T=200, H=1, G=2, K=32, V=16, dtype=torch.float32)
+    q, k, v, g, *rest = args
+    g = 0.1 * g  # mild: a 64-row range of a few units, below 80 in every chunk
+    g[:, 140] = float("-inf")  # ... except the third chunk, which holds a hard reset
+    _compare(op, (q, k, v, g, *rest), s0, tol=TOL_EXTREME)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow it checks for
+def test_midpoint_guard_is_what_keeps_hard_resets_finite(monkeypatch):
+    # with the range check off (any range passes), resets put exp(±(G − m)) far past float32:
+    # so the midpoint path is the one taken, and the guard is what keeps it safe
+    from gatedelta.ops.triton import common
+
+    args, s0 = make_inputs("gdn2", B=1, T=100, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    q, k, v, g, b, w = args
+    g = g.clone()
+    g[:, 5::17] = float("-inf")
+    o_safe, _ = ops.gdn2(q, k, v, g, b, w, initial_state=s0, backend="triton")
+    assert torch.isfinite(o_safe).all()
+    monkeypatch.setitem(common.TUNING, "anchor_range", 1e30)
+    o_unsafe, _ = ops.gdn2(q, k, v, g, b, w, initial_state=s0, backend="triton")
+    assert not torch.isfinite(o_unsafe).all()
+
+
 def test_prefill_then_decode_equals_full_forward():
     """Chunked prefill + token-by-token decode (the decode kernel) == one full forward."""
     args, s0 = make_inputs("kda", B=2, T=72, H=1, G=2, K=16, V=16, dtype=torch.float32)

@@ -11,7 +11,11 @@ Pairwise decay (DESIGN §1 numerics). With ``G`` the chunk-local cumulative log-
 pairwise factor is ``exp(G_r − G_s)`` with ``r ≥ s`` (≤ 1); ``1/γ`` alone is never formed. For
 per-channel decay, pairs are grouped by a dyadic split of the chunk: each pair factors through an
 anchor row c between them, ``exp(G_r − G_c)·exp(G_c − G_s)`` (both ≤ 1), one matrix product per
-level (:func:`pair_matrix`).
+level (:func:`pair_matrices`). A chunk whose log-decay spans at most ``TUNING["anchor_range"]`` in
+every channel of the tile (ordinary gates) takes one product instead: every pair factors through
+the per-channel midpoint m of its G, ``exp(G_r − m)·exp(m − G_s)``, each factor within
+``exp(±range/2)`` (≤ e⁴⁰ at the default 80), so none can overflow; a chunk with a hard reset or very
+strong decay keeps the dyadic split (:func:`chunk_midpoint`).
 """
 
 from __future__ import annotations
@@ -79,7 +83,16 @@ CHUNK = 64
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
-          "fuse_output": True, "overlap_seq": 2}
+          "fuse_output": True, "overlap_seq": 2, "anchor_range": 80.0}
+# anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
+# factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
+# much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic
+# split's six, with factors exp(±(G − m)) ≤ exp(range/2). At 80 that is e⁴⁰ ≈ 2.4e17, so a scaled
+# operand overflows float32 only past ~1e21 (no gate can: the range is checked per chunk). Ordinary
+# gates take it (logsigmoid of a standard normal: a 64-row range of 52 ± 4 per channel, the largest
+# of 32 channels below 70 in 99.9 % of chunks); a hard reset (g ≤ G_MIN) or ~2× stronger decay than
+# that takes the dyadic split. The operands are rounded as before (tf32), so the accuracy is the
+# split's. 0: always the dyadic split.
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
@@ -226,7 +239,7 @@ def chunk_rows(cu_seqlens, chunk_indices, i_t, BT: tl.constexpr):
 
 @triton.jit
 def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.constexpr, K: tl.constexpr):
-    """One level of the dyadic pair split (see :func:`pair_matrices`): rows are grouped in blocks of
+    """One level of the dyadic pair split (see :func:`pair_matrices_split`): rows are grouped in blocks of
     ``2h``; the anchor of a block is its row ``h − 1`` (the last row of its left half).
 
     Returns ``(right, same, e)``: ``right [BT]`` marks rows in a right half, ``same [BT, BT]`` marks
@@ -276,8 +289,52 @@ def mixed_dot(a, b, PREC: tl.constexpr, LOW: tl.constexpr):
 
 
 @triton.jit
+def chunk_midpoint(b_G, m_t):
+    """Per channel, the midpoint ``m = (max + min) / 2`` of G over the chunk's valid rows ``m_t``
+    ``[BK]``, and the largest range ``max − min`` over the tile's channels (a scalar): when it is at
+    most ``TUNING["anchor_range"]``, every pair factors through m with factors ``≤ exp(range/2)``."""
+    b_hi = tl.max(tl.where(m_t[:, None], b_G, -float("inf")), 0)
+    b_lo = tl.min(tl.where(m_t[:, None], b_G, float("inf")), 0)
+    return 0.5 * (b_hi + b_lo), tl.max(b_hi - b_lo, 0)
+
+
+@triton.jit
+def anchor_scales(b_G, b_m, m_t):
+    """``exp(G − m)`` (row operands) and ``exp(m − G)`` (column operands) ``[BT, BK]``, zero on rows
+    past the sequence end (their G is not this chunk's and could be far from m)."""
+    b_d = b_G - b_m[None, :]
+    return tl.where(m_t[:, None], tl.exp(b_d), 0.0), tl.where(m_t[:, None], tl.exp(-b_d), 0.0)
+
+
+@triton.jit
 def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
-                  BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+                  BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
+                  RANGE: tl.constexpr):
+    """The pair matrices of one K block: through the midpoint (one product each) when the chunk's
+    log-decay spans at most RANGE (see :func:`chunk_midpoint`), else by :func:`pair_matrices_split`."""
+    if RANGE > 0:
+        m_t = (row0 + o_t) < eos
+        b_m, b_rng = chunk_midpoint(b_G, m_t)
+        if b_rng <= RANGE:
+            b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+            b_ys = tl.trans(b_y * b_dn)
+            b_P = tl.where(o_t[:, None] >= o_t[None, :], mixed_dot(b_x * b_up, b_ys, PREC, LOW), 0.0)
+            b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
+            if TWO:
+                b_P2 = tl.where(o_t[:, None] > o_t[None, :], mixed_dot(b_x2 * b_up, b_ys, PREC, LOW), 0.0)
+        else:
+            b_P, b_P2 = pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
+                                            TWO, PREC, LOW)
+    else:
+        b_P, b_P2 = pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
+                                        TWO, PREC, LOW)
+    return b_P, b_P2
+
+
+@triton.jit
+def pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
+                        K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr,
+                        LOW: tl.constexpr):
     """``P[r, s] = Σ_k x[r,k] y[s,k] exp(G[r,k] − G[s,k])`` for ``s ≤ r`` and, when TWO, the same
     with x2 for ``s < r`` (strict). All tiles ``[BT, BK]`` fp32 of one chunk (per-channel decay);
     G in memory serves the anchor rows. Returns two ``[BT, BT]`` fp32 tiles, zero above.
@@ -305,7 +362,56 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
 
 @triton.jit
 def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
-              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+              K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
+              RANGE: tl.constexpr):
+    """The gradient kernel's pairwise products (see :func:`pair_both_split`): through the midpoint
+    when the chunk's log-decay spans at most RANGE (:func:`chunk_midpoint`), else by the split.
+    Returns ``(left, left2, right, dG)``."""
+    if RANGE > 0:
+        m_t = (row0 + o_t) < eos
+        b_m, b_rng = chunk_midpoint(b_G, m_t)
+        if b_rng <= RANGE:
+            b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+            b_l, b_l2, b_r, b_dG = pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, TWO, PREC, LOW)
+        else:
+            b_l, b_l2, b_r, b_dG = pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t,
+                                                   o_k, m_k, HV, K, BT, TWO, PREC, LOW)
+    else:
+        b_l, b_l2, b_r, b_dG = pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k,
+                                               m_k, HV, K, BT, TWO, PREC, LOW)
+    return b_l, b_l2, b_r, b_dG
+
+
+@triton.jit
+def pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, TWO: tl.constexpr, PREC: tl.constexpr,
+                     LOW: tl.constexpr):
+    """:func:`pair_both_split`'s results with every pair through the midpoint: ``ρ_rsk = up_rk·dn_sk``
+    (:func:`anchor_scales`), so ``left = up ⊙ (D (dn ⊙ y))`` and
+    ``right = dn ⊙ (Dᵀ (up ⊙ x) + D2ᵀ (up ⊙ x2))``: four products, the diagonal included. dG comes
+    from the products' rounded operands, as in the split (each pair, the diagonal too, enters both
+    of its terms with one value)."""
+    b_Ds = pair_operand(b_D, PREC, LOW)
+    b_ys = pair_operand(b_y * b_dn, PREC, LOW)
+    b_xr = pair_operand(b_x * b_up, PREC, LOW)
+    b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
+    b_R = mixed_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
+    b_dG = b_xr.to(tl.float32) * b_L
+    b_l2 = tl.zeros(b_x.shape, dtype=tl.float32)
+    if TWO:
+        b_D2s = pair_operand(b_D2, PREC, LOW)
+        b_xr2 = pair_operand(b_x2 * b_up, PREC, LOW)
+        b_L2 = mixed_dot(b_D2s, b_ys, PREC, LOW)
+        b_R += mixed_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
+        b_dG += b_xr2.to(tl.float32) * b_L2
+        b_l2 = b_L2 * b_up
+    b_dG -= b_ys.to(tl.float32) * b_R
+    return b_L * b_up, b_l2, b_R * b_dn, b_dG
+
+
+@triton.jit
+def pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
+                    K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr,
+                    LOW: tl.constexpr):
     """The pairwise products of the gradient kernel, for D and (when TWO) D2 lower-triangular
     ``[BT, BT]`` and x, x2, y ``[BT, BK]``, with ``ρ_rsk = exp(G[r,k] − G[s,k])``:
 
@@ -313,7 +419,7 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     ``right[s, k] = Σ_r (D[r,s] x[r,k] + D2[r,s] x2[r,k]) ρ_rsk`` (one sum: the gradient kernel
     only needs it whole).
 
-    One level loop of the dyadic split of :func:`pair_matrices`: each level's split (anchor rows
+    One level loop of the dyadic split of :func:`pair_matrices_split`: each level's split (anchor rows
     and one exp) serves every product (one loop measured 1.2 ms faster than one per side for gdn2
     at 2k on the H200).
 

@@ -209,14 +209,14 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
     # 4 warps spill ~250 B (H200 sweep, tune_gdn2_h200.json). A 128-register cap (two programs
     # per SM) and a 16-row-block form without stack were timed on the H200 and lost (2026-11-29).
     launch_configs((8,), (1, 2)),
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE"],
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE"],
 )
 @triton.jit
 def chunk_intra_kernel(
     q, k, b, G, M, A, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
-    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr,
+    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr,
 ):
     """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
     erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
@@ -235,7 +235,7 @@ def chunk_intra_kernel(
         if DECAY == 2:
             b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
             b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, bos + i_c * BT, eos, i_hv, o_t, o_k, o_k < K,
-                                       HV, K, BT, ERASE > 0, PREC, LOW)
+                                       HV, K, BT, ERASE > 0, PREC, LOW, RANGE)
             b_M += b_Mk
             b_T += b_Tk
         else:
@@ -590,7 +590,7 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
         # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
         H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
         DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
-        LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]),
+        LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=float(TUNING["anchor_range"]),
     )
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
