@@ -15,6 +15,7 @@
 #   bash benchmarks/run_h200.sh swa      # GPU overlap tests; FA-2 sliding window vs FlexAttention
 #   bash benchmarks/run_h200.sh confirm  # ours at 2k / 32k and the compiled models with overlap_seq on
 #   bash benchmarks/run_h200.sh anchor   # pair products through one midpoint (anchor_range): speed, accuracy, check
+#   bash benchmarks/run_h200.sh anchor2  # the midpoint path as a launch of its own vs a per-tile branch
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
@@ -122,6 +123,15 @@ anchor)
     timeout 100 $K check --ops gdn2 kda gla --tag h200-anchor
     timeout 90 $K speed --ops gdn2 kda gdn --T 2048 32768 --tag h200-anchor
     timeout 40 $K profile --T 2048 --tag h200-anchor ;;
+anchor2)
+    # the midpoint path as its own launch (anchor_launch "two", the default) vs one kernel that
+    # branches per tile; the midpoint's diagonal exact in fp32
+    timeout 130 python3 benchmarks/tune_kernels.py --op gdn2 --keys anchor_launch --out $OUT/tune_2k.json
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys anchor_launch --out $OUT/tune_32k.json
+    timeout 70 $K accuracy --tag h200-anchor2
+    timeout 100 $K check --ops gdn2 kda gla --tag h200-anchor2
+    timeout 90 $K speed --ops gdn2 kda gdn --T 2048 32768 --tag h200-anchor2
+    timeout 40 $K profile --T 2048 32768 --tag h200-anchor2 ;;
 overlap)
     # 2026-11-29 (second evening): the backward's two sequential passes on two streams when they
     # launch few programs (TUNING["overlap_seq"]): bitwise check on the GPU, speed at 32k / 8k / 2k,

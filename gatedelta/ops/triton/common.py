@@ -83,7 +83,8 @@ CHUNK = 64
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
-          "fuse_output": True, "overlap_seq": 2, "anchor_range": 80.0}
+          "fuse_output": True, "overlap_seq": 2, "anchor_range": 80.0,
+          "anchor_launch": "two"}
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic
@@ -92,7 +93,8 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # gates take it (logsigmoid of a standard normal: a 64-row range of 52 ± 4 per channel, the largest
 # of 32 channels below 70 in 99.9 % of chunks); a hard reset (g ≤ G_MIN) or ~2× stronger decay than
 # that takes the dyadic split. The operands are rounded as before (tf32), so the accuracy is the
-# split's. 0: always the dyadic split.
+# split's. 0: always the dyadic split. anchor_launch: "two" runs each such kernel twice (see
+# pair_paths), the first launch compiled without the split's code; "one" branches per tile.
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
@@ -176,6 +178,19 @@ def scratch_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
     if name in TUNING["scratch_bf16"] and dtype == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
+
+
+def pair_paths(decay: int) -> tuple[tuple[int, bool], ...]:
+    """The launches of a kernel with pair products (per-channel decay), as ``(PATH, GATED)``:
+    PATH 0 = the dyadic split only, 1 = through the midpoint only, 3 = chosen per tile in the
+    kernel. With ``TUNING["anchor_launch"] == "two"`` the kernel runs twice, each launch doing only
+    the programs whose chunk range (max − min of G) puts it on its path (GATED): PATH 1 for range
+    ≤ ``anchor_range``, then PATH 0 for the rest, so the common launch carries no split code."""
+    if decay != 2 or not TUNING["anchor_range"]:
+        return ((0, False),)
+    if TUNING["anchor_launch"] == "two":
+        return ((1, True), (0, True))
+    return ((3, False),)
 
 
 def inverse_precision(dtype: torch.dtype) -> str:
@@ -299,6 +314,26 @@ def chunk_midpoint(b_G, m_t):
 
 
 @triton.jit
+def off_path(G, row0, eos, i_hv, o_t, k0, HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
+             NB: tl.constexpr, RANGE: tl.constexpr, PATH: tl.constexpr):
+    """For a gated launch (:func:`pair_paths`): whether the program's chunk belongs to the other
+    launch, from the largest range of G over the channels ``k0 + [0, NB·BK)`` (the program's
+    own): PATH 1 takes ranges ≤ RANGE, PATH 0 the rest."""
+    m_t = (row0 + o_t) < eos
+    b_rng = 0.0
+    for i in range(NB):
+        o_k = k0 + i * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        b_G = tl.load(G + ((row0 + o_t)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+        b_rng = tl.maximum(b_rng, chunk_midpoint(b_G, m_t)[1])
+    if PATH == 1:
+        off = b_rng > RANGE
+    else:
+        off = b_rng <= RANGE
+    return off
+
+
+@triton.jit
 def anchor_scales(b_G, b_m, m_t):
     """``exp(G − m)`` (row operands) and ``exp(m − G)`` (column operands) ``[BT, BK]``, zero on rows
     past the sequence end (their G is not this chunk's and could be far from m)."""
@@ -307,21 +342,36 @@ def anchor_scales(b_G, b_m, m_t):
 
 
 @triton.jit
+def pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT: tl.constexpr, TWO: tl.constexpr,
+                         PREC: tl.constexpr, LOW: tl.constexpr):
+    """:func:`pair_matrices_split`'s results through the midpoint (:func:`anchor_scales`): one
+    product each, the diagonal (ρ = 1, the largest terms) exact in fp32 as in the split."""
+    b_ys = tl.trans(b_y * b_dn)
+    b_P = tl.where(o_t[:, None] > o_t[None, :], mixed_dot(b_x * b_up, b_ys, PREC, LOW), 0.0)
+    b_P += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
+    b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
+    if TWO:
+        b_P2 = tl.where(o_t[:, None] > o_t[None, :], mixed_dot(b_x2 * b_up, b_ys, PREC, LOW), 0.0)
+    return b_P, b_P2
+
+
+@triton.jit
 def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
                   BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-                  RANGE: tl.constexpr):
-    """The pair matrices of one K block: through the midpoint (one product each) when the chunk's
-    log-decay spans at most RANGE (see :func:`chunk_midpoint`), else by :func:`pair_matrices_split`."""
-    if RANGE > 0:
-        m_t = (row0 + o_t) < eos
+                  RANGE: tl.constexpr, PATH: tl.constexpr):
+    """The pair matrices of one K block (see :func:`pair_matrices_split`), by PATH (see
+    :func:`pair_path`): through the midpoint (one product each) or by the dyadic split, chosen
+    here per tile (PATH 3) or by the caller (1: midpoint, 0: split)."""
+    m_t = (row0 + o_t) < eos
+    if PATH == 1:
+        b_m, _ = chunk_midpoint(b_G, m_t)
+        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+        b_P, b_P2 = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT, TWO, PREC, LOW)
+    elif PATH == 3:
         b_m, b_rng = chunk_midpoint(b_G, m_t)
         if b_rng <= RANGE:
             b_up, b_dn = anchor_scales(b_G, b_m, m_t)
-            b_ys = tl.trans(b_y * b_dn)
-            b_P = tl.where(o_t[:, None] >= o_t[None, :], mixed_dot(b_x * b_up, b_ys, PREC, LOW), 0.0)
-            b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
-            if TWO:
-                b_P2 = tl.where(o_t[:, None] > o_t[None, :], mixed_dot(b_x2 * b_up, b_ys, PREC, LOW), 0.0)
+            b_P, b_P2 = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT, TWO, PREC, LOW)
         else:
             b_P, b_P2 = pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
                                             TWO, PREC, LOW)
@@ -363,16 +413,20 @@ def pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 
 @triton.jit
 def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
               K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-              RANGE: tl.constexpr):
-    """The gradient kernel's pairwise products (see :func:`pair_both_split`): through the midpoint
-    when the chunk's log-decay spans at most RANGE (:func:`chunk_midpoint`), else by the split.
-    Returns ``(left, left2, right, dG)``."""
-    if RANGE > 0:
-        m_t = (row0 + o_t) < eos
+              RANGE: tl.constexpr, PATH: tl.constexpr):
+    """The gradient kernel's pairwise products (see :func:`pair_both_split`), through the midpoint
+    or by the split as PATH says (:func:`pair_matrices`). Returns ``(left, left2, right, dG)``."""
+    m_t = (row0 + o_t) < eos
+    if PATH == 1:
+        b_m, _ = chunk_midpoint(b_G, m_t)
+        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+        b_l, b_l2, b_r, b_dG = pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO, PREC, LOW)
+    elif PATH == 3:
         b_m, b_rng = chunk_midpoint(b_G, m_t)
         if b_rng <= RANGE:
             b_up, b_dn = anchor_scales(b_G, b_m, m_t)
-            b_l, b_l2, b_r, b_dG = pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, TWO, PREC, LOW)
+            b_l, b_l2, b_r, b_dG = pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO, PREC,
+                                                    LOW)
         else:
             b_l, b_l2, b_r, b_dG = pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t,
                                                    o_k, m_k, HV, K, BT, TWO, PREC, LOW)
@@ -383,14 +437,17 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
 
 
 @triton.jit
-def pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, TWO: tl.constexpr, PREC: tl.constexpr,
+def pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO: tl.constexpr, PREC: tl.constexpr,
                      LOW: tl.constexpr):
     """:func:`pair_both_split`'s results with every pair through the midpoint: ``ρ_rsk = up_rk·dn_sk``
     (:func:`anchor_scales`), so ``left = up ⊙ (D (dn ⊙ y))`` and
-    ``right = dn ⊙ (Dᵀ (up ⊙ x) + D2ᵀ (up ⊙ x2))``: four products, the diagonal included. dG comes
-    from the products' rounded operands, as in the split (each pair, the diagonal too, enters both
-    of its terms with one value)."""
-    b_Ds = pair_operand(b_D, PREC, LOW)
+    ``right = dn ⊙ (Dᵀ (up ⊙ x) + D2ᵀ (up ⊙ x2))``: four products over the pairs below the diagonal
+    (D2 is strictly lower already). The diagonal (ρ = 1) is added exactly and left out of dG, where
+    it cancels, as in the split; dG comes from the products' rounded operands (each pair enters
+    both of its terms with one value)."""
+    eye = o_t[:, None] == o_t[None, :]
+    b_diag = tl.sum(tl.where(eye, b_D, 0.0), 1)
+    b_Ds = pair_operand(tl.where(o_t[:, None] > o_t[None, :], b_D, 0.0), PREC, LOW)
     b_ys = pair_operand(b_y * b_dn, PREC, LOW)
     b_xr = pair_operand(b_x * b_up, PREC, LOW)
     b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
@@ -405,7 +462,8 @@ def pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, TWO: tl.constexpr, P
         b_dG += b_xr2.to(tl.float32) * b_L2
         b_l2 = b_L2 * b_up
     b_dG -= b_ys.to(tl.float32) * b_R
-    return b_L * b_up, b_l2, b_R * b_dn, b_dG
+    b_l = b_L * b_up + b_diag[:, None] * b_y
+    return b_l, b_l2, b_R * b_dn + b_diag[:, None] * b_x, b_dG
 
 
 @triton.jit
