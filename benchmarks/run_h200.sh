@@ -113,6 +113,7 @@ fla)
     echo "autotune results carried in: $(find /tmp/tcache -name '*.autotune.json' | wc -l)"
     timeout 400 $K fla-speed --ops gdn2 kda --T 2048 32768
     timeout 150 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
+    timeout 30 $K accuracy --tag h200-final
     find /tmp/tcache -name '*.autotune.json' -printf '%P\n' | tar -czf $OUT/autotune_cache.tgz -C /tmp/tcache -T - ;;
 anchor)
     # 2026-11-29 (third session): the pair products of a chunk through one per-channel midpoint when

@@ -38,10 +38,8 @@ from .common import (
     empty,
     gate_form,
     launch_configs,
-    off_path,
     pair_both,
     pair_low,
-    pair_paths,
     prepare_chunks,
     scratch_dtype,
     side_stream,
@@ -279,7 +277,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
                  bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv,
                  H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-                 RANGE: tl.constexpr, PATH: tl.constexpr):
+                 RANGE: tl.constexpr):
     """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms, dq, dk,
     the erase gate's db and the log-decay gradient dg of its rows."""
     o_k = i_k * BK + tl.arange(0, BK)
@@ -296,7 +294,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         # dk sums both pair products; dG's pair terms come from pair_both itself (q⊙dq − k⊙dk
         # formed here would not cancel in dg's reverse cumulative sum)
         b_dq, b_de, b_dk, b_dG = pair_both(b_dM * scale, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv,
-                                           o_t, o_k, m_k, HV, K, BT, ERASE > 0, PREC, LOW, RANGE, PATH)
+                                           o_t, o_k, m_k, HV, K, BT, ERASE > 0, PREC, LOW, RANGE)
         b_dq0 = scale * b_gam * b_dqs
         b_dq += b_dq0
         b_dG += b_q * b_dq0
@@ -373,7 +371,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
     # stack) and a 16-row-block form (40–120 B of stack) were timed on the H200 and never won
     # (2026-11-29): the spills are not what limits this kernel.
     launch_configs((8,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "RANGE", "PATH", "GATED"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "RANGE"],
 )
 @triton.jit
 def chunk_grad_kernel(
@@ -382,7 +380,7 @@ def chunk_grad_kernel(
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-    RANGE: tl.constexpr, PATH: tl.constexpr, GATED: tl.constexpr,
+    RANGE: tl.constexpr,
 ):
     """One program per (K block, chunk, value head). Each recomputes the chunk's ``dM``, ``dT``
     (``[BT, BT]``, a contraction over V): forming them once per chunk in a kernel of their own
@@ -392,15 +390,10 @@ def chunk_grad_kernel(
     Writes dq, dk ``[Ttot, HV, K]`` (per value head; GVA groups are summed by the caller),
     dv ``[Ttot, HV, V]``, dg / db (per channel: ``[Ttot, HV, K]``; per head: partial sums
     ``[NK, Ttot, HV]`` over each K block) and dw (``[Ttot, HV(, V)]``, with the first K block).
-    PATH, GATED: the pair products' path (:func:`~.common.pair_paths`; a gated launch decides per
-    program, from its own K block).
     """
     i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    if GATED:
-        if off_path(G, bos + i_c * BT, eos, i_hv, o_t, i_k * BK, HV, K, BK, 1, RANGE, PATH):
-            return
     p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
     o_k = i_k * BK + tl.arange(0, BK)
     b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
@@ -408,7 +401,7 @@ def chunk_grad_kernel(
         HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
     grad_k_block(
         q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE, PATH)
+        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE)
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -466,14 +459,12 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)
         gates = (q if g is None else g, q if b is None else b, q if w is None else w)
         BV_grad = min(TUNING["grad_bv"], _pow2(V))
-        for path, gated in pair_paths(DECAY):
-            chunk_grad_kernel[(NK, NT, HV)](
-                q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale,
-                Ttot,
-                H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad,
-                DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
-                RANGE=float(TUNING["anchor_range"]), PATH=path, GATED=gated,
-            )
+        chunk_grad_kernel[(NK, NT, HV)](
+            q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale, Ttot,
+            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad,
+            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
+            RANGE=float(TUNING["anchor_range"]),
+        )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
     if groups > 1:

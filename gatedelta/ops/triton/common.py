@@ -83,8 +83,7 @@ CHUNK = 64
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
-          "fuse_output": True, "overlap_seq": 2, "anchor_range": 80.0,
-          "anchor_launch": "two"}
+          "fuse_output": True, "overlap_seq": 2, "anchor_range": 80.0}
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic
@@ -93,8 +92,11 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # gates take it (logsigmoid of a standard normal: a 64-row range of 52 ± 4 per channel, the largest
 # of 32 channels below 70 in 99.9 % of chunks); a hard reset (g ≤ G_MIN) or ~2× stronger decay than
 # that takes the dyadic split. The operands are rounded as before (tf32), so the accuracy is the
-# split's. 0: always the dyadic split. anchor_launch: "two" runs each such kernel twice (see
-# pair_paths), the first launch compiled without the split's code; "one" branches per tile.
+# split's. 0: always the dyadic split. The choice is a branch per tile inside the kernel. Measured
+# and removed (H200, 2026-11-29, 068b911): two launches, the first compiled with the midpoint path
+# only (the gradient kernel's spills 158 → 2 B), the second doing the remaining chunks with the
+# split: f+b 10.41 vs 9.86 ms at 2k, 15.23 vs 14.17 at 32k, because the second launch's 32,768
+# programs of a one-program-per-SM kernel each load G and exit (~0.5–1 ms).
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
@@ -178,19 +180,6 @@ def scratch_dtype(dtype: torch.dtype, name: str) -> torch.dtype:
     if name in TUNING["scratch_bf16"] and dtype == torch.bfloat16:
         return torch.bfloat16
     return torch.float32
-
-
-def pair_paths(decay: int) -> tuple[tuple[int, bool], ...]:
-    """The launches of a kernel with pair products (per-channel decay), as ``(PATH, GATED)``:
-    PATH 0 = the dyadic split only, 1 = through the midpoint only, 3 = chosen per tile in the
-    kernel. With ``TUNING["anchor_launch"] == "two"`` the kernel runs twice, each launch doing only
-    the programs whose chunk range (max − min of G) puts it on its path (GATED): PATH 1 for range
-    ≤ ``anchor_range``, then PATH 0 for the rest, so the common launch carries no split code."""
-    if decay != 2 or not TUNING["anchor_range"]:
-        return ((0, False),)
-    if TUNING["anchor_launch"] == "two":
-        return ((1, True), (0, True))
-    return ((3, False),)
 
 
 def inverse_precision(dtype: torch.dtype) -> str:
@@ -314,26 +303,6 @@ def chunk_midpoint(b_G, m_t):
 
 
 @triton.jit
-def off_path(G, row0, eos, i_hv, o_t, k0, HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
-             NB: tl.constexpr, RANGE: tl.constexpr, PATH: tl.constexpr):
-    """For a gated launch (:func:`pair_paths`): whether the program's chunk belongs to the other
-    launch, from the largest range of G over the channels ``k0 + [0, NB·BK)`` (the program's
-    own): PATH 1 takes ranges ≤ RANGE, PATH 0 the rest."""
-    m_t = (row0 + o_t) < eos
-    b_rng = 0.0
-    for i in range(NB):
-        o_k = k0 + i * BK + tl.arange(0, BK)
-        m_tk = m_t[:, None] & (o_k < K)[None, :]
-        b_G = tl.load(G + ((row0 + o_t)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
-        b_rng = tl.maximum(b_rng, chunk_midpoint(b_G, m_t)[1])
-    if PATH == 1:
-        off = b_rng > RANGE
-    else:
-        off = b_rng <= RANGE
-    return off
-
-
-@triton.jit
 def anchor_scales(b_G, b_m, m_t):
     """``exp(G − m)`` (row operands) and ``exp(m − G)`` (column operands) ``[BT, BK]``, zero on rows
     past the sequence end (their G is not this chunk's and could be far from m)."""
@@ -358,16 +327,12 @@ def pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT: tl.constexpr, TWO:
 @triton.jit
 def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
                   BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-                  RANGE: tl.constexpr, PATH: tl.constexpr):
-    """The pair matrices of one K block (see :func:`pair_matrices_split`), by PATH (see
-    :func:`pair_path`): through the midpoint (one product each) or by the dyadic split, chosen
-    here per tile (PATH 3) or by the caller (1: midpoint, 0: split)."""
-    m_t = (row0 + o_t) < eos
-    if PATH == 1:
-        b_m, _ = chunk_midpoint(b_G, m_t)
-        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
-        b_P, b_P2 = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT, TWO, PREC, LOW)
-    elif PATH == 3:
+                  RANGE: tl.constexpr):
+    """The pair matrices of one K block (see :func:`pair_matrices_split`): through the midpoint (one
+    product each) when the chunk's log-decay spans at most RANGE in every channel of the tile
+    (:func:`chunk_midpoint`), else by the dyadic split; RANGE 0: always the split."""
+    if RANGE > 0:
+        m_t = (row0 + o_t) < eos
         b_m, b_rng = chunk_midpoint(b_G, m_t)
         if b_rng <= RANGE:
             b_up, b_dn = anchor_scales(b_G, b_m, m_t)
@@ -413,15 +378,11 @@ def pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 
 @triton.jit
 def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
               K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
-              RANGE: tl.constexpr, PATH: tl.constexpr):
-    """The gradient kernel's pairwise products (see :func:`pair_both_split`), through the midpoint
-    or by the split as PATH says (:func:`pair_matrices`). Returns ``(left, left2, right, dG)``."""
-    m_t = (row0 + o_t) < eos
-    if PATH == 1:
-        b_m, _ = chunk_midpoint(b_G, m_t)
-        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
-        b_l, b_l2, b_r, b_dG = pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO, PREC, LOW)
-    elif PATH == 3:
+              RANGE: tl.constexpr):
+    """The gradient kernel's pairwise products (see :func:`pair_both_split`), through the midpoint or
+    by the split as for :func:`pair_matrices`. Returns ``(left, left2, right, dG)``."""
+    if RANGE > 0:
+        m_t = (row0 + o_t) < eos
         b_m, b_rng = chunk_midpoint(b_G, m_t)
         if b_rng <= RANGE:
             b_up, b_dn = anchor_scales(b_G, b_m, m_t)

@@ -37,10 +37,8 @@ from .common import (
     gate_form,
     inverse_precision,
     launch_configs,
-    off_path,
     pair_low,
     pair_matrices,
-    pair_paths,
     prepare_chunks,
     scratch_dtype,
 )
@@ -210,26 +208,21 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
 @triton.autotune(
     # 4 warps spill ~250 B (H200 sweep, tune_gdn2_h200.json). A 128-register cap (two programs
     # per SM) and a 16-row-block form without stack were timed on the H200 and lost (2026-11-29).
-    launch_configs((4, 8), (1, 2)),  # 4 warps for the midpoint-only launch (no stack there)
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "PATH", "GATED"],
+    launch_configs((4, 8), (1, 2)),
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE"],
 )
 @triton.jit
 def chunk_intra_kernel(
     q, k, b, G, M, A, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
-    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, PATH: tl.constexpr,
-    GATED: tl.constexpr,
+    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr,
 ):
     """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
-    erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk). PATH, GATED: the
-    pair products' path (:func:`~.common.pair_paths`; a gated launch decides per chunk, all of K)."""
+    erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    if GATED:
-        if off_path(G, bos + i_c * BT, eos, i_hv, o_t, 0, HV, K, BK, tl.cdiv(K, BK), RANGE, PATH):
-            return
     m_tt = m_t[:, None] & (o_t[None, :] < BT)
 
     b_M = tl.zeros([BT, BT], dtype=tl.float32)
@@ -242,7 +235,7 @@ def chunk_intra_kernel(
         if DECAY == 2:
             b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
             b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, bos + i_c * BT, eos, i_hv, o_t, o_k, o_k < K,
-                                       HV, K, BT, ERASE > 0, PREC, LOW, RANGE, PATH)
+                                       HV, K, BT, ERASE > 0, PREC, LOW, RANGE)
             b_M += b_Mk
             b_T += b_Tk
         else:
@@ -591,16 +584,14 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     M = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "M"), device=q.device)
     # A: also the scratch of the in-place (I + T)⁻¹ solve
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
-    for path, gated in pair_paths(DECAY):
-        chunk_intra_kernel[(NT, HV)](
-            q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
-            cu, chunk_indices, scale,
-            # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
-            H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
-            DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
-            LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]),
-            RANGE=float(TUNING["anchor_range"]), PATH=path, GATED=gated,
-        )
+    chunk_intra_kernel[(NT, HV)](
+        q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
+        cu, chunk_indices, scale,
+        # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
+        H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
+        DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
+        LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=float(TUNING["anchor_range"]),
+    )
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
                                      num_warps=2)
