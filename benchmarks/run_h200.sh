@@ -15,11 +15,11 @@
 #   bash benchmarks/run_h200.sh swa      # GPU overlap tests; FA-2 sliding window vs FlexAttention
 #   bash benchmarks/run_h200.sh confirm  # ours at 2k / 32k and the compiled models with overlap_seq on
 #   bash benchmarks/run_h200.sh anchor   # pair products through one midpoint (anchor_range): speed, accuracy, check
-#   bash benchmarks/run_h200.sh anchor2  # the midpoint path as a launch of its own vs a per-tile branch
+#   bash benchmarks/run_h200.sh retime   # next session: solve placement and block widths since the midpoint path
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
-# bf16b) are in the git history (e.g. 91ffde9).
+# bf16b) are in the git history (e.g. 91ffde9); anchor2 (two launches for the pair paths) at 068b911.
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
 K="python3 benchmarks/kernels.py --out $OUT --tag h200 --no-ceilings"
@@ -124,15 +124,14 @@ anchor)
     timeout 100 $K check --ops gdn2 kda gla --tag h200-anchor
     timeout 90 $K speed --ops gdn2 kda gdn --T 2048 32768 --tag h200-anchor
     timeout 40 $K profile --T 2048 --tag h200-anchor ;;
-anchor2)
-    # the midpoint path as its own launch (anchor_launch "two", the default) vs one kernel that
-    # branches per tile; the midpoint's diagonal exact in fp32
-    timeout 130 python3 benchmarks/tune_kernels.py --op gdn2 --keys anchor_launch --out $OUT/tune_2k.json
-    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys anchor_launch --out $OUT/tune_32k.json
-    timeout 70 $K accuracy --tag h200-anchor2
-    timeout 100 $K check --ops gdn2 kda gla --tag h200-anchor2
-    timeout 90 $K speed --ops gdn2 kda gdn --T 2048 32768 --tag h200-anchor2
-    timeout 40 $K profile --T 2048 32768 --tag h200-anchor2 ;;
+retime)
+    # next session: the choices made against the dyadic split's costs, re-timed now that most
+    # chunks take the midpoint path (kernels_notes.md, Next item 0)
+    timeout 300 python3 benchmarks/tune_kernels.py --op gdn2 --keys split_solve intra_bk grad_bk grad_bv \
+        --out $OUT/tune_2k.json
+    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
+        --out $OUT/tune_32k.json
+    timeout 60 python3 benchmarks/tune_kernels.py --op gdn --keys split_solve --out $OUT/tune_gdn_2k.json ;;
 overlap)
     # 2026-11-29 (second evening): the backward's two sequential passes on two streams when they
     # launch few programs (TUNING["overlap_seq"]): bitwise check on the GPU, speed at 32k / 8k / 2k,
@@ -169,5 +168,6 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|overlap|split|swa|confirm|models"; exit 2 ;;
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|overlap|split|swa|confirm|models"
+    exit 2 ;;
 esac

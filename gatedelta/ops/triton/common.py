@@ -14,7 +14,7 @@ anchor row c between them, ``exp(G_r − G_c)·exp(G_c − G_s)`` (both ≤ 1), 
 level (:func:`pair_matrices`). A chunk whose log-decay spans at most ``TUNING["anchor_range"]`` in
 every channel of the tile (ordinary gates) takes one product instead: every pair factors through
 the per-channel midpoint m of its G, ``exp(G_r − m)·exp(m − G_s)``, each factor within
-``exp(±range/2)`` (≤ e⁴⁰ at the default 80), so none can overflow; a chunk with a hard reset or very
+``exp(±range/2)`` (≤ e⁵⁰ at the default 100), so none can overflow; a chunk with a hard reset or very
 strong decay keeps the dyadic split (:func:`chunk_midpoint`).
 """
 
@@ -83,15 +83,19 @@ CHUNK = 64
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
-          "fuse_output": True, "overlap_seq": 2, "anchor_range": 80.0}
+          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0}
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic
-# split's six, with factors exp(±(G − m)) ≤ exp(range/2). At 80 that is e⁴⁰ ≈ 2.4e17, so a scaled
-# operand overflows float32 only past ~1e21 (no gate can: the range is checked per chunk). Ordinary
-# gates take it (logsigmoid of a standard normal: a 64-row range of 52 ± 4 per channel, the largest
-# of 32 channels below 70 in 99.9 % of chunks); a hard reset (g ≤ G_MIN) or ~2× stronger decay than
-# that takes the dyadic split. The operands are rounded as before (tf32), so the accuracy is the
+# split's six, with factors exp(±(G − m)) ≤ exp(range/2). At 100 that is e⁵⁰ ≈ 5e21, so a scaled
+# operand overflows float32 only past ~6e16 (no gate can: the range is checked per chunk and K
+# block). Ordinary gates take it: logsigmoid of a standard normal gives a 64-row range of 52 ± 4
+# per channel (all tiles ≤ 80); the 1.3B preset's GDN-2 mixer at init (`benchmarks/gate_ranges.py`)
+# has 83 % of its 32-channel tiles ≤ 80 and 99.8 % ≤ 100. A hard reset (g ≤ G_MIN) or much
+# stronger decay takes the dyadic split. The operands are rounded as before (tf32), so the
+# accuracy is the split's (H200 at 80: forward 3.91e-3 vs 3.87e-3, gradients equal to 1 %;
+# interpreter with emulated tf32 and bf16 inputs at ranges 96–102: equal to 1 % at 80, 100, 120).
+# H200 (f23bc7c, at 80): gdn2 f+b 14.68 → 9.68 ms at 2k, 19.37 → 14.01 at 32k; fwd 3.37 → 2.78.
 # split's. 0: always the dyadic split. The choice is a branch per tile inside the kernel. Measured
 # and removed (H200, 2026-11-29, 068b911): two launches, the first compiled with the midpoint path
 # only (the gradient kernel's spills 158 → 2 B), the second doing the remaining chunks with the
