@@ -96,7 +96,7 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # accuracy is the split's (H200 at 80: forward 3.91e-3 vs 3.87e-3, gradients equal to 1 %;
 # interpreter with emulated tf32 and bf16 inputs at ranges 96–102: equal to 1 % at 80, 100, 120).
 # H200 (f23bc7c, at 80): gdn2 f+b 14.68 → 9.68 ms at 2k, 19.37 → 14.01 at 32k; fwd 3.37 → 2.78.
-# split's. 0: always the dyadic split. The choice is a branch per tile inside the kernel. Measured
+# 0: always the dyadic split. The choice is a branch per tile inside the kernel. Measured
 # and removed (H200, 2026-11-29, 068b911): two launches, the first compiled with the midpoint path
 # only (the gradient kernel's spills 158 → 2 B), the second doing the remaining chunks with the
 # split: f+b 10.41 vs 9.86 ms at 2k, 15.23 vs 14.17 at 32k, because the second launch's 32,768

@@ -206,8 +206,10 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
 
 
 @triton.autotune(
-    # 4 warps spill ~250 B (H200 sweep, tune_gdn2_h200.json). A 128-register cap (two programs
-    # per SM) and a 16-row-block form without stack were timed on the H200 and lost (2026-11-29).
+    # With the dyadic split alone 4 warps spilled ~250 B and lost (H200 sweep, tune_gdn2_h200.json);
+    # since most tiles take the midpoint path, the autotuner picks 4 warps again at gdn2's 2k and
+    # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
+    # stack were timed on the H200 and lost (2026-11-29).
     launch_configs((4, 8), (1, 2)),
     key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE"],
 )
