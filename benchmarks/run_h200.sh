@@ -127,8 +127,11 @@ anchor)
 retime)
     # next session: the choices made against the dyadic split's costs, re-timed now that most
     # chunks take the midpoint path (kernels_notes.md, Next item 0)
-    timeout 300 python3 benchmarks/tune_kernels.py --op gdn2 --keys split_solve intra_bk grad_bk grad_bv \
+    # (the gradient kernel may take 4 warps again: its autotuner chooses)
+    timeout 330 python3 benchmarks/tune_kernels.py --op gdn2 --keys split_solve intra_bk grad_bk grad_bv \
         --out $OUT/tune_2k.json
+    timeout 60 $K profile --T 2048 --tag h200-retime ;;
+retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
     timeout 60 python3 benchmarks/tune_kernels.py --op gdn --keys split_solve --out $OUT/tune_gdn_2k.json ;;

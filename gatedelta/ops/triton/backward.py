@@ -367,10 +367,11 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
 
 
 @triton.autotune(
-    # 4 warps spill 460–880 B (H200 sweep). A 128-register cap (two programs per SM, 1,792 B of
+    # 4 warps spilled 460–880 B with the dyadic split alone (H200 sweep); back among the candidates
+    # since most tiles take the midpoint path. A 128-register cap (two programs per SM, 1,792 B of
     # stack) and a 16-row-block form (40–120 B of stack) were timed on the H200 and never won
     # (2026-11-29): the spills are not what limits this kernel.
-    launch_configs((8,), (1, 2)),
+    launch_configs((4, 8), (1, 2)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "RANGE"],
 )
 @triton.jit
