@@ -131,6 +131,12 @@ retime)
     timeout 330 python3 benchmarks/tune_kernels.py --op gdn2 --keys split_solve intra_bk grad_bk grad_bv \
         --out $OUT/tune_2k.json
     timeout 60 $K profile --T 2048 --tag h200-retime ;;
+solve)
+    # the four diagonal blocks of (I + T)⁻¹ in one [4, 16, 16] substitution (15 serial steps, not 60)
+    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --keys solve_warps split_solve grad_bv \
+        --out $OUT/tune_2k.json
+    timeout 60 $K profile --T 2048 --tag h200-solve
+    timeout 60 $K accuracy --tag h200-solve ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json

@@ -21,7 +21,8 @@ import triton.testing
 from gatedelta import ops
 from gatedelta.ops.triton.common import TUNING
 
-FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve", "fuse_output")  # anchor_range acts on both
+# anchor_range acts on both
+FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve", "fuse_output", "solve_warps")
 # values tried for each entry; the current default of each is skipped (warps and pipeline stages
 # are autotuned by the kernels themselves)
 CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32, 64],
@@ -30,7 +31,7 @@ CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32,
            "pair_bf16": [False, True], "pre_decayed_keys": [False, True],
            "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh"), ("W", "KD", "QG", "EG", "h", "dh", "A")],
            "state_bv_max": [32, 64], "fuse_output": [False, True], "overlap_seq": [0, 2, 1000],
-           "anchor_range": [0.0, 80.0]}
+           "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:
