@@ -137,6 +137,13 @@ solve)
         --out $OUT/tune_2k.json
     timeout 60 $K profile --T 2048 --tag h200-solve
     timeout 60 $K accuracy --tag h200-solve ;;
+kloop)
+    # the gradient kernel as one program per chunk looping over the K blocks (dM, dT formed once);
+    # the bf16 check of the ops whose (I + T)⁻¹ solve changed (one [4, 16, 16] substitution)
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys grad_k_loop --out $OUT/tune_2k.json
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --set grad_k_loop=True --keys grad_bk \
+        --out $OUT/tune_2k_kloop.json
+    timeout 120 $K check --ops gdn2 kda gdn delta_rule --tag h200-kloop ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
