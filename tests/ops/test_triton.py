@@ -73,8 +73,7 @@ def test_forward_backward_every_op(op):
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
 # per-channel decayed keys for the sequential kernels (else they form them); fuse_output has the
-# forward's state kernel form the output (else chunk_output_kernel does, from h and R); grad_k_loop
-# has one gradient-kernel program per chunk loop over the K blocks. pair_bf16 and
+# forward's state kernel form the output (else chunk_output_kernel does, from h and R). pair_bf16 and
 # scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
@@ -82,13 +81,12 @@ def _flipped(name: str, value: object) -> object:
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "grad_k_loop")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
                          + [("gdn", SWITCHES), ("delta_rule", SWITCHES),
-                            ("kda", ("pre_decayed_keys", "grad_k_loop")),
-                            ("gla", ("pre_decayed_keys", "fuse_output", "grad_k_loop")),
+                            ("kda", ("pre_decayed_keys",)), ("gla", ("pre_decayed_keys", "fuse_output")),
                             ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
     # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), and

@@ -211,31 +211,10 @@ def write_dv_dw(v, w, dv, dw, b_dY, p_tv, m_tv, o_row, m_t, i_hv, HV: tl.constex
 
 
 @triton.jit
-def grad_pairs_v(do, R, dY, o_row, m_t, o_t, i_hv, HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                 BV: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr):
-    """``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)`` ``[BT, BT]`` of a chunk alone (the
-    K-block loop of :func:`chunk_grad_kernel` forms them once, before its loop)."""
-    b_dM = tl.zeros([BT, BT], dtype=tl.float32)
-    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_v in range(tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < V)[None, :]
-        p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
-        b_R = tl.load(R + p_tv, mask=m_tv, other=0).to(tl.float32)
-        b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
-        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
-        if ERASE > 0:
-            b_dY = tl.load(dY + p_tv, mask=m_tv, other=0).to(tl.float32)
-            b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
-    return pair_grads(b_dM, b_dT, o_t)
-
-
-@triton.jit
 def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, m_k, write_dv,
                 HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr,
-                PAIRS: tl.constexpr):
-    """Phase 1 of the gradient kernel, the contractions over V of a chunk's BT rows: (PAIRS) the
+                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
+    """Phase 1 of the gradient kernel, the contractions over V of a chunk's BT rows: the
     ``[BT, BT]`` gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``, the K block ``o_k``'s
     state-side terms ``dO S₀ᵀ``, ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[BT, BK]`` and (DECAY > 0)
     ``Σ_v S₀ ⊙ dS_C`` ``[BK]``. When write_dv, also dv and dw."""
@@ -254,10 +233,9 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_R = tl.load(R + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_dY = tl.load(dY + p_tv, mask=m_tv, other=0).to(tl.float32)
-        if PAIRS:
-            b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
-            if ERASE > 0:
-                b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
+        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
+        if ERASE > 0:
+            b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
         m_kv = m_k[:, None] & m_v[None, :]
         b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0).to(tl.float32)
         b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0).to(tl.float32)
@@ -394,7 +372,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
     # stack) and a 16-row-block form (40–120 B of stack) were timed on the H200 and never won
     # (2026-11-29): the spills are not what limits this kernel.
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "RANGE", "K_LOOP"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "RANGE"],
 )
 @triton.jit
 def chunk_grad_kernel(
@@ -403,40 +381,28 @@ def chunk_grad_kernel(
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-    RANGE: tl.constexpr, K_LOOP: tl.constexpr,
+    RANGE: tl.constexpr,
 ):
-    """One program per (K block, chunk, value head), each recomputing the chunk's ``dM``, ``dT``
-    (``[BT, BT]``, a contraction over V); or (K_LOOP) one per (chunk, value head) that forms them
-    once and then loops over the K blocks. Forming them once per chunk in a kernel of their own
-    measured no faster (H200, 2026-11-29).
+    """One program per (K block, chunk, value head). Each recomputes the chunk's ``dM``, ``dT``
+    (``[BT, BT]``, a contraction over V): forming them once per chunk in a kernel of their own
+    measured no faster (H200, 2026-11-29), and one program per chunk looping over the K blocks
+    needs 408 KB of shared memory on sm_90 (Triton 3.6), twice what an SM has.
 
     Writes dq, dk ``[Ttot, HV, K]`` (per value head; GVA groups are summed by the caller),
     dv ``[Ttot, HV, V]``, dg / db (per channel: ``[Ttot, HV, K]``; per head: partial sums
     ``[NK, Ttot, HV]`` over each K block) and dw (``[Ttot, HV(, V)]``, with the first K block).
     """
-    i_t, i_hv = tl.program_id(1), tl.program_id(2)
+    i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
-    if K_LOOP:
-        b_dM, b_dT = grad_pairs_v(do, R, dY, o_row, m_t, o_t, i_hv, HV, V, BT, BV, ERASE, PREC)
-        for i_k in range(tl.cdiv(K, BK)):
-            o_k = i_k * BK + tl.arange(0, BK)
-            _, _, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
-                do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
-                HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC, False)
-            grad_k_block(
-                q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-                bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE)
-    else:
-        i_k = tl.program_id(0)
-        o_k = i_k * BK + tl.arange(0, BK)
-        b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
-            do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
-            HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC, True)
-        grad_k_block(
-            q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-            bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE)
+    o_k = i_k * BK + tl.arange(0, BK)
+    b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
+        do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
+        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
+    grad_k_block(
+        q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
+        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE)
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -494,12 +460,11 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)
         gates = (q if g is None else g, q if b is None else b, q if w is None else w)
         BV_grad = min(TUNING["grad_bv"], _pow2(V))
-        k_loop = bool(TUNING["grad_k_loop"])
-        chunk_grad_kernel[(1 if k_loop else NK, NT, HV)](
+        chunk_grad_kernel[(NK, NT, HV)](
             q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale, Ttot,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad,
             DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
-            RANGE=float(TUNING["anchor_range"]), K_LOOP=k_loop,
+            RANGE=float(TUNING["anchor_range"]),
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
