@@ -15,7 +15,11 @@
 #   bash benchmarks/run_h200.sh swa      # GPU overlap tests; FA-2 sliding window vs FlexAttention
 #   bash benchmarks/run_h200.sh confirm  # ours at 2k / 32k and the compiled models with overlap_seq on
 #   bash benchmarks/run_h200.sh anchor   # pair products through one midpoint (anchor_range): speed, accuracy, check
-#   bash benchmarks/run_h200.sh retime   # next session: solve placement and block widths since the midpoint path
+#   bash benchmarks/run_h200.sh retime   # solve placement and block widths since the midpoint path (4 warps)
+#   bash benchmarks/run_h200.sh solve    # the batched diagonal substitution, solve_warps, profile, accuracy
+#   bash benchmarks/run_h200.sh kloop    # one gradient program per chunk (removed), bf16 check
+#   bash benchmarks/run_h200.sh final2   # FLA at 2k with its autotuning carried in .tcache, then ours
+#   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
@@ -139,7 +143,7 @@ solve)
     timeout 60 $K accuracy --tag h200-solve ;;
 kloop)
     # the gradient kernel as one program per chunk looping over the K blocks (dM, dT formed once;
-    # measured 10.14 vs 8.66 ms f+b and removed, switch grad_k_loop at b6ac1b5); the bf16 check of
+    # measured 10.14 vs 8.66 ms f+b and removed, switch grad_k_loop at aba74b3); the bf16 check of
     # the ops whose (I + T)⁻¹ solve changed (one [4, 16, 16] substitution)
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys grad_k_loop --out $OUT/tune_2k.json
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --set grad_k_loop=True --keys grad_bk \
@@ -194,6 +198,6 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|overlap|split|swa|confirm|models"
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|retime32k|overlap|split|swa|confirm|models"
     exit 2 ;;
 esac

@@ -40,13 +40,18 @@ CHUNK = 64
 # gdn2 at 2k / 32k 18.4 / 26.7 ms fused vs 18.1 / 24.8 unfused; gdn at 2k 8.64 fused vs 9.12).
 # state_bv_min: the narrowest value block of the sequential kernels for K > 64 (32k: 16 beats 32
 # by 0.9 ms). split_solve: (I + T)⁻¹ by its own small kernel instead of at the end of the intra
-# kernel (gdn2 f+b 16.97 vs 17.50 ms at 2k, 23.28 vs 23.69 at 32k). pair_bf16: the pair split's
+# kernel (gdn2 f+b 16.97 vs 17.50 ms at 2k, 23.28 vs 23.69 at 32k; since the midpoint path and the
+# batched diagonal substitution, fwd 2.48 vs 2.71 ms at 2k, c8667de). solve_warps: warps of that
+# kernel (H200, c8667de: 1 warp fwd 2.35 ms, 2 warps 2.48, 4 warps 2.73; its programs are small
+# and serial, so more of them per SM beats more threads in each). pair_bf16: the pair split's
 # products from bf16 operands (fp32 accumulation) for 16-bit inputs, instead of tf32: f+b 15.16 vs
 # 17.06 ms at 2k, but dg's bf16 error doubles (9.4e-3 vs 4.3e-3; FLA 0.6.0's dg anchor is 4.34e-3), so
 # it stays off (even with dG formed from the products' own operands, dg's bf16 error is 7.9e-3
 # vs 3.6e-3 on the interpreter). Measured and removed (H200, 2026-11-29, code in git history):
 # the short levels batched as 16×16 products (pair_diag3d, −2 % f+b, then +8 % with the dG
-# accumulator) and dM / dT formed once per chunk by their own kernel (grad_pre_d, ±0.3 %).
+# accumulator), dM / dT formed once per chunk by their own kernel (grad_pre_d, ±0.3 %) and by
+# one gradient program per chunk looping over the K blocks (grad_k_loop, aba74b3: f+b 10.14 vs
+# 8.66 ms, dM and dT held across the loop spill).
 # pre_decayed_keys: per-channel decay's k̃ = exp(G_C − G) ⊙ k (and for the backward γ ⊙ q, Ē)
 # written once per chunk by the W/U kernel (+512 B per token-head transient in the forward, 1.5 KB
 # in the backward) and read by the sequential kernels, instead of formed by each of a head's
