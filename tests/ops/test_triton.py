@@ -417,6 +417,45 @@ def test_decode_kernel_every_form_and_varlen():
         assert rel_err(o.view_as(o_ref), o_ref) < TOL and rel_err(s, s_ref) < TOL, op
 
 
+@pytest.mark.parametrize("kind", ["random", "ones"])
+def test_solve_kernel_inverts_each_chunk_in_place(kind):
+    # (I + T)⁻¹ of every chunk straight from the solve kernel, against a float64 triangular solve:
+    # packed sequences of 37, 64 and 115 rows end inside a 16-row block, on a block edge and in a
+    # second chunk, so masked rows meet all four diagonal blocks of the batched substitution, and a
+    # program writing past its sequence's end would corrupt the next sequence's T before it is
+    # read. "ones" (every key equal, beta = 1) has an inverse of 1 and -1 whose powers of T grow
+    # to C(15, 7) = 6435, which a product-of-powers inverse would round badly.
+    from gatedelta.ops.triton.common import CHUNK, prepare_chunks
+    from gatedelta.ops.triton.forward import chunk_solve_kernel
+
+    gen = torch.Generator().manual_seed(7)
+    lengths, HV = [37, 64, 115], 2
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+    A = torch.full((int(cu[-1]), HV, CHUNK), float("nan"))
+    blocks = []
+    for n0, n1 in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        for r0 in range(n0, n1, CHUNK):
+            n = min(CHUNK, n1 - r0)
+            if kind == "ones":
+                T = torch.ones(HV, n, n, dtype=torch.float64).tril(-1)
+            else:
+                T = (0.3 * torch.randn(HV, n, n, generator=gen, dtype=torch.float64)).tril(-1)
+            A[r0:r0 + n] = 0.0
+            A[r0:r0 + n, :, :n] = T.transpose(0, 1).float()
+            blocks.append((r0, n, T))
+    A = A.to(DEV)
+    cu_dev, chunk_indices, _, NT = prepare_chunks(cu.to(DEV), 1, int(cu[-1]), CHUNK, A.device)
+    chunk_solve_kernel[(NT, HV)](A, cu_dev, chunk_indices, HV=HV, BT=CHUNK, PREC="ieee", num_warps=1)
+    A = A.cpu().double()
+    assert len(blocks) == NT == 4
+    for r0, n, T in blocks:
+        eye = torch.eye(n, dtype=torch.float64).expand(HV, n, n)
+        ref = torch.linalg.solve_triangular(eye + T, eye, upper=False, unitriangular=True)
+        got = A[r0:r0 + n].transpose(0, 1)  # [HV, n, CHUNK]
+        assert rel_err(got[..., :n], ref) < TOL, (r0, n)
+        assert torch.all(got[..., n:] == 0), (r0, n)  # columns past the chunk's rows stay zero
+
+
 def _gates(op, gates):
     from .helpers import gate_kwargs
 
