@@ -19,6 +19,7 @@
 #   bash benchmarks/run_h200.sh solve    # the batched diagonal substitution, solve_warps, profile, accuracy
 #   bash benchmarks/run_h200.sh kloop    # one gradient program per chunk (removed), bf16 check
 #   bash benchmarks/run_h200.sh final2   # FLA at 2k with its autotuning carried in .tcache, then ours
+#   bash benchmarks/run_h200.sh cumsum   # next session: fuse_cumsum at 2k / 32k, grad_bv, gdn's grad_bk
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -158,6 +159,12 @@ final2)
     timeout 170 $K fla-speed --ops gdn2 kda --T 2048
     timeout 200 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
     timeout 45 $K accuracy --tag h200-final2 ;;
+cumsum)
+    # next session: G formed by the intra / W, U kernels (fuse_cumsum, built untimed), the gradient
+    # kernel's V block since 4 warps, then the 32k choices of retime32k
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_cumsum grad_bv --out $OUT/tune_2k.json
+    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys fuse_cumsum --out $OUT/tune_32k.json
+    timeout 60 python3 benchmarks/tune_kernels.py --op gdn --keys grad_bk --out $OUT/tune_gdn_2k.json ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
@@ -198,6 +205,6 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|retime32k|overlap|split|swa|confirm|models"
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|cumsum|retime32k|overlap|split|swa|confirm|models"
     exit 2 ;;
 esac

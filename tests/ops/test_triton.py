@@ -73,7 +73,8 @@ def test_forward_backward_every_op(op):
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
 # per-channel decayed keys for the sequential kernels (else they form them); fuse_output has the
-# forward's state kernel form the output (else chunk_output_kernel does, from h and R). pair_bf16 and
+# forward's state kernel form the output (else chunk_output_kernel does, from h and R); fuse_cumsum
+# has the intra (forward) and W, U (backward) kernels form G from g. pair_bf16 and
 # scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
@@ -81,12 +82,13 @@ def _flipped(name: str, value: object) -> object:
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "fuse_cumsum")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
                          + [("gdn", SWITCHES), ("delta_rule", SWITCHES),
-                            ("kda", ("pre_decayed_keys",)), ("gla", ("pre_decayed_keys", "fuse_output")),
+                            ("kda", ("pre_decayed_keys",)), ("kda", ("fuse_cumsum",)),
+                            ("gla", ("pre_decayed_keys", "fuse_output", "fuse_cumsum")),
                             ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
     # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), and
@@ -268,9 +270,13 @@ def test_backward_passes_side_by_side_equal_one_after_the_other(op, monkeypatch)
         assert torch.equal(a, b), f"{op} grad of input {i} differs with the passes side by side"
 
 
-def test_backward_through_the_decode_kernel():
+@pytest.mark.parametrize("fuse_cumsum", [False, True])
+def test_backward_through_the_decode_kernel(fuse_cumsum, monkeypatch):
     # ≤ 4 tokens with a state take the decode kernel, which leaves no chunk matrices: the backward
-    # recomputes them.
+    # recomputes them (with fuse_cumsum the intra kernel then fills G, not the W, U kernel).
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setitem(common.TUNING, "fuse_cumsum", fuse_cumsum)
     args, s0 = make_inputs("gdn2", B=2, T=3, H=1, G=2, K=16, V=16, dtype=torch.float32)
     _compare("gdn2", args, s0)
 

@@ -49,6 +49,7 @@ from .forward import (
     chunk_cumdecay,
     chunk_intra,
     chunk_state,
+    cumsum_in_kernel,
     decayed_keys,
     load_erase,
     load_slots,
@@ -436,16 +437,20 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     dw = None if w is None else empty(w.shape, dtype=w.dtype, device=dev)
     dh0 = None if h0 is None else empty(h0.shape, **f32)
     if NT > 0:
-        G = chunk_cumdecay(g, cu, chunk_indices, NT)
-        if M is None or (ERASE and A is None):
-            M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
+        # G from the cumsum kernel, or (TUNING["fuse_cumsum"]) from the first kernel to read it:
+        # the intra kernel when M and A were not kept, else the W, U kernel of chunk_state
+        fill_g = cumsum_in_kernel(g, b)
+        G = chunk_cumdecay(g, cu, chunk_indices, NT, deferred=fill_g)
+        intra = M is None or (ERASE and A is None)
+        if intra:
+            M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV, g=g if fill_g else None)
         BV = state_block_v(V, K, N * HV)
         # The recomputed states (h, R) and the state gradients (dh, dY) are independent chains
         # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
         # sequences, run them side by side (TUNING["overlap_seq"]).
         side = side_stream(dev, triton.cdiv(V, BV) * N * HV)
         h, R, _, (KD, QG, EG) = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
-                                            q=q, stream=side)
+                                            q=q, stream=side, g=g if fill_g and not intra else None)
         dh = empty((NT, HV, K, V), dtype=scratch_dtype(q.dtype, "dh"), device=dev)
         dY = empty((Ttot, HV, V), dtype=scratch_dtype(q.dtype, "dY"), device=dev)
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](

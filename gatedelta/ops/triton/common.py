@@ -88,7 +88,8 @@ CHUNK = 64
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
-          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1}
+          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1,
+          "fuse_cumsum": False}
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic
@@ -106,6 +107,11 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # only (the gradient kernel's spills 158 → 2 B), the second doing the remaining chunks with the
 # split: f+b 10.41 vs 9.86 ms at 2k, 15.23 vs 14.17 at 32k, because the second launch's 32,768
 # programs of a one-program-per-SM kernel each load G and exit (~0.5–1 ms).
+# fuse_cumsum (built 2026-11-29, not yet timed, so off): for per-channel decay with an erase gate,
+# the intra kernel (forward) and the W, U kernel (backward) form G = cumsum(g) themselves and write
+# it, instead of chunk_cumsum_kernel (0.135 ms per pass for gdn2 at 2k on the H200, at memory
+# speed): one read of G (512 B per token-head) and one launch fewer per pass; expected ~0.09 ms
+# each. Results are bitwise those of the cumsum kernel (same loads, same tl.cumsum).
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence

@@ -151,6 +151,23 @@ def load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV: tl.constexpr, K: tl.conste
 
 
 @triton.jit
+def load_or_write_cumdecay(g, G, o_row, m_t, i_hv, o_k, m_tk, HV: tl.constexpr, K: tl.constexpr,
+                           WRITE_G: tl.constexpr):
+    """One ``[BT, BK]`` tile of per-channel G: read from G, or (WRITE_G) formed from g as
+    :func:`chunk_cumsum_kernel` would and written to G. The barrier then makes the tile visible to
+    the program's other threads, which read rows of G back from memory (the pair split's anchor
+    rows, the chunk's last row)."""
+    p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
+    if WRITE_G:
+        b_G = load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, 2)
+        tl.store(G + p_tk, b_G, mask=m_tk)
+        tl.debug_barrier()
+    else:
+        b_G = tl.load(G + p_tk, mask=m_tk, other=0)
+    return b_G
+
+
+@triton.jit
 def load_slot(x, p_n, o_s, o_v, m_v, K: tl.constexpr, V: tl.constexpr):
     """Rows ``o_s`` of one ``[K, V]`` fp32 state at ``x + p_n``, value columns ``o_v``."""
     return tl.load(x + p_n + o_s[:, None] * V + o_v[None, :], mask=(o_s < K)[:, None] & m_v[None, :], other=0)
@@ -217,17 +234,18 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
     # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
     # stack were timed on the H200 and lost (2026-11-29).
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE"],
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "WRITE_G"],
 )
 @triton.jit
 def chunk_intra_kernel(
-    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale,
+    q, k, b, g, G, M, A, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
-    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr,
+    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, WRITE_G: tl.constexpr,
 ):
-    """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
-    erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
+    """One program per (chunk, value head). Reads G (WRITE_G, per-channel decay: forms it from g
+    and writes it, see :func:`cumsum_in_kernel`); writes M ``[Ttot, HV, BT]`` and, with an erase
+    gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -241,7 +259,7 @@ def chunk_intra_kernel(
         b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
         b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
         if DECAY == 2:
-            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+            b_G = load_or_write_cumdecay(g, G, o_row, m_t, i_hv, o_k, m_tk, HV, K, WRITE_G)
             b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, bos + i_c * BT, eos, i_hv, o_t, o_k, o_k < K,
                                        HV, K, BT, ERASE > 0, PREC, LOW, RANGE)
             b_M += b_Mk
@@ -280,21 +298,22 @@ def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.co
 
 @triton.autotune(
     launch_configs((4,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "PRE_QE"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "PRE_QE", "WRITE_G"],
 )
 @triton.jit
 def chunk_wu_kernel(
-    q, k, v, b, w, G, A, W, U, KD, QG, EG, cu_seqlens, chunk_indices,
+    q, k, v, b, w, g, G, A, W, U, KD, QG, EG, cu_seqlens, chunk_indices,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PRE_KD: tl.constexpr,
-    PRE_QE: tl.constexpr, PREC: tl.constexpr,
+    PRE_QE: tl.constexpr, PREC: tl.constexpr, WRITE_G: tl.constexpr,
 ):
     """One program per (chunk, value head): ``W = A Ē`` ``[Ttot, HV, K]`` (Ē rows ``γ_r ⊙ e_r``,
     factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]``, fp32, for the unfused state kernel; with
     PRE_KD (per-channel decay) also the decayed keys ``k̃_r = exp(G_C − G_r) ⊙ k_r`` into KD
     ``[Ttot, HV, K]`` fp32, which the sequential kernels then read (:func:`decayed_keys`), and
-    with PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG."""
+    with PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG. WRITE_G
+    (per-channel decay): forms G from g and writes it (:func:`cumsum_in_kernel`)."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -308,7 +327,7 @@ def chunk_wu_kernel(
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
         if DECAY == 2:
-            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+            b_G = load_or_write_cumdecay(g, G, o_row, m_t, i_hv, o_k, m_tk, HV, K, WRITE_G)
             b_e *= tl.exp(b_G)
             if PRE_KD:
                 p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
@@ -571,34 +590,48 @@ def state_block_v(V: int, K: int, programs: int) -> int:
     return BV
 
 
-def chunk_cumdecay(g, cu, chunk_indices, NT):
-    """Stage 0: G, fp32 like g (per head or per channel), or None without decay."""
+def cumsum_in_kernel(g, b) -> bool:
+    """Whether G is formed by the first chunk kernel that reads it instead of by
+    :func:`chunk_cumsum_kernel` (``TUNING["fuse_cumsum"]``): per-channel decay with an erase gate,
+    where that kernel is the intra kernel in the forward and the W, U kernel in the backward (so not
+    when the state kernel forms W and U itself, ``fuse_wu``). Saves one read of G (512 B per
+    token-head) and one launch per pass."""
+    return (bool(TUNING["fuse_cumsum"]) and g is not None and gate_form(g) == 2 and b is not None
+            and 2 not in TUNING["fuse_wu"])
+
+
+def chunk_cumdecay(g, cu, chunk_indices, NT, deferred: bool = False):
+    """Stage 0: G, fp32 like g (per head or per channel), or None without decay. deferred: only
+    the buffer, which a later kernel fills (:func:`cumsum_in_kernel`)."""
     if g is None:
         return None
     HV = g.shape[1]
     K = g.shape[2] if g.ndim == 3 else 1
     G = empty(g.shape, dtype=torch.float32, device=g.device)
+    if deferred:
+        return G
     BK = min(64, _pow2(K))
     chunk_cumsum_kernel[(NT, HV, triton.cdiv(K, BK))](g, G, cu, chunk_indices, HV=HV, K=K, BT=CHUNK, BK=BK,
                                                       DECAY=gate_form(g), num_warps=4)
     return G
 
 
-def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
-    """Stage 1 on packed inputs (G from :func:`chunk_cumdecay`; HV value heads). Returns
-    ``(M, A)``, A None without an erase gate."""
+def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int, g=None):
+    """Stage 1 on packed inputs (G from :func:`chunk_cumdecay`; HV value heads; with g, the
+    kernel fills G from it). Returns ``(M, A)``, A None without an erase gate."""
     Ttot, H, K = q.shape
     DECAY, ERASE = gate_form(G), gate_form(b)
     M = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "M"), device=q.device)
     # A: also the scratch of the in-place (I + T)⁻¹ solve
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
     chunk_intra_kernel[(NT, HV)](
-        q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
+        q, k, q if b is None else b, M if g is None else g, M if G is None else G, M, M if A is None else A,
         cu, chunk_indices, scale,
         # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
         H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
         DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
         LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=float(TUNING["anchor_range"]),
+        WRITE_G=g is not None,
     )
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
@@ -607,14 +640,15 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
 
 
 def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=None, out=None,
-                stream=None):
+                stream=None, g=None):
     """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]``). Returns
     ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])`` and the decayed operands
     ``(KD, QG, EG)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
     (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q and EG = Ē only when ``q`` is
     given, for the backward's sequential kernel), else ``(None, None, None)``. ht is fp32, the rest
     stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state kernel writes the
-    output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``).
+    output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``). With g, the
+    W, U kernel fills G from it (:func:`cumsum_in_kernel`).
 
     With a CUDA ``stream`` the state kernel (not the W, U kernel, whose KD, QG, EG the caller may
     need at once) runs on that stream, after the work queued so far on the current one; every
@@ -636,11 +670,12 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
             if q is not None:
                 QG, EG = scratch("QG", (Ttot, HV, K)), scratch("EG", (Ttot, HV, K))
         chunk_wu_kernel[(NT, HV)](
-            k if q is None else q, k, v, b, k if w is None else w, k if G is None else G, A, W, U,
-            W if KD is None else KD, W if QG is None else QG, W if EG is None else EG, cu, chunk_indices,
+            k if q is None else q, k, v, b, k if w is None else w, k if g is None else g,
+            k if G is None else G, A, W, U, W if KD is None else KD, W if QG is None else QG,
+            W if EG is None else EG, cu, chunk_indices,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)), DECAY=DECAY,
             ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PRE_QE=QG is not None,
-            PREC=dot_precision(k.dtype),
+            PREC=dot_precision(k.dtype), WRITE_G=g is not None,
         )
     ht = empty((N, HV, K, V), **f32)
     x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
@@ -692,8 +727,9 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     if NT == 0:
         ht = h0.clone() if h0 is not None else torch.zeros(N, HV, K, V, dtype=torch.float32, device=q.device)
         return o, ht, None, None
-    G = chunk_cumdecay(g, cu, chunk_indices, NT)
-    M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
+    fill_g = cumsum_in_kernel(g, b)
+    G = chunk_cumdecay(g, cu, chunk_indices, NT, deferred=fill_g)
+    M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV, g=g if fill_g else None)
     if TUNING["fuse_output"]:
         _, _, ht, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
                                   out=(q, M, o, scale))
