@@ -20,6 +20,7 @@
 #   bash benchmarks/run_h200.sh kloop    # one gradient program per chunk (removed), bf16 check
 #   bash benchmarks/run_h200.sh final2   # FLA at 2k with its autotuning carried in .tcache, then ours
 #   bash benchmarks/run_h200.sh cumsum   # next session: fuse_cumsum at 2k / 32k, grad_bv, gdn's grad_bk
+#   bash benchmarks/run_h200.sh transition  # next session: transition_seq at 32k / 8k, accuracy, check
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -165,6 +166,15 @@ cumsum)
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_cumsum grad_bv --out $OUT/tune_2k.json
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys fuse_cumsum --out $OUT/tune_32k.json
     timeout 60 python3 benchmarks/tune_kernels.py --op gdn --keys grad_bk --out $OUT/tune_gdn_2k.json ;;
+transition)
+    # next session: the state-gradient pass through each chunk's transition matrix (transition_seq,
+    # built untimed): 32k / 8k on and off, its bf16 accuracy and check forced on at every shape
+    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys transition_seq \
+        --values "[0, 2]" --out $OUT/tune_32k.json
+    timeout 80 python3 benchmarks/tune_kernels.py --op gdn2 --T 8192 --keys transition_seq \
+        --values "[0, 2]" --out $OUT/tune_8k.json
+    timeout 70 $K accuracy --tag h200-transition --tuning transition_seq=1000
+    timeout 100 $K check --ops gdn2 kda --tag h200-transition --tuning transition_seq=1000 ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
@@ -205,6 +215,6 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|cumsum|retime32k|overlap|split|swa|confirm|models"
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|cumsum|transition|retime32k|overlap|split|swa|confirm|models"
     exit 2 ;;
 esac

@@ -74,7 +74,8 @@ def test_forward_backward_every_op(op):
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
 # per-channel decayed keys for the sequential kernels (else they form them); fuse_output has the
 # forward's state kernel form the output (else chunk_output_kernel does, from h and R); fuse_cumsum
-# has the intra (forward) and W, U (backward) kernels form G from g. pair_bf16 and
+# has the intra (forward) and W, U (backward) kernels form G from g; transition_seq steps the
+# state-gradient pass through each chunk's transition matrix. pair_bf16 and
 # scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
@@ -82,12 +83,12 @@ def _flipped(name: str, value: object) -> object:
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "fuse_cumsum")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "fuse_cumsum", "transition_seq")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
                          + [("gdn", SWITCHES), ("delta_rule", SWITCHES),
-                            ("kda", ("pre_decayed_keys",)), ("kda", ("fuse_cumsum",)),
+                            ("kda", ("pre_decayed_keys",)), ("kda", ("fuse_cumsum", "transition_seq")),
                             ("gla", ("pre_decayed_keys", "fuse_output", "fuse_cumsum")),
                             ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
@@ -299,30 +300,33 @@ def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("fuse_output", [False, True])
-@pytest.mark.parametrize("op, K, V", [("gdn2", 160, 24), ("gdn", 256, 16)])
-def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, monkeypatch):
+@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (True, 1)])
+@pytest.mark.parametrize("op, K, V", [("gdn2", 160, 24), ("gdn", 256, 16), ("kda", 256, 16)])
+def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, transition_seq, monkeypatch):
     # The sequential kernels hold the state as up to four 64-row slots: K = 160 fills three (the
-    # last one masked), K = 256 all four (with fuse_output, each slot also feeds the output).
+    # last one masked), K = 256 all four (with fuse_output, each slot also feeds the output; with
+    # transition_seq, each new slot of the state gradient reads every old one through P).
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "fuse_output", fuse_output)
+    monkeypatch.setitem(common.TUNING, "transition_seq", transition_seq)
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=1, K=K, V=V, dtype=torch.float32)
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("fuse_output", [False, True])
-def test_varlen_matches_reference(fuse_output, monkeypatch):
+@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (True, 1)])
+def test_varlen_matches_reference(fuse_output, transition_seq, monkeypatch):
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "fuse_output", fuse_output)
+    monkeypatch.setitem(common.TUNING, "transition_seq", transition_seq)
     args, s0 = make_inputs("gdn2", B=1, T=170, H=1, G=2, K=16, V=16, dtype=torch.float32)
     cu = torch.tensor([0, 30, 100, 170], dtype=torch.int32, device=DEV)
     s0 = torch.randn(3, *s0.shape[1:])
     _compare("gdn2", args, s0, cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",), ("fuse_output",)])
+@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",), ("fuse_output",), ("transition_seq",)])
 @pytest.mark.parametrize("value", [float("-inf"), -50.0])
 def test_extreme_gates_are_finite_and_exact(value, flip, monkeypatch):
     # each pairwise factor of the pair split must stay ≤ 1 (a -50 gate inside a 16-row block

@@ -43,6 +43,7 @@ from .common import (
     prepare_chunks,
     scratch_dtype,
     side_stream,
+    use_transition,
 )
 from .forward import (
     _pow2,
@@ -102,25 +103,119 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
     return b_dS
 
 
+@triton.jit
+def transition_block(p_rows, m_s, o_c, K: tl.constexpr):
+    """Columns ``o_c`` of the transition rows at ``p_rows`` (rows masked by ``m_s``), fp32."""
+    return tl.load(p_rows + o_c[None, :], mask=m_s[:, None] & (o_c < K)[None, :], other=0)
+
+
+@triton.jit
+def state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, o_s, o_k,
+                         HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """One K slot ``o_s`` of ``dS₀ = P dS_C + Q̂ᵀ dO`` (``TUNING["transition_seq"]``): P's rows
+    ``o_s`` against the four slots of dS_C, Q̂ (:func:`chunk_transition_kernel`) read from QG."""
+    m_s = o_s < K
+    b_qh = tl.load(QG + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_t[:, None] & m_s[None, :],
+                   other=0).to(tl.float32)
+    b_new = tl.dot(tl.trans(b_qh), b_do, input_precision=PREC)
+    p_rows = P + p_P + o_s[:, None] * K
+    b_new += tl.dot(transition_block(p_rows, m_s, o_k, K), b_dS0, input_precision=PREC)
+    if K > BK:
+        b_new += tl.dot(transition_block(p_rows, m_s, BK + o_k, K), b_dS1, input_precision=PREC)
+    if K > 2 * BK:
+        b_new += tl.dot(transition_block(p_rows, m_s, 2 * BK + o_k, K), b_dS2, input_precision=PREC)
+    if K > 3 * BK:
+        b_new += tl.dot(transition_block(p_rows, m_s, 3 * BK + o_k, K), b_dS3, input_precision=PREC)
+    return b_new
+
+
+@triton.jit
+def chunk_transition_kernel(W, KD, QG, M, G, P, cu_seqlens, chunk_indices, scale,
+                            HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                            PREC: tl.constexpr):
+    """One program per (chunk, value head), for ``TUNING["transition_seq"]`` (per-channel decay
+    with an erase gate): the chunk's state-gradient transition ``P = Diag(γ_C) − Wᵀ K̃`` ``[K, K]``
+    into P ``[NT, HV, K, K]`` fp32, and ``Q̂ = scale·Q_γ − M W`` ``[BT, K]`` written over QG, so that
+    ``dS₀ = P dS_C + Q̂ᵀ dO`` (with ``dR = Mᵀ dO + K̃ dS_C``, ``dY = Aᵀ dR`` and
+    ``dS₀ = Diag(γ_C) dS_C + scale·Q_γᵀ dO − Ēᵀ dY``, since ``W = A Ē``)."""
+    i_t, i_hv = tl.program_id(0), tl.program_id(1)
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
+    i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+    p_P = (i_t.to(tl.int64) * HV + i_hv) * K * K
+    o_k = tl.arange(0, BK)
+    b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+    b_M = b_M.to(tl.float32)
+    for i_a in range(tl.cdiv(K, BK)):
+        o_a = i_a * BK + o_k
+        m_a = o_a < K
+        p_ta = (o_row[:, None] * HV + i_hv) * K + o_a[None, :]
+        m_ta = m_t[:, None] & m_a[None, :]
+        b_w = tl.load(W + p_ta, mask=m_ta, other=0).to(tl.float32)
+        b_qh = scale * tl.load(QG + p_ta, mask=m_ta, other=0).to(tl.float32)
+        b_qh -= tl.dot(b_M, b_w, input_precision=PREC)
+        tl.debug_barrier()  # every thread has read its QG elements before any is overwritten
+        tl.store(QG + p_ta, b_qh.to(QG.dtype.element_ty), mask=m_ta)
+        b_gc = tl.exp(tl.load(G + (i_last * HV + i_hv) * K + o_a, mask=m_a, other=0))
+        for i_b in range(tl.cdiv(K, BK)):
+            o_b = i_b * BK + o_k
+            m_b = o_b < K
+            p_tb = (o_row[:, None] * HV + i_hv) * K + o_b[None, :]
+            b_kd = tl.load(KD + p_tb, mask=m_t[:, None] & m_b[None, :], other=0).to(tl.float32)
+            b_P = tl.where(o_a[:, None] == o_b[None, :], b_gc[:, None], 0.0)
+            b_P -= tl.dot(tl.trans(b_w), b_kd, input_precision=PREC)
+            tl.store(P + p_P + o_a[:, None] * K + o_b[None, :], b_P, mask=m_a[:, None] & m_b[None, :])
+
+
+@triton.jit
+def chunk_dy_kernel(M, A, do, KD, dh, dY, cu_seqlens, chunk_indices,
+                    HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                    BV: tl.constexpr, PREC: tl.constexpr):
+    """One program per (value block, chunk, value head), for ``TUNING["transition_seq"]``:
+    ``dY = Aᵀ (Mᵀ dO + K̃ dS_C)`` ``[BT, BV]`` from the state-gradient pass's dh (which then
+    forms neither dR nor dY on its sequential chain)."""
+    i_v, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_tv = m_t[:, None] & m_v[None, :]
+    p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
+    p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
+    b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
+    b_M = tl.load(M + p_tt, mask=m_t[:, None], other=0).to(tl.float32)
+    b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
+    p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
+    for i_k in range(tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_kd = tl.load(KD + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                       other=0).to(tl.float32)
+        b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0)
+        b_dR += tl.dot(b_kd, b_dh.to(tl.float32), input_precision=PREC)
+    b_A = tl.load(A + p_tt, mask=m_t[:, None], other=0).to(tl.float32)
+    tl.store(dY + p_tv, tl.dot(tl.trans(b_A), b_dR, input_precision=PREC), mask=m_tv)
+
+
 @triton.autotune(
     # 8 warps spilled 14–44 B (H200 sweep, before pre_decayed_keys lightened the step); 3 stages
     # did not compile. At T = 32k one program per SM: 8 warps give each scheduler two warps.
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD", "TRANS"],
 )
 @triton.jit
 def chunk_state_bwd_kernel(
-    q, k, b, G, KD, QG, EG, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    q, k, b, G, KD, QG, EG, M, A, P, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PRE_KD: tl.constexpr, USE_DHT: tl.constexpr,
-    STORE_DH0: tl.constexpr, PREC: tl.constexpr,
+    STORE_DH0: tl.constexpr, PREC: tl.constexpr, TRANS: tl.constexpr,
 ):
     """One program per (value block, sequence·head), last chunk first.
 
     Writes dh ``[NT, HV, K, V]`` (gradient of each chunk's outgoing state), dY ``[Ttot, HV, V]``
     and dh0 ``[N, HV, K, V]``. The ``[K, BV]`` state gradient is held as up to four ``[BK, BV]``
-    slots, as in the forward's state kernel.
+    slots, as in the forward's state kernel. TRANS (``TUNING["transition_seq"]``): each step is
+    ``dS₀ = P dS_C + Q̂ᵀ dO`` from :func:`chunk_transition_kernel`'s P and Q̂ (in QG), and dY is
+    left to :func:`chunk_dy_kernel`.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -147,38 +242,62 @@ def chunk_state_bwd_kernel(
         i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
         p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
-        b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-        b_M = b_M.to(tl.float32)
-        # dR = Mᵀ dO + K̃ dS_C
-        b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
-        b_dR += state_bwd_slot_dR(b_dS0, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
-                                  H, HV, K, V, DECAY, PRE_KD, PREC)
-        if K > BK:
-            b_dR += state_bwd_slot_dR(b_dS1, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v,
-                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
-        if K > 2 * BK:
-            b_dR += state_bwd_slot_dR(b_dS2, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v,
-                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
-        if K > 3 * BK:
-            b_dR += state_bwd_slot_dR(b_dS3, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v,
-                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
-        if ERASE > 0:
-            b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-            b_dY = tl.dot(tl.trans(b_A.to(tl.float32)), b_dR, input_precision=PREC)
+        if TRANS:
+            # dS₀ = P dS_C + Q̂ᵀ dO: every new slot from the old ones, so all are formed first
+            store_slots(dh, p_dh, b_dS0, b_dS1, b_dS2, b_dS3, o_k, o_v, m_v, K, V, BK)
+            p_P = ((i_c0 + i_c) * HV + i_hv) * K * K
+            n_dS0 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, o_s0,
+                                         o_k, HV, K, BK, PREC)
+            if K > BK:
+                n_dS1 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
+                                             o_s1, o_k, HV, K, BK, PREC)
+            if K > 2 * BK:
+                n_dS2 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
+                                             o_s2, o_k, HV, K, BK, PREC)
+            if K > 3 * BK:
+                n_dS3 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
+                                             o_s3, o_k, HV, K, BK, PREC)
+            b_dS0 = n_dS0
+            if K > BK:
+                b_dS1 = n_dS1
+            if K > 2 * BK:
+                b_dS2 = n_dS2
+            if K > 3 * BK:
+                b_dS3 = n_dS3
         else:
-            b_dY = b_dR
-        tl.store(dY + p_tv, b_dY, mask=m_tv)
-        b_dS0 = state_bwd_slot_update(b_dS0, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv, i_last,
-                                      o_s0, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
-        if K > BK:
-            b_dS1 = state_bwd_slot_update(b_dS1, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s1, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
-        if K > 2 * BK:
-            b_dS2 = state_bwd_slot_update(b_dS2, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s2, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
-        if K > 3 * BK:
-            b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s3, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+            b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+            b_M = b_M.to(tl.float32)
+            # dR = Mᵀ dO + K̃ dS_C
+            b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
+            b_dR += state_bwd_slot_dR(b_dS0, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v,
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
+            if K > BK:
+                b_dR += state_bwd_slot_dR(b_dS1, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v,
+                                          m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
+            if K > 2 * BK:
+                b_dR += state_bwd_slot_dR(b_dS2, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v,
+                                          m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
+            if K > 3 * BK:
+                b_dR += state_bwd_slot_dR(b_dS3, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v,
+                                          m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
+            if ERASE > 0:
+                p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
+                b_A = tl.load(A + p_tt, mask=m_t[:, None], other=0)
+                b_dY = tl.dot(tl.trans(b_A.to(tl.float32)), b_dR, input_precision=PREC)
+            else:
+                b_dY = b_dR
+            tl.store(dY + p_tv, b_dY, mask=m_tv)
+            b_dS0 = state_bwd_slot_update(b_dS0, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                          i_last, o_s0, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+            if K > BK:
+                b_dS1 = state_bwd_slot_update(b_dS1, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                              i_last, o_s1, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+            if K > 2 * BK:
+                b_dS2 = state_bwd_slot_update(b_dS2, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                              i_last, o_s2, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+            if K > 3 * BK:
+                b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                              i_last, o_s3, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
     if STORE_DH0:
         store_slots(dh0, p_n, b_dS0, b_dS1, b_dS2, b_dS3, o_k, o_v, m_v, K, V, BK)
 
@@ -449,17 +568,31 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
         # sequences, run them side by side (TUNING["overlap_seq"]).
         side = side_stream(dev, triton.cdiv(V, BV) * N * HV)
-        h, R, _, (KD, QG, EG) = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
+        h, R, _, (KD, QG, EG, W) = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
                                             q=q, stream=side, g=g if fill_g and not intra else None)
         dh = empty((NT, HV, K, V), dtype=scratch_dtype(q.dtype, "dh"), device=dev)
         dY = empty((Ttot, HV, V), dtype=scratch_dtype(q.dtype, "dY"), device=dev)
+        # Long sequences with few heads: the state-gradient pass through each chunk's transition
+        # matrix, formed beforehand (TUNING["transition_seq"]); it overwrites QG with Q̂.
+        trans = QG is not None and W is not None and use_transition(dev, triton.cdiv(V, BV) * N * HV)
+        P = None
+        if trans:
+            P = empty((NT, HV, K, K), **f32)
+            chunk_transition_kernel[(NT, HV)](W, KD, QG, M, G, P, cu, chunk_indices, scale,
+                                              HV=HV, K=K, BT=CHUNK, BK=state_slot(K), PREC=PREC)
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
             q, k, q if b is None else b, M if G is None else G, M if KD is None else KD,
             M if QG is None else QG, M if EG is None else EG, M,
-            M if A is None else A, do, dY, dh, dh if dht is None else dht, dh if dh0 is None else dh0, cu,
-            chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
-            ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
+            M if A is None else A, M if P is None else P, do, dY, dh, dh if dht is None else dht,
+            dh if dh0 is None else dh0, cu, chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK,
+            BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None,
+            STORE_DH0=dh0 is not None, PREC=PREC, TRANS=trans,
         )
+        if trans:
+            BV_dy = min(64, _pow2(V))
+            chunk_dy_kernel[(triton.cdiv(V, BV_dy), NT, HV)](
+                M, A, do, KD, dh, dY, cu, chunk_indices, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K),
+                BV=BV_dy, PREC=PREC)
         if side is not None:
             torch.cuda.current_stream(dev).wait_stream(side)
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)

@@ -89,7 +89,7 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
           "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1,
-          "fuse_cumsum": False}
+          "fuse_cumsum": False, "transition_seq": 0}
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic
@@ -112,6 +112,15 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # it, instead of chunk_cumsum_kernel (0.135 ms per pass for gdn2 at 2k on the H200, at memory
 # speed): one read of G (512 B per token-head) and one launch fewer per pass; expected ~0.09 ms
 # each. Results are bitwise those of the cumsum kernel (same loads, same tl.cumsum).
+# transition_seq (built 2026-11-29, not yet timed, so 0 = off): for per-channel decay with an erase
+# gate, the backward's state-gradient pass steps as dS₀ = P dS_C + Q̂ᵀ dO with the chunk's
+# transition P = Diag(γ_C) − Wᵀ K̃ [K, K] and Q̂ = scale·Q_γ − M W [BT, K], both formed
+# chunk-parallel beforehand (chunk_transition_kernel), and dY = Aᵀ (Mᵀ dO + K̃ dS_C) formed
+# chunk-parallel afterwards (chunk_dy_kernel): one product on each step's dependent chain instead
+# of three (dR = K̃ dS_C, dY = Aᵀ dR, Ēᵀ dY), for about the same bytes per step (P 64 KB fp32 at
+# K = 128 instead of M, A, K̃, Q_γ, Ē). For long sequences with few heads, where that chain is the
+# backward's critical path (32k: 4.3 ms of 13.1), when the pass launches at most transition_seq ×
+# (number of SMs) programs. Extra chunk-parallel work: ~0.6 ms expected at 32k.
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
@@ -157,6 +166,19 @@ def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None
         return None
     stream, sms = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
     return stream if programs <= TUNING["overlap_seq"] * sms else None
+
+
+def use_transition(device: torch.device, programs: int) -> bool:
+    """Whether the backward's state-gradient pass of ``programs`` programs steps through each
+    chunk's transition matrix (``TUNING["transition_seq"]``: at most that many programs per SM;
+    0 never). Off CUDA (the interpreter, for the tests) any nonzero value takes it."""
+    limit = TUNING["transition_seq"]
+    if not limit:
+        return False
+    if device.type != "cuda" or INTERPRET:
+        return True
+    _, sms = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
+    return programs <= limit * sms
 
 
 def gate_form(x: torch.Tensor | None) -> int:

@@ -643,12 +643,12 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
                 stream=None, g=None):
     """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]``). Returns
     ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])`` and the decayed operands
-    ``(KD, QG, EG)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
+    ``(KD, QG, EG, W)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
     (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q and EG = Ē only when ``q`` is
-    given, for the backward's sequential kernel), else ``(None, None, None)``. ht is fp32, the rest
-    stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state kernel writes the
-    output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``). With g, the
-    W, U kernel fills G from it (:func:`cumsum_in_kernel`).
+    given, for the backward's sequential kernel; W whenever that kernel ran), else None each. ht
+    is fp32, the rest stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state
+    kernel writes the output into o instead of h and R (returned as None;
+    ``TUNING["fuse_output"]``). With g, the W, U kernel fills G from it (:func:`cumsum_in_kernel`).
 
     With a CUDA ``stream`` the state kernel (not the W, U kernel, whose KD, QG, EG the caller may
     need at once) runs on that stream, after the work queued so far on the current one; every
@@ -705,7 +705,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
             t.record_stream(stream)
         with torch.cuda.stream(stream):
             launch()
-    return h, R, ht, (KD, QG, EG)
+    return h, R, ht, (KD, QG, EG, W)
 
 
 def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int):
