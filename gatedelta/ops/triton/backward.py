@@ -7,7 +7,10 @@ stage 1 too when M and A were not kept — then
 4. ``chunk_state_bwd_kernel`` (sequential, last chunk first), per chunk with ``dS_C`` given:
    ``dR = Mᵀ dO + K̃ dS_C``, ``dY = Aᵀ dR`` (stored), and
    ``dS₀ = Q_γᵀ dO + Diag(γ_C) dS_C − Ēᵀ dY`` (stored as the next chunk's ``dS_C``; the first
-   chunk's is d initial_state).
+   chunk's is d initial_state). Or, for long sequences with few heads (``TUNING["transition_seq"]``),
+   ``dS₀ = P dS_C + Q̂ᵀ dO`` through each chunk's transition ``P = Diag(γ_C) − Wᵀ K̃`` and
+   ``Q̂ = scale·Q_γ − M W``, formed chunk-parallel before (``chunk_transition_kernel``), with dY
+   formed chunk-parallel after (``chunk_dy_kernel``): one product per step on the chain.
 5. ``chunk_grad_kernel`` (chunk-parallel, one K block each): with ``dM = tril(dO Rᵀ)``,
    ``dT = −strict_tril(dY Rᵀ)``, ``dZ = dY``, ``dĒ = −dY S₀ᵀ``, ``dK̃ = R dS_Cᵀ`` and
    ``dQ_γ = dO S₀ᵀ``, the pairwise products give dq, dk, de and ``d log γ`` per row (for a
