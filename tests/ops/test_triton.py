@@ -300,7 +300,7 @@ def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (True, 1)])
+@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (False, 1), (True, 1)])
 @pytest.mark.parametrize("op, K, V", [("gdn2", 160, 24), ("gdn", 256, 16), ("kda", 256, 16)])
 def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, transition_seq, monkeypatch):
     # The sequential kernels hold the state as up to four 64-row slots: K = 160 fills three (the
@@ -314,7 +314,7 @@ def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, transition_seq, m
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (True, 1)])
+@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (False, 1), (True, 1)])
 def test_varlen_matches_reference(fuse_output, transition_seq, monkeypatch):
     from gatedelta.ops.triton import common
 

@@ -46,7 +46,6 @@ from .common import (
     prepare_chunks,
     scratch_dtype,
     side_stream,
-    use_transition,
 )
 from .forward import (
     _pow2,
@@ -60,6 +59,8 @@ from .forward import (
     state_block_v,
     state_slot,
     store_slots,
+    transition_block,
+    transition_wanted,
 )
 
 
@@ -107,12 +108,6 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
 
 
 @triton.jit
-def transition_block(p_rows, m_s, o_c, K: tl.constexpr):
-    """Columns ``o_c`` of the transition rows at ``p_rows`` (rows masked by ``m_s``), fp32."""
-    return tl.load(p_rows + o_c[None, :], mask=m_s[:, None] & (o_c < K)[None, :], other=0)
-
-
-@triton.jit
 def state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, o_s, o_k,
                          HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """One K slot ``o_s`` of ``dS₀ = P dS_C + Q̂ᵀ dO`` (``TUNING["transition_seq"]``): P's rows
@@ -130,43 +125,6 @@ def state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_
     if K > 3 * BK:
         b_new += tl.dot(transition_block(p_rows, m_s, 3 * BK + o_k, K), b_dS3, input_precision=PREC)
     return b_new
-
-
-@triton.jit
-def chunk_transition_kernel(W, KD, QG, M, G, P, cu_seqlens, chunk_indices, scale,
-                            HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                            PREC: tl.constexpr):
-    """One program per (chunk, value head), for ``TUNING["transition_seq"]`` (per-channel decay
-    with an erase gate): the chunk's state-gradient transition ``P = Diag(γ_C) − Wᵀ K̃`` ``[K, K]``
-    into P ``[NT, HV, K, K]`` fp32, and ``Q̂ = scale·Q_γ − M W`` ``[BT, K]`` written over QG, so that
-    ``dS₀ = P dS_C + Q̂ᵀ dO`` (with ``dR = Mᵀ dO + K̃ dS_C``, ``dY = Aᵀ dR`` and
-    ``dS₀ = Diag(γ_C) dS_C + scale·Q_γᵀ dO − Ēᵀ dY``, since ``W = A Ē``)."""
-    i_t, i_hv = tl.program_id(0), tl.program_id(1)
-    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
-    p_P = (i_t.to(tl.int64) * HV + i_hv) * K * K
-    o_k = tl.arange(0, BK)
-    b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-    b_M = b_M.to(tl.float32)
-    for i_a in range(tl.cdiv(K, BK)):
-        o_a = i_a * BK + o_k
-        m_a = o_a < K
-        p_ta = (o_row[:, None] * HV + i_hv) * K + o_a[None, :]
-        m_ta = m_t[:, None] & m_a[None, :]
-        b_w = tl.load(W + p_ta, mask=m_ta, other=0).to(tl.float32)
-        b_qh = scale * tl.load(QG + p_ta, mask=m_ta, other=0).to(tl.float32)
-        b_qh -= tl.dot(b_M, b_w, input_precision=PREC)
-        tl.debug_barrier()  # every thread has read its QG elements before any is overwritten
-        tl.store(QG + p_ta, b_qh.to(QG.dtype.element_ty), mask=m_ta)
-        b_gc = tl.exp(tl.load(G + (i_last * HV + i_hv) * K + o_a, mask=m_a, other=0))
-        for i_b in range(tl.cdiv(K, BK)):
-            o_b = i_b * BK + o_k
-            m_b = o_b < K
-            p_tb = (o_row[:, None] * HV + i_hv) * K + o_b[None, :]
-            b_kd = tl.load(KD + p_tb, mask=m_t[:, None] & m_b[None, :], other=0).to(tl.float32)
-            b_P = tl.where(o_a[:, None] == o_b[None, :], b_gc[:, None], 0.0)
-            b_P -= tl.dot(tl.trans(b_w), b_kd, input_precision=PREC)
-            tl.store(P + p_P + o_a[:, None] * K + o_b[None, :], b_P, mask=m_a[:, None] & m_b[None, :])
 
 
 @triton.jit
@@ -571,18 +529,15 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
         # sequences, run them side by side (TUNING["overlap_seq"]).
         side = side_stream(dev, triton.cdiv(V, BV) * N * HV)
-        h, R, _, (KD, QG, EG, W) = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
-                                            q=q, stream=side, g=g if fill_g and not intra else None)
+        # Long sequences with few heads: both sequential passes step through each chunk's
+        # transition matrix P, formed once by chunk_state (TUNING["transition_seq"]), which also
+        # overwrites QG with Q̂ for the state-gradient pass.
+        trans = transition_wanted(g, b, dev, triton.cdiv(V, BV) * N * HV)
+        h, R, _, (KD, QG, EG, _, P) = chunk_state(
+            k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=q, stream=side,
+            g=g if fill_g and not intra else None, transition=(M, scale) if trans else None)
         dh = empty((NT, HV, K, V), dtype=scratch_dtype(q.dtype, "dh"), device=dev)
         dY = empty((Ttot, HV, V), dtype=scratch_dtype(q.dtype, "dY"), device=dev)
-        # Long sequences with few heads: the state-gradient pass through each chunk's transition
-        # matrix, formed beforehand (TUNING["transition_seq"]); it overwrites QG with Q̂.
-        trans = QG is not None and W is not None and use_transition(dev, triton.cdiv(V, BV) * N * HV)
-        P = None
-        if trans:
-            P = empty((NT, HV, K, K), **f32)
-            chunk_transition_kernel[(NT, HV)](W, KD, QG, M, G, P, cu, chunk_indices, scale,
-                                              HV=HV, K=K, BT=CHUNK, BK=state_slot(K), PREC=PREC)
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
             q, k, q if b is None else b, M if G is None else G, M if KD is None else KD,
             M if QG is None else QG, M if EG is None else EG, M,

@@ -113,14 +113,16 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # speed): one read of G (512 B per token-head) and one launch fewer per pass; expected ~0.09 ms
 # each. Results are bitwise those of the cumsum kernel (same loads, same tl.cumsum).
 # transition_seq (built 2026-11-29, not yet timed, so 0 = off): for per-channel decay with an erase
-# gate, the backward's state-gradient pass steps as dS₀ = P dS_C + Q̂ᵀ dO with the chunk's
-# transition P = Diag(γ_C) − Wᵀ K̃ [K, K] and Q̂ = scale·Q_γ − M W [BT, K], both formed
-# chunk-parallel beforehand (chunk_transition_kernel), and dY = Aᵀ (Mᵀ dO + K̃ dS_C) formed
-# chunk-parallel afterwards (chunk_dy_kernel): one product on each step's dependent chain instead
-# of three (dR = K̃ dS_C, dY = Aᵀ dR, Ēᵀ dY), for about the same bytes per step (P 64 KB fp32 at
-# K = 128 instead of M, A, K̃, Q_γ, Ē). For long sequences with few heads, where that chain is the
-# backward's critical path (32k: 4.3 ms of 13.1), when the pass launches at most transition_seq ×
-# (number of SMs) programs. Extra chunk-parallel work: ~0.6 ms expected at 32k.
+# gate, the sequential passes step through each chunk's transition P = Diag(γ_C) − Wᵀ K̃ [K, K],
+# formed chunk-parallel after the W, U kernel (chunk_transition_kernel, with Q̂ = scale·Q_γ − M W
+# [BT, K] for the backward): the state as S_C = Pᵀ S₀ + K̃ᵀ U (R = U − W S₀ still formed, for the
+# output, off the chain), its gradient as dS₀ = P dS_C + Q̂ᵀ dO with dY = Aᵀ (Mᵀ dO + K̃ dS_C)
+# formed chunk-parallel afterwards (chunk_dy_kernel). One product on each step's dependent chain
+# instead of two (W S₀, K̃ᵀ R) or three (K̃ dS_C, Aᵀ dR, Ēᵀ dY), for about the same bytes per step
+# (P is 64 KB fp32 at K = 128). For long sequences with few heads, where those chains are the
+# critical path (32k: 1.8 ms per state pass, 4.3 ms for the gradient pass, of 13.1), when the
+# passes launch at most transition_seq × (number of SMs) programs. Extra chunk-parallel work:
+# ~0.3 ms per P and ~0.3 ms for dY expected at 32k.
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
