@@ -167,7 +167,7 @@ cumsum)
     timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys fuse_cumsum --out $OUT/tune_32k.json
     timeout 60 python3 benchmarks/tune_kernels.py --op gdn --keys grad_bk --out $OUT/tune_gdn_2k.json ;;
 transition)
-    # next session: the state-gradient pass through each chunk's transition matrix (transition_seq,
+    # next session: both sequential passes through each chunk's transition matrix (transition_seq,
     # built untimed): 32k / 8k on and off, its bf16 accuracy and check forced on at every shape
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys transition_seq \
         --values "[0, 2]" --out $OUT/tune_32k.json

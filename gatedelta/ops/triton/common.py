@@ -179,8 +179,8 @@ def use_transition(device: torch.device, programs: int) -> bool:
         return False
     if device.type != "cuda" or INTERPRET:
         return True
-    _, sms = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
-    return programs <= limit * sms
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return programs <= limit * torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def gate_form(x: torch.Tensor | None) -> int:
