@@ -128,6 +128,26 @@ def state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_
 
 
 @triton.jit
+def state_bwd_step_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, o_k,
+                         HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """Every slot of ``dS₀ = P dS_C + Q̂ᵀ dO`` (:func:`state_bwd_slot_trans`), all formed before any
+    is replaced; slots past K stay as they were (zero)."""
+    n_0 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, o_k, o_k,
+                               HV, K, BK, PREC)
+    n_1, n_2, n_3 = b_dS1, b_dS2, b_dS3
+    if K > BK:
+        n_1 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, BK + o_k,
+                                   o_k, HV, K, BK, PREC)
+    if K > 2 * BK:
+        n_2 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
+                                   2 * BK + o_k, o_k, HV, K, BK, PREC)
+    if K > 3 * BK:
+        n_3 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
+                                   3 * BK + o_k, o_k, HV, K, BK, PREC)
+    return n_0, n_1, n_2, n_3
+
+
+@triton.jit
 def chunk_dy_kernel(M, A, do, KD, dh, dY, cu_seqlens, chunk_indices,
                     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                     BV: tl.constexpr, PREC: tl.constexpr):
@@ -204,27 +224,11 @@ def chunk_state_bwd_kernel(
         p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         if TRANS:
-            # dS₀ = P dS_C + Q̂ᵀ dO: every new slot from the old ones, so all are formed first
+            # dS₀ = P dS_C + Q̂ᵀ dO
             store_slots(dh, p_dh, b_dS0, b_dS1, b_dS2, b_dS3, o_k, o_v, m_v, K, V, BK)
-            p_P = ((i_c0 + i_c) * HV + i_hv) * K * K
-            n_dS0 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, o_s0,
-                                         o_k, HV, K, BK, PREC)
-            if K > BK:
-                n_dS1 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
-                                             o_s1, o_k, HV, K, BK, PREC)
-            if K > 2 * BK:
-                n_dS2 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
-                                             o_s2, o_k, HV, K, BK, PREC)
-            if K > 3 * BK:
-                n_dS3 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
-                                             o_s3, o_k, HV, K, BK, PREC)
-            b_dS0 = n_dS0
-            if K > BK:
-                b_dS1 = n_dS1
-            if K > 2 * BK:
-                b_dS2 = n_dS2
-            if K > 3 * BK:
-                b_dS3 = n_dS3
+            b_dS0, b_dS1, b_dS2, b_dS3 = state_bwd_step_trans(
+                P, ((i_c0 + i_c) * HV + i_hv) * K * K, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
+                o_k, HV, K, BK, PREC)
         else:
             b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
             b_M = b_M.to(tl.float32)

@@ -514,6 +514,28 @@ def state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, 
     return b_new
 
 
+@triton.jit
+def state_step_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k,
+                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
+                     DECAY: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr):
+    """Phase 2 of every slot through the transition (:func:`state_slot_trans`): each new slot
+    from all the old ones, so all are formed before any is replaced; slots past K stay as they
+    were (zero)."""
+    n_S0 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last,
+                            o_k, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
+    n_S1, n_S2, n_S3 = b_S1, b_S2, b_S3
+    if K > BK:
+        n_S1 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last,
+                                BK + o_k, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
+    if K > 2 * BK:
+        n_S2 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last,
+                                2 * BK + o_k, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
+    if K > 3 * BK:
+        n_S3 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last,
+                                3 * BK + o_k, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
+    return n_S0, n_S1, n_S2, n_S3
+
+
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT", "TRANS"],
@@ -601,26 +623,9 @@ def chunk_state_kernel(
         else:
             tl.store(R + p_tv, b_R, mask=m_tv)
         if TRANS:
-            # every new slot from the old ones (and U), so all are formed first
-            p_P = ((i_c0 + i_c) * HV + i_hv) * K * K
-            n_S0 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv,
-                                    i_last, o_s0, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
-            if K > BK:
-                n_S1 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv,
-                                        i_last, o_s1, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
-            if K > 2 * BK:
-                n_S2 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv,
-                                        i_last, o_s2, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
-            if K > 3 * BK:
-                n_S3 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv,
-                                        i_last, o_s3, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
-            b_S0 = n_S0
-            if K > BK:
-                b_S1 = n_S1
-            if K > 2 * BK:
-                b_S2 = n_S2
-            if K > 3 * BK:
-                b_S3 = n_S3
+            b_S0, b_S1, b_S2, b_S3 = state_step_trans(
+                P, ((i_c0 + i_c) * HV + i_hv) * K * K, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h,
+                i_hv, i_last, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
         else:
             b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K,
                                      DECAY, PRE_KD, PREC)
