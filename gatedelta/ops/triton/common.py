@@ -122,7 +122,8 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # (P is 64 KB fp32 at K = 128). For long sequences with few heads, where those chains are the
 # critical path (32k: 1.8 ms per state pass, 4.3 ms for the gradient pass, of 13.1), when the
 # passes launch at most transition_seq × (number of SMs) programs. Extra chunk-parallel work:
-# ~0.3 ms per P and ~0.3 ms for dY expected at 32k.
+# ~0.3 ms per P and ~0.3 ms for dY expected at 32k; P is transient, K²·4 B per chunk and value
+# head (1 KB per token-head at K = 128: 512 MB for 32k tokens × 16 heads), nothing more is kept.
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
