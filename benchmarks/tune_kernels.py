@@ -72,12 +72,14 @@ def kernel_report() -> dict:
     from gatedelta.ops.triton import backward, forward
 
     report = {}
-    for kern in (forward.chunk_intra_kernel, forward.chunk_wu_kernel, forward.chunk_state_kernel,
-                 forward.chunk_output_kernel, backward.chunk_state_bwd_kernel, backward.chunk_grad_kernel):
-        name = kern.fn.__name__
+    for kern in (forward.chunk_intra_kernel, forward.chunk_solve_kernel, forward.chunk_wu_kernel,
+                 forward.chunk_transition_kernel, forward.chunk_state_kernel, forward.chunk_output_kernel,
+                 backward.chunk_state_bwd_kernel, backward.chunk_dy_kernel, backward.chunk_grad_kernel):
+        jit = getattr(kern, "fn", kern) if hasattr(kern, "configs") else kern  # autotuned or plain
+        name = jit.fn.__name__
         rep = {"chosen": [str(c) for c in getattr(kern, "cache", {}).values()], "compiled": []}
         try:
-            for caches in kern.fn.device_caches.values():
+            for caches in jit.device_caches.values():
                 for ck in caches[0].values():
                     rep["compiled"].append([ck.metadata.num_warps, ck.metadata.num_stages,
                                             getattr(ck, "n_regs", None), getattr(ck, "n_spills", None)])
@@ -119,6 +121,7 @@ def main() -> None:
     kernels: dict = {}
 
     def save() -> None:  # after every row: a sweep cut by its time limit keeps what it measured
+        kernels.update(kernel_report())  # (the compiled variants' registers and spills too)
         if args.out:
             with open(args.out, "w") as f:
                 json.dump({"op": args.op, "T": args.T, "device": torch.cuda.get_device_name(), "rows": rows,
@@ -153,10 +156,9 @@ def main() -> None:
     rows.append({"variant": "combined", "tuning": best, "fwd_ms": r["fwd_ms"], "fwdbwd_ms": r["fwdbwd_ms"],
                  "max_rel_diff_vs_defaults": max(rel(a, b) for a, b in zip(r["outs"], base["outs"]))})
     print(json.dumps(rows[-1]), flush=True)
-    kernels.update(kernel_report())
+    save()
     for name, rep in kernels.items():
         print(f"{name}: {json.dumps(rep)}", flush=True)
-    save()
 
 
 if __name__ == "__main__":
