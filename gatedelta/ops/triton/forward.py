@@ -782,7 +782,10 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
         if DECAY == 2 and TUNING["pre_decayed_keys"]:
             KD = scratch("KD", (Ttot, HV, K))
             if q is not None:
-                QG, EG = scratch("QG", (Ttot, HV, K)), scratch("EG", (Ttot, HV, K))
+                # with a transition, QG then holds Q̂ = scale·Q_γ − M W, kept fp32: in bf16 it raised
+                # the gradients' own error by up to 9 % (interpreter, bf16 inputs; Q_γ alone: ≤ 1 %)
+                QG = empty((Ttot, HV, K), **f32) if transition is not None else scratch("QG", (Ttot, HV, K))
+                EG = scratch("EG", (Ttot, HV, K))
         chunk_wu_kernel[(NT, HV)](
             k if q is None else q, k, v, b, k if w is None else w, k if g is None else g,
             k if G is None else G, A, W, U, W if KD is None else KD, W if QG is None else QG,
