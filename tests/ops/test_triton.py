@@ -265,6 +265,19 @@ def test_side_stream_only_on_cuda_and_when_asked(monkeypatch):
     assert inside_capture is None
 
 
+def test_transition_only_when_asked_and_for_few_programs(monkeypatch):
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setitem(common.TUNING, "transition_seq", 0)
+    assert not common.use_transition(torch.device("cpu"), 1)
+    monkeypatch.setitem(common.TUNING, "transition_seq", 2)
+    assert common.use_transition(torch.device("cpu"), 10**9)  # off CUDA: the tests force it
+    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        dev = torch.device("cuda")
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+        assert common.use_transition(dev, 2 * sms) and not common.use_transition(dev, 2 * sms + 1)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="two CUDA streams")
 @pytest.mark.parametrize("op", ["gdn2", "kda", "gdn"])
 def test_backward_passes_side_by_side_equal_one_after_the_other(op, monkeypatch):

@@ -153,9 +153,18 @@ POISON = os.environ.get("GATEDELTA_TRITON_POISON") == "1"
 
 
 @functools.cache
-def _side_stream(device_index: int) -> tuple[torch.cuda.Stream, int]:
-    props = torch.cuda.get_device_properties(device_index)
-    return torch.cuda.Stream(device_index), props.multi_processor_count
+def _side_stream(device_index: int) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device_index)
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _few_programs(device: torch.device, programs: int, per_sm: float) -> bool:
+    """Whether ``programs`` is at most ``per_sm`` × the device's SM count (long sequences with few
+    heads: the sequential kernels' latency, not the GPU's width, sets their time)."""
+    return programs <= per_sm * torch.cuda.get_device_properties(_index(device)).multi_processor_count
 
 
 def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None:
@@ -167,21 +176,19 @@ def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None
         return None
     if torch.cuda.is_current_stream_capturing():
         return None
-    stream, sms = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
-    return stream if programs <= TUNING["overlap_seq"] * sms else None
+    return _side_stream(_index(device)) if _few_programs(device, programs, TUNING["overlap_seq"]) else None
 
 
 def use_transition(device: torch.device, programs: int) -> bool:
-    """Whether the backward's state-gradient pass of ``programs`` programs steps through each
-    chunk's transition matrix (``TUNING["transition_seq"]``: at most that many programs per SM;
-    0 never). Off CUDA (the interpreter, for the tests) any nonzero value takes it."""
+    """Whether the sequential passes of ``programs`` programs step through each chunk's
+    transition matrix (``TUNING["transition_seq"]``: at most that many programs per SM; 0 never).
+    Off CUDA (the interpreter, for the tests) any nonzero value takes it."""
     limit = TUNING["transition_seq"]
     if not limit:
         return False
     if device.type != "cuda" or INTERPRET:
         return True
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return programs <= limit * torch.cuda.get_device_properties(index).multi_processor_count
+    return _few_programs(device, programs, limit)
 
 
 def gate_form(x: torch.Tensor | None) -> int:

@@ -693,22 +693,28 @@ def state_block_v(V: int, K: int, programs: int) -> int:
     return BV
 
 
+def wu_kernel_per_channel(g, b) -> bool:
+    """Whether :func:`chunk_wu_kernel` runs for per-channel decay (an erase gate, W and U not
+    formed by the state kernel, ``fuse_wu``): the cases :func:`cumsum_in_kernel` and
+    :func:`transition_wanted` build on."""
+    return g is not None and gate_form(g) == 2 and b is not None and 2 not in TUNING["fuse_wu"]
+
+
 def cumsum_in_kernel(g, b) -> bool:
     """Whether G is formed by the first chunk kernel that reads it instead of by
     :func:`chunk_cumsum_kernel` (``TUNING["fuse_cumsum"]``): per-channel decay with an erase gate,
     where that kernel is the intra kernel in the forward and the W, U kernel in the backward (so not
     when the state kernel forms W and U itself, ``fuse_wu``). Saves one read of G (512 B per
     token-head) and one launch per pass."""
-    return (bool(TUNING["fuse_cumsum"]) and g is not None and gate_form(g) == 2 and b is not None
-            and 2 not in TUNING["fuse_wu"])
+    return bool(TUNING["fuse_cumsum"]) and wu_kernel_per_channel(g, b)
 
 
 def transition_wanted(g, b, device: torch.device, programs: int) -> bool:
     """Whether the sequential kernels (``programs`` programs) step through each chunk's transition
     matrix (``TUNING["transition_seq"]``, :func:`use_transition`): per-channel decay with an erase
     gate, W, U and the decayed keys from their own kernel."""
-    return (g is not None and gate_form(g) == 2 and b is not None and 2 not in TUNING["fuse_wu"]
-            and bool(TUNING["pre_decayed_keys"]) and use_transition(device, programs))
+    return (wu_kernel_per_channel(g, b) and bool(TUNING["pre_decayed_keys"])
+            and use_transition(device, programs))
 
 
 def chunk_cumdecay(g, cu, chunk_indices, NT, deferred: bool = False):
