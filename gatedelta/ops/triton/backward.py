@@ -540,6 +540,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         h, R, _, (KD, QG, EG, _, P) = chunk_state(
             k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=q, stream=side,
             g=g if fill_g and not intra else None, transition=(M, scale) if trans else None)
+        # (P is None unless the transitions were formed: the state-gradient pass follows it)
         dh = empty((NT, HV, K, V), dtype=scratch_dtype(q.dtype, "dh"), device=dev)
         dY = empty((Ttot, HV, V), dtype=scratch_dtype(q.dtype, "dY"), device=dev)
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
@@ -548,9 +549,9 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             M if A is None else A, M if P is None else P, do, dY, dh, dh if dht is None else dht,
             dh if dh0 is None else dh0, cu, chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK,
             BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None,
-            STORE_DH0=dh0 is not None, PREC=PREC, TRANS=trans,
+            STORE_DH0=dh0 is not None, PREC=PREC, TRANS=P is not None,
         )
-        if trans:
+        if P is not None:
             BV_dy = min(64, _pow2(V))
             chunk_dy_kernel[(triton.cdiv(V, BV_dy), NT, HV)](
                 M, A, do, KD, dh, dY, cu, chunk_indices, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K),
