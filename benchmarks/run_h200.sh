@@ -171,6 +171,7 @@ transition)
     # built untimed): 32k / 8k on and off, its bf16 accuracy and check forced on at every shape
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys transition_seq \
         --values "[0, 2]" --out $OUT/tune_32k.json
+    timeout 60 $K profile --T 32768 --tag h200-transition --tuning transition_seq=1000
     timeout 80 python3 benchmarks/tune_kernels.py --op gdn2 --T 8192 --keys transition_seq \
         --values "[0, 2]" --out $OUT/tune_8k.json
     timeout 70 $K accuracy --tag h200-transition --tuning transition_seq=1000
