@@ -177,7 +177,7 @@ def test_default_bf16_intermediates_cost_no_accuracy(op, monkeypatch):
 
 @pytest.mark.parametrize("op", ["gdn2", "kda"])
 def test_transition_path_costs_no_accuracy(op, monkeypatch):
-    # The sequential passes through each chunk's transition (transition_seq), with the default bf16
+    # The state-gradient pass through each chunk's transition (transition_seq), with the default bf16
     # intermediates: every error within 5 % of the default path's. Q̂ = scale·Q_γ − M W is kept
     # fp32; stored bf16 like Q_γ, it raised dv's error 9 % and dg's 13 % here.
     from gatedelta.ops.triton import common
@@ -327,12 +327,13 @@ def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (False, 1), (True, 1)])
+@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (True, 1)])
 @pytest.mark.parametrize("op, K, V", [("gdn2", 160, 24), ("gdn", 256, 16), ("kda", 256, 16)])
 def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, transition_seq, monkeypatch):
     # The sequential kernels hold the state as up to four 64-row slots: K = 160 fills three (the
     # last one masked), K = 256 all four (with fuse_output, each slot also feeds the output; with
-    # transition_seq, each new slot of the state gradient reads every old one through P).
+    # transition_seq, each new slot of the state gradient reads every old one through P, which
+    # the transition kernel forms in [64, 64] blocks).
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "fuse_output", fuse_output)
@@ -341,7 +342,7 @@ def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, transition_seq, m
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (False, 1), (True, 1)])
+@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (True, 1)])
 def test_varlen_matches_reference(fuse_output, transition_seq, monkeypatch):
     from gatedelta.ops.triton import common
 

@@ -147,6 +147,7 @@ def state_bwd_step_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_
     return n_0, n_1, n_2, n_3
 
 
+@triton.autotune(launch_configs((4, 8), (1, 2, 3)), key=["HV", "K", "V", "BT", "BK", "BV"])
 @triton.jit
 def chunk_dy_kernel(M, A, do, KD, dh, dY, cu_seqlens, chunk_indices,
                     HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
@@ -533,9 +534,9 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
         # sequences, run them side by side (TUNING["overlap_seq"]).
         side = side_stream(dev, triton.cdiv(V, BV) * N * HV)
-        # Long sequences with few heads: both sequential passes step through each chunk's
-        # transition matrix P, formed once by chunk_state (TUNING["transition_seq"]), which also
-        # overwrites QG with Q̂ for the state-gradient pass.
+        # Long sequences with few heads: the state-gradient pass steps through each chunk's
+        # transition matrix P, formed by chunk_state (TUNING["transition_seq"]), which also
+        # overwrites QG with Q̂.
         trans = transition_wanted(g, b, dev, triton.cdiv(V, BV) * N * HV)
         h, R, _, (KD, QG, EG, _, P) = chunk_state(
             k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=q, stream=side,

@@ -112,18 +112,16 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # it, instead of chunk_cumsum_kernel (0.135 ms per pass for gdn2 at 2k on the H200, at memory
 # speed): one read of G (512 B per token-head) and one launch fewer per pass; expected ~0.09 ms
 # each. Results are bitwise those of the cumsum kernel (same loads, same tl.cumsum).
-# transition_seq (built 2026-11-29, not yet timed, so 0 = off): for per-channel decay with an erase
-# gate, the sequential passes step through each chunk's transition P = Diag(γ_C) − Wᵀ K̃ [K, K],
-# formed chunk-parallel after the W, U kernel (chunk_transition_kernel, with Q̂ = scale·Q_γ − M W
-# [BT, K] for the backward): the state as S_C = Pᵀ S₀ + K̃ᵀ U (R = U − W S₀ still formed, for the
-# output, off the chain), its gradient as dS₀ = P dS_C + Q̂ᵀ dO with dY = Aᵀ (Mᵀ dO + K̃ dS_C)
-# formed chunk-parallel afterwards (chunk_dy_kernel). One product on each step's dependent chain
-# instead of two (W S₀, K̃ᵀ R) or three (K̃ dS_C, Aᵀ dR, Ēᵀ dY), for about the same bytes per step
-# (P is 64 KB fp32 at K = 128). For long sequences with few heads, where those chains are the
-# critical path (32k: 1.8 ms per state pass, 4.3 ms for the gradient pass, of 13.1), when the
-# passes launch at most transition_seq × (number of SMs) programs. Extra chunk-parallel work:
-# ~0.3 ms per P and ~0.3 ms for dY expected at 32k; P is transient, K²·4 B per chunk and value
-# head (1 KB per token-head at K = 128: 512 MB for 32k tokens × 16 heads), nothing more is kept.
+# transition_seq (0 = off): for per-channel decay with an erase gate, the backward's state-gradient
+# pass steps as dS₀ = P dS_C + Q̂ᵀ dO through each chunk's transition P = Diag(γ_C) − Wᵀ K̃ [K, K]
+# and Q̂ = scale·Q_γ − M W [BT, K], formed chunk-parallel after the W, U kernel
+# (chunk_transition_kernel), with dY = Aᵀ (Mᵀ dO + K̃ dS_C) formed chunk-parallel afterwards
+# (chunk_dy_kernel): one product on each step's dependent chain instead of three (K̃ dS_C, Aᵀ dR,
+# Ēᵀ dY), when the pass launches at most transition_seq × (number of SMs) programs. P is
+# transient (scratch "P": K² values per chunk and value head). H200 (2026-11-29, 32k, P fp32):
+# state-gradient kernel 4.3 → 2.24 ms, plus 0.48 ms for P and 1.0 ms for dY. The forward's state
+# kernel through Pᵀ (S_C = Pᵀ S₀ + K̃ᵀ U) was measured and removed: 7+ ms per pass vs 1.8 (32k f+b
+# 25.26 vs 13.05 ms; P read transposed, fp32, by every value block).
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
@@ -131,7 +129,7 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # H200 (a3eab3e): gdn2 f+b at one 32k sequence 20.27 → 19.23 ms, results bit-identical; no change
 # at 8k or 2k (forced on there).
 # The intermediates TUNING["scratch_bf16"] may list.
-SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A")
+SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A", "P")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -180,7 +178,7 @@ def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None
 
 
 def use_transition(device: torch.device, programs: int) -> bool:
-    """Whether the sequential passes of ``programs`` programs step through each chunk's
+    """Whether the state-gradient pass of ``programs`` programs steps through each chunk's
     transition matrix (``TUNING["transition_seq"]``: at most that many programs per SM; 0 never).
     Off CUDA (the interpreter, for the tests) any nonzero value takes it."""
     limit = TUNING["transition_seq"]

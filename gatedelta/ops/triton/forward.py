@@ -445,38 +445,40 @@ def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H:
 @triton.jit
 def transition_block(p_rows, m_s, o_c, K: tl.constexpr):
     """Columns ``o_c`` of the transition rows at ``p_rows`` (rows masked by ``m_s``), fp32."""
-    return tl.load(p_rows + o_c[None, :], mask=m_s[:, None] & (o_c < K)[None, :], other=0)
+    return tl.load(p_rows + o_c[None, :], mask=m_s[:, None] & (o_c < K)[None, :], other=0).to(tl.float32)
 
 
+@triton.autotune(
+    launch_configs((4, 8), (1, 2)),
+    key=["HV", "K", "BT", "BK"],
+    restore_value=["QG"],  # Q̂ is written over QG: each timed config starts from Q_γ again
+)
 @triton.jit
 def chunk_transition_kernel(W, KD, QG, M, G, P, cu_seqlens, chunk_indices, scale,
                             HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                            PREC: tl.constexpr, QHAT: tl.constexpr):
+                            PREC: tl.constexpr):
     """One program per (chunk, value head), for ``TUNING["transition_seq"]`` (per-channel decay
     with an erase gate): the chunk's transition ``P = Diag(γ_C) − Wᵀ K̃`` ``[K, K]`` into P
-    ``[NT, HV, K, K]`` fp32 and (QHAT) ``Q̂ = scale·Q_γ − M W`` ``[BT, K]`` written over QG. The
-    state steps as ``S_C = Pᵀ S₀ + K̃ᵀ U`` (``R = U − W S₀``, ``S_C = Diag(γ_C) S₀ + K̃ᵀ R``) and its
-    gradient as ``dS₀ = P dS_C + Q̂ᵀ dO`` (with ``dR = Mᵀ dO + K̃ dS_C``, ``dY = Aᵀ dR`` and
+    ``[NT, HV, K, K]`` and ``Q̂ = scale·Q_γ − M W`` ``[BT, K]`` written over QG, for the
+    state-gradient pass ``dS₀ = P dS_C + Q̂ᵀ dO`` (with ``dR = Mᵀ dO + K̃ dS_C``, ``dY = Aᵀ dR`` and
     ``dS₀ = Diag(γ_C) dS_C + scale·Q_γᵀ dO − Ēᵀ dY``, since ``W = A Ē``)."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
     p_P = (i_t.to(tl.int64) * HV + i_hv) * K * K
     o_k = tl.arange(0, BK)
-    if QHAT:
-        b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-        b_M = b_M.to(tl.float32)
+    b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+    b_M = b_M.to(tl.float32)
     for i_a in range(tl.cdiv(K, BK)):
         o_a = i_a * BK + o_k
         m_a = o_a < K
         p_ta = (o_row[:, None] * HV + i_hv) * K + o_a[None, :]
         m_ta = m_t[:, None] & m_a[None, :]
         b_w = tl.load(W + p_ta, mask=m_ta, other=0).to(tl.float32)
-        if QHAT:
-            b_qh = scale * tl.load(QG + p_ta, mask=m_ta, other=0).to(tl.float32)
-            b_qh -= tl.dot(b_M, b_w, input_precision=PREC)
-            tl.debug_barrier()  # every thread has read its QG elements before any is overwritten
-            tl.store(QG + p_ta, b_qh.to(QG.dtype.element_ty), mask=m_ta)
+        b_qh = scale * tl.load(QG + p_ta, mask=m_ta, other=0).to(tl.float32)
+        b_qh -= tl.dot(b_M, b_w, input_precision=PREC)
+        tl.debug_barrier()  # every thread has read its QG elements before any is overwritten
+        tl.store(QG + p_ta, b_qh.to(QG.dtype.element_ty), mask=m_ta)
         b_gc = tl.exp(tl.load(G + (i_last * HV + i_hv) * K + o_a, mask=m_a, other=0))
         for i_b in range(tl.cdiv(K, BK)):
             o_b = i_b * BK + o_k
@@ -485,69 +487,22 @@ def chunk_transition_kernel(W, KD, QG, M, G, P, cu_seqlens, chunk_indices, scale
             b_kd = tl.load(KD + p_tb, mask=m_t[:, None] & m_b[None, :], other=0).to(tl.float32)
             b_P = tl.where(o_a[:, None] == o_b[None, :], b_gc[:, None], 0.0)
             b_P -= tl.dot(tl.trans(b_w), b_kd, input_precision=PREC)
-            tl.store(P + p_P + o_a[:, None] * K + o_b[None, :], b_P, mask=m_a[:, None] & m_b[None, :])
-
-
-@triton.jit
-def state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, o_k,
-                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
-                     DECAY: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr):
-    """Phase 2 of one K slot through the chunk's transition (``TUNING["transition_seq"]``):
-    ``S_C = Pᵀ S₀ + K̃ᵀ U`` from every old slot (P's columns ``o_s``), so that no product of the
-    step waits on R."""
-    b_k, _ = decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY, PRE_KD)
-    b_new = tl.dot(tl.trans(b_k), b_U, input_precision=PREC)
-    b_new += tl.dot(tl.trans(transition_block(P + p_P + o_k[:, None] * K, o_k < K, o_s, K)), b_S0,
-                    input_precision=PREC)
-    if K > BK:
-        o_j = BK + o_k
-        b_new += tl.dot(tl.trans(transition_block(P + p_P + o_j[:, None] * K, o_j < K, o_s, K)), b_S1,
-                        input_precision=PREC)
-    if K > 2 * BK:
-        o_j = 2 * BK + o_k
-        b_new += tl.dot(tl.trans(transition_block(P + p_P + o_j[:, None] * K, o_j < K, o_s, K)), b_S2,
-                        input_precision=PREC)
-    if K > 3 * BK:
-        o_j = 3 * BK + o_k
-        b_new += tl.dot(tl.trans(transition_block(P + p_P + o_j[:, None] * K, o_j < K, o_s, K)), b_S3,
-                        input_precision=PREC)
-    return b_new
-
-
-@triton.jit
-def state_step_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k,
-                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
-                     DECAY: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr):
-    """Phase 2 of every slot through the transition (:func:`state_slot_trans`): each new slot
-    from all the old ones, so all are formed before any is replaced; slots past K stay as they
-    were (zero)."""
-    n_S0 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last,
-                            o_k, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
-    n_S1, n_S2, n_S3 = b_S1, b_S2, b_S3
-    if K > BK:
-        n_S1 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last,
-                                BK + o_k, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
-    if K > 2 * BK:
-        n_S2 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last,
-                                2 * BK + o_k, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
-    if K > 3 * BK:
-        n_S3 = state_slot_trans(P, p_P, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h, i_hv, i_last,
-                                3 * BK + o_k, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
-    return n_S0, n_S1, n_S2, n_S3
+            tl.store(P + p_P + o_a[:, None] * K + o_b[None, :], b_P.to(P.dtype.element_ty),
+                     mask=m_a[:, None] & m_b[None, :])
 
 
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT", "TRANS"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT"],
 )
 @triton.jit
 def chunk_state_kernel(
-    k, v, b, w, G, A, W, U, KD, P, R, h, h0, ht, q, M, o, cu_seqlens, chunk_offsets, scale,
+    k, v, b, w, G, A, W, U, KD, R, h, h0, ht, q, M, o, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FUSED_WU: tl.constexpr,
     PRE_KD: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, OUT: tl.constexpr,
-    PREC: tl.constexpr, TRANS: tl.constexpr,
+    PREC: tl.constexpr,
 ):
     """One program per (value block, sequence·head), walking the sequence's chunks in order.
 
@@ -559,9 +514,7 @@ def chunk_state_kernel(
     :func:`chunk_wu_kernel`); one or the other is faster depending on the compiler's registers.
 
     The ``[K, BV]`` state is held as up to four ``[BK, BV]`` slots (K ≤ 4·BK), each its own
-    register tile: one ``[K, BV]`` tile with its ``[BT, K]`` operands spills at K = 128. TRANS
-    (``TUNING["transition_seq"]``, W and U from memory): the state steps as ``S_C = Pᵀ S₀ + K̃ᵀ U``
-    through :func:`chunk_transition_kernel`'s P, and R only feeds the stores or the output.
+    register tile: one ``[K, BV]`` tile with its ``[BT, K]`` operands spills at K = 128.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -590,7 +543,6 @@ def chunk_state_kernel(
         if ERASE > 0 and not FUSED_WU:
             b_Y = tl.load(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], mask=m_tv, other=0)
             b_Y = b_Y.to(tl.float32)
-            b_U = b_Y
         else:
             b_Y = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
         b_Y -= state_slot_step(b_S0, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s0, o_v, m_v,
@@ -622,22 +574,17 @@ def chunk_state_kernel(
             output_finish(b_O, b_R, G, M, o, o_row, m_t, o_t, i_hv, p_tv, m_tv, scale, HV, BT, DECAY, PREC)
         else:
             tl.store(R + p_tv, b_R, mask=m_tv)
-        if TRANS:
-            b_S0, b_S1, b_S2, b_S3 = state_step_trans(
-                P, ((i_c0 + i_c) * HV + i_hv) * K * K, b_U, b_S0, b_S1, b_S2, b_S3, k, G, KD, o_row, m_t, i_h,
-                i_hv, i_last, o_k, H, HV, K, BK, DECAY, PRE_KD, PREC)
-        else:
-            b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K,
+        b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K,
+                                 DECAY, PRE_KD, PREC)
+        if K > BK:
+            b_S1 = state_slot_update(b_S1, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s1, H, HV, K,
                                      DECAY, PRE_KD, PREC)
-            if K > BK:
-                b_S1 = state_slot_update(b_S1, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s1, H, HV, K,
-                                         DECAY, PRE_KD, PREC)
-            if K > 2 * BK:
-                b_S2 = state_slot_update(b_S2, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s2, H, HV, K,
-                                         DECAY, PRE_KD, PREC)
-            if K > 3 * BK:
-                b_S3 = state_slot_update(b_S3, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s3, H, HV, K,
-                                         DECAY, PRE_KD, PREC)
+        if K > 2 * BK:
+            b_S2 = state_slot_update(b_S2, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s2, H, HV, K,
+                                     DECAY, PRE_KD, PREC)
+        if K > 3 * BK:
+            b_S3 = state_slot_update(b_S3, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s3, H, HV, K,
+                                     DECAY, PRE_KD, PREC)
     if STORE_HT:
         store_slots(ht, p_n, b_S0, b_S1, b_S2, b_S3, o_k, o_v, m_v, K, V, BK)
 
@@ -710,9 +657,9 @@ def cumsum_in_kernel(g, b) -> bool:
 
 
 def transition_wanted(g, b, device: torch.device, programs: int) -> bool:
-    """Whether the sequential kernels (``programs`` programs) step through each chunk's transition
-    matrix (``TUNING["transition_seq"]``, :func:`use_transition`): per-channel decay with an erase
-    gate, W, U and the decayed keys from their own kernel."""
+    """Whether the backward's state-gradient pass (``programs`` programs) steps through each chunk's
+    transition matrix (``TUNING["transition_seq"]``, :func:`use_transition`): per-channel decay
+    with an erase gate, W, U and the decayed keys from their own kernel."""
     return (wu_kernel_per_channel(g, b) and bool(TUNING["pre_decayed_keys"])
             and use_transition(device, programs))
 
@@ -766,9 +713,9 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
     is fp32, the rest stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state
     kernel writes the output into o instead of h and R (returned as None;
     ``TUNING["fuse_output"]``). With g, the W, U kernel fills G from it (:func:`cumsum_in_kernel`).
-    With ``transition = (M, scale)`` (see :func:`transition_wanted`), the chunk transitions P
-    ``[NT, HV, K, K]`` are formed after the W, U kernel (and Q̂ over QG when q is given), the state
-    kernel steps through them, and P is returned after W.
+    With ``transition = (M, scale)`` and q (see :func:`transition_wanted`), the chunk transitions P
+    ``[NT, HV, K, K]`` (:func:`scratch_dtype` "P") are formed after the W, U kernel, with Q̂ over QG,
+    for the backward's state-gradient pass; P is returned after W.
 
     With a CUDA ``stream`` the state kernel (not the W, U kernel, whose KD, QG, EG the caller may
     need at once) runs on that stream, after the work queued so far on the current one; every
@@ -802,11 +749,12 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
         )
     P = None
     if transition is not None:
+        if QG is None:
+            raise ValueError("chunk_state: a transition needs q (it writes Q̂ over QG)")
         M_t, scale_t = transition
-        P = empty((NT, HV, K, K), **f32)
-        chunk_transition_kernel[(NT, HV)](W, KD, W if QG is None else QG, M_t, G, P, cu, chunk_indices,
-                                          scale_t, HV=HV, K=K, BT=CHUNK, BK=state_slot(K),
-                                          PREC=dot_precision(k.dtype), QHAT=QG is not None)
+        P = scratch("P", (NT, HV, K, K))
+        chunk_transition_kernel[(NT, HV)](W, KD, QG, M_t, G, P, cu, chunk_indices, scale_t, HV=HV, K=K,
+                                          BT=CHUNK, BK=state_slot(K), PREC=dot_precision(k.dtype))
     ht = empty((N, HV, K, V), **f32)
     x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
     if out is None:
@@ -817,14 +765,13 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
         q_o, M, o, scale = out
     BV = state_block_v(V, K, N * HV)
     args = (k, v, x if b is None else b, x if w is None else w, x if G is None else G, x if A is None else A,
-            x if W is None else W, x if U is None else U, x if KD is None else KD, x if P is None else P,
-            x if R is None else R,
+            x if W is None else W, x if U is None else U, x if KD is None else KD, x if R is None else R,
             x if h is None else h, ht if h0 is None else h0, ht, q_o, M, o, cu, chunk_offsets)
     launch = functools.partial(
         chunk_state_kernel[(triton.cdiv(V, BV), N * HV)], *args, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE, WRITE=WRITE,
         FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True, OUT=out is not None,
-        PREC=dot_precision(k.dtype), TRANS=P is not None,
+        PREC=dot_precision(k.dtype),
     )
     if stream is None:
         launch()
@@ -861,14 +808,11 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     fill_g = cumsum_in_kernel(g, b)
     G = chunk_cumdecay(g, cu, chunk_indices, NT, deferred=fill_g)
     M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV, g=g if fill_g else None)
-    programs = triton.cdiv(V, state_block_v(V, K, N * HV)) * N * HV
-    transition = (M, scale) if transition_wanted(g, b, q.device, programs) else None
     if TUNING["fuse_output"]:
         _, _, ht, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
-                                  out=(q, M, o, scale), transition=transition)
+                                  out=(q, M, o, scale))
         return o, ht, M, A
-    h, R, ht, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
-                              transition=transition)
+    h, R, ht, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N)
     BV = min(64, _pow2(V))
     chunk_output_kernel[(triton.cdiv(V, BV), NT, HV)](
         q, M if G is None else G, M, R, h, o, cu, chunk_indices, scale,
