@@ -19,14 +19,12 @@
 #   bash benchmarks/run_h200.sh solve    # the batched diagonal substitution, solve_warps, profile, accuracy
 #   bash benchmarks/run_h200.sh kloop    # one gradient program per chunk (removed), bf16 check
 #   bash benchmarks/run_h200.sh final2   # FLA at 2k with its autotuning carried in .tcache, then ours
-#   bash benchmarks/run_h200.sh cumsum   # next session: fuse_cumsum at 2k / 32k, grad_bv, gdn's grad_bk
-#   bash benchmarks/run_h200.sh transition  # next session: transition_seq at 32k / 8k, accuracy, check
-#   bash benchmarks/run_h200.sh transition2  # the transition for the state-gradient pass only; P bf16; fuse_cumsum
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
 # bf16b) are in the git history (e.g. 91ffde9); anchor2 (two launches for the pair paths) at 068b911.
+# cumsum, transition, transition2 (fuse_cumsum and transition_seq, measured and removed) at 695a83d.
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
 K="python3 benchmarks/kernels.py --out $OUT --tag h200 --no-ceilings"
@@ -161,36 +159,6 @@ final2)
     timeout 170 $K fla-speed --ops gdn2 kda --T 2048
     timeout 200 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
     timeout 45 $K accuracy --tag h200-final2 ;;
-cumsum)
-    # next session: G formed by the intra / W, U kernels (fuse_cumsum, built untimed), the gradient
-    # kernel's V block since 4 warps, then the 32k choices of retime32k
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_cumsum grad_bv --out $OUT/tune_2k.json
-    timeout 100 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys fuse_cumsum --out $OUT/tune_32k.json
-    timeout 60 python3 benchmarks/tune_kernels.py --op gdn --keys grad_bk --out $OUT/tune_gdn_2k.json ;;
-transition)
-    # next session: both sequential passes through each chunk's transition matrix (transition_seq,
-    # built untimed): 32k / 8k on and off, its bf16 accuracy and check forced on at every shape
-    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys transition_seq \
-        --values "[0, 2]" --out $OUT/tune_32k.json
-    timeout 60 $K profile --T 32768 --tag h200-transition --tuning transition_seq=1000
-    timeout 80 python3 benchmarks/tune_kernels.py --op gdn2 --T 8192 --keys transition_seq \
-        --values "[0, 2]" --out $OUT/tune_8k.json
-    timeout 70 $K accuracy --tag h200-transition --tuning transition_seq=1000
-    timeout 100 $K check --ops gdn2 kda --tag h200-transition --tuning transition_seq=1000 ;;
-transition2)
-    # the transition path for the state-gradient pass only (the forward's through Pᵀ was 7+ ms per
-    # pass: removed), dY and P kernels now autotuned; P stored bf16; then fuse_cumsum at 2k / 32k
-    timeout 110 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys transition_seq \
-        --values "[0, 2]" --out $OUT/tune_32k.json
-    timeout 60 $K profile --T 32768 --tag h200-transition2 --tuning transition_seq=1000
-    timeout 70 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --set transition_seq=2 --keys scratch_bf16 \
-        --values '[("W", "KD", "QG", "EG", "h", "dh", "P")]' --out $OUT/tune_32k_pbf16.json
-    timeout 70 python3 benchmarks/tune_kernels.py --op gdn2 --T 8192 --keys transition_seq \
-        --values "[0, 2]" --out $OUT/tune_8k.json
-    timeout 90 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_cumsum --out $OUT/tune_2k.json
-    timeout 60 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys fuse_cumsum --out $OUT/tune_32k_cumsum.json
-    timeout 50 $K accuracy --tag h200-pbf16 --tuning transition_seq=1000 \
-        'scratch_bf16=("W", "KD", "QG", "EG", "h", "dh", "P")' ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
@@ -231,6 +199,6 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|cumsum|transition|transition2|retime32k|overlap|split|swa|confirm|models"
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|retime32k|overlap|split|swa|confirm|models"
     exit 2 ;;
 esac

@@ -31,8 +31,7 @@ CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32,
            "pair_bf16": [False, True], "pre_decayed_keys": [False, True],
            "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh"), ("W", "KD", "QG", "EG", "h", "dh", "A")],
            "state_bv_max": [32, 64], "fuse_output": [False, True], "overlap_seq": [0, 2, 1000],
-           "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4],
-           "fuse_cumsum": [False, True], "transition_seq": [0, 2]}
+           "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:
@@ -73,8 +72,8 @@ def kernel_report() -> dict:
 
     report = {}
     for kern in (forward.chunk_intra_kernel, forward.chunk_solve_kernel, forward.chunk_wu_kernel,
-                 forward.chunk_transition_kernel, forward.chunk_state_kernel, forward.chunk_output_kernel,
-                 backward.chunk_state_bwd_kernel, backward.chunk_dy_kernel, backward.chunk_grad_kernel):
+                 forward.chunk_state_kernel, forward.chunk_output_kernel, backward.chunk_state_bwd_kernel,
+                 backward.chunk_grad_kernel):
         jit = getattr(kern, "fn", kern) if hasattr(kern, "configs") else kern  # autotuned or plain
         name = jit.fn.__name__
         rep = {"chosen": [str(c) for c in getattr(kern, "cache", {}).values()], "compiled": []}

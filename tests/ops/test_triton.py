@@ -73,9 +73,7 @@ def test_forward_backward_every_op(op):
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
 # per-channel decayed keys for the sequential kernels (else they form them); fuse_output has the
-# forward's state kernel form the output (else chunk_output_kernel does, from h and R); fuse_cumsum
-# has the intra (forward) and W, U (backward) kernels form G from g; transition_seq steps the
-# state-gradient pass through each chunk's transition matrix. pair_bf16 and
+# forward's state kernel form the output (else chunk_output_kernel does, from h and R). pair_bf16 and
 # scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
@@ -83,13 +81,12 @@ def _flipped(name: str, value: object) -> object:
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "fuse_cumsum", "transition_seq")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
                          + [("gdn", SWITCHES), ("delta_rule", SWITCHES),
-                            ("kda", ("pre_decayed_keys",)), ("kda", ("fuse_cumsum", "transition_seq")),
-                            ("gla", ("pre_decayed_keys", "fuse_output", "fuse_cumsum")),
+                            ("kda", ("pre_decayed_keys",)), ("gla", ("pre_decayed_keys", "fuse_output")),
                             ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
     # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), and
@@ -175,20 +172,6 @@ def test_default_bf16_intermediates_cost_no_accuracy(op, monkeypatch):
     assert with_r["o"] > 1.5 * fp32["o"], (with_r, fp32)
 
 
-@pytest.mark.parametrize("op", ["gdn2", "kda"])
-def test_transition_path_costs_no_accuracy(op, monkeypatch):
-    # The state-gradient pass through each chunk's transition (transition_seq), with the default bf16
-    # intermediates: every error within 5 % of the default path's. Q̂ = scale·Q_γ − M W is kept
-    # fp32; stored bf16 like Q_γ, it raised dv's error 9 % and dg's 13 % here.
-    from gatedelta.ops.triton import common
-
-    default = _low_errors(op, seed=3)
-    monkeypatch.setitem(common.TUNING, "transition_seq", 1)
-    trans = _low_errors(op, seed=3)
-    for name, err in trans.items():
-        assert err <= 1.05 * default[name], (name, trans, default)
-
-
 def test_fp16_inputs_keep_fp32_intermediates():
     # fp16 rounds 8× finer than bf16: bf16 intermediates would put the kernels' own error at ~2e-3
     # (the inputs' rounding is ~5e-4); with fp32 ones every error stays under 1e-3
@@ -265,19 +248,6 @@ def test_side_stream_only_on_cuda_and_when_asked(monkeypatch):
     assert inside_capture is None
 
 
-def test_transition_only_when_asked_and_for_few_programs(monkeypatch):
-    from gatedelta.ops.triton import common
-
-    monkeypatch.setitem(common.TUNING, "transition_seq", 0)
-    assert not common.use_transition(torch.device("cpu"), 1)
-    monkeypatch.setitem(common.TUNING, "transition_seq", 2)
-    assert common.use_transition(torch.device("cpu"), 10**9)  # off CUDA: the tests force it
-    if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-        dev = torch.device("cuda")
-        sms = torch.cuda.get_device_properties(dev).multi_processor_count
-        assert common.use_transition(dev, 2 * sms) and not common.use_transition(dev, 2 * sms + 1)
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="two CUDA streams")
 @pytest.mark.parametrize("op", ["gdn2", "kda", "gdn"])
 def test_backward_passes_side_by_side_equal_one_after_the_other(op, monkeypatch):
@@ -298,13 +268,9 @@ def test_backward_passes_side_by_side_equal_one_after_the_other(op, monkeypatch)
         assert torch.equal(a, b), f"{op} grad of input {i} differs with the passes side by side"
 
 
-@pytest.mark.parametrize("fuse_cumsum", [False, True])
-def test_backward_through_the_decode_kernel(fuse_cumsum, monkeypatch):
+def test_backward_through_the_decode_kernel():
     # ≤ 4 tokens with a state take the decode kernel, which leaves no chunk matrices: the backward
-    # recomputes them (with fuse_cumsum the intra kernel then fills G, not the W, U kernel).
-    from gatedelta.ops.triton import common
-
-    monkeypatch.setitem(common.TUNING, "fuse_cumsum", fuse_cumsum)
+    # recomputes them.
     args, s0 = make_inputs("gdn2", B=2, T=3, H=1, G=2, K=16, V=16, dtype=torch.float32)
     _compare("gdn2", args, s0)
 
@@ -327,34 +293,30 @@ def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (True, 1)])
-@pytest.mark.parametrize("op, K, V", [("gdn2", 160, 24), ("gdn", 256, 16), ("kda", 256, 16)])
-def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, transition_seq, monkeypatch):
+@pytest.mark.parametrize("fuse_output", [False, True])
+@pytest.mark.parametrize("op, K, V", [("gdn2", 160, 24), ("gdn", 256, 16)])
+def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, monkeypatch):
     # The sequential kernels hold the state as up to four 64-row slots: K = 160 fills three (the
-    # last one masked), K = 256 all four (with fuse_output, each slot also feeds the output; with
-    # transition_seq, each new slot of the state gradient reads every old one through P, which
-    # the transition kernel forms in [64, 64] blocks).
+    # last one masked), K = 256 all four (with fuse_output, each slot also feeds the output).
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "fuse_output", fuse_output)
-    monkeypatch.setitem(common.TUNING, "transition_seq", transition_seq)
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=1, K=K, V=V, dtype=torch.float32)
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("fuse_output, transition_seq", [(False, 0), (True, 0), (True, 1)])
-def test_varlen_matches_reference(fuse_output, transition_seq, monkeypatch):
+@pytest.mark.parametrize("fuse_output", [False, True])
+def test_varlen_matches_reference(fuse_output, monkeypatch):
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "fuse_output", fuse_output)
-    monkeypatch.setitem(common.TUNING, "transition_seq", transition_seq)
     args, s0 = make_inputs("gdn2", B=1, T=170, H=1, G=2, K=16, V=16, dtype=torch.float32)
     cu = torch.tensor([0, 30, 100, 170], dtype=torch.int32, device=DEV)
     s0 = torch.randn(3, *s0.shape[1:])
     _compare("gdn2", args, s0, cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",), ("fuse_output",), ("transition_seq",)])
+@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",), ("fuse_output",)])
 @pytest.mark.parametrize("value", [float("-inf"), -50.0])
 def test_extreme_gates_are_finite_and_exact(value, flip, monkeypatch):
     # each pairwise factor of the pair split must stay ≤ 1 (a -50 gate inside a 16-row block

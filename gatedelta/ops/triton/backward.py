@@ -7,10 +7,7 @@ stage 1 too when M and A were not kept — then
 4. ``chunk_state_bwd_kernel`` (sequential, last chunk first), per chunk with ``dS_C`` given:
    ``dR = Mᵀ dO + K̃ dS_C``, ``dY = Aᵀ dR`` (stored), and
    ``dS₀ = Q_γᵀ dO + Diag(γ_C) dS_C − Ēᵀ dY`` (stored as the next chunk's ``dS_C``; the first
-   chunk's is d initial_state). Or, for long sequences with few heads (``TUNING["transition_seq"]``),
-   ``dS₀ = P dS_C + Q̂ᵀ dO`` through each chunk's transition ``P = Diag(γ_C) − Wᵀ K̃`` and
-   ``Q̂ = scale·Q_γ − M W``, formed chunk-parallel before (``chunk_transition_kernel``), with dY
-   formed chunk-parallel after (``chunk_dy_kernel``): one product per step on the chain.
+   chunk's is d initial_state).
 5. ``chunk_grad_kernel`` (chunk-parallel, one K block each): with ``dM = tril(dO Rᵀ)``,
    ``dT = −strict_tril(dY Rᵀ)``, ``dZ = dY``, ``dĒ = −dY S₀ᵀ``, ``dK̃ = R dS_Cᵀ`` and
    ``dQ_γ = dO S₀ᵀ``, the pairwise products give dq, dk, de and ``d log γ`` per row (for a
@@ -52,15 +49,12 @@ from .forward import (
     chunk_cumdecay,
     chunk_intra,
     chunk_state,
-    cumsum_in_kernel,
     decayed_keys,
     load_erase,
     load_slots,
     state_block_v,
     state_slot,
     store_slots,
-    transition_block,
-    transition_wanted,
 )
 
 
@@ -107,97 +101,25 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
     return b_dS
 
 
-@triton.jit
-def state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, o_s, o_k,
-                         HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """One K slot ``o_s`` of ``dS₀ = P dS_C + Q̂ᵀ dO`` (``TUNING["transition_seq"]``): P's rows
-    ``o_s`` against the four slots of dS_C, Q̂ (:func:`chunk_transition_kernel`) read from QG."""
-    m_s = o_s < K
-    b_qh = tl.load(QG + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_t[:, None] & m_s[None, :],
-                   other=0).to(tl.float32)
-    b_new = tl.dot(tl.trans(b_qh), b_do, input_precision=PREC)
-    p_rows = P + p_P + o_s[:, None] * K
-    b_new += tl.dot(transition_block(p_rows, m_s, o_k, K), b_dS0, input_precision=PREC)
-    if K > BK:
-        b_new += tl.dot(transition_block(p_rows, m_s, BK + o_k, K), b_dS1, input_precision=PREC)
-    if K > 2 * BK:
-        b_new += tl.dot(transition_block(p_rows, m_s, 2 * BK + o_k, K), b_dS2, input_precision=PREC)
-    if K > 3 * BK:
-        b_new += tl.dot(transition_block(p_rows, m_s, 3 * BK + o_k, K), b_dS3, input_precision=PREC)
-    return b_new
-
-
-@triton.jit
-def state_bwd_step_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, o_k,
-                         HV: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
-    """Every slot of ``dS₀ = P dS_C + Q̂ᵀ dO`` (:func:`state_bwd_slot_trans`), all formed before any
-    is replaced; slots past K stay as they were (zero)."""
-    n_0 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, o_k, o_k,
-                               HV, K, BK, PREC)
-    n_1, n_2, n_3 = b_dS1, b_dS2, b_dS3
-    if K > BK:
-        n_1 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv, BK + o_k,
-                                   o_k, HV, K, BK, PREC)
-    if K > 2 * BK:
-        n_2 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
-                                   2 * BK + o_k, o_k, HV, K, BK, PREC)
-    if K > 3 * BK:
-        n_3 = state_bwd_slot_trans(P, p_P, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
-                                   3 * BK + o_k, o_k, HV, K, BK, PREC)
-    return n_0, n_1, n_2, n_3
-
-
-@triton.autotune(launch_configs((4, 8), (1, 2, 3)), key=["HV", "K", "V", "BT", "BK", "BV"])
-@triton.jit
-def chunk_dy_kernel(M, A, do, KD, dh, dY, cu_seqlens, chunk_indices,
-                    HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                    BV: tl.constexpr, PREC: tl.constexpr):
-    """One program per (value block, chunk, value head), for ``TUNING["transition_seq"]``:
-    ``dY = Aᵀ (Mᵀ dO + K̃ dS_C)`` ``[BT, BV]`` from the state-gradient pass's dh (which then
-    forms neither dR nor dY on its sequential chain)."""
-    i_v, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
-    m_tv = m_t[:, None] & m_v[None, :]
-    p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
-    p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
-    b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
-    b_M = tl.load(M + p_tt, mask=m_t[:, None], other=0).to(tl.float32)
-    b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
-    p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
-    for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        b_kd = tl.load(KD + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                       other=0).to(tl.float32)
-        b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0)
-        b_dR += tl.dot(b_kd, b_dh.to(tl.float32), input_precision=PREC)
-    b_A = tl.load(A + p_tt, mask=m_t[:, None], other=0).to(tl.float32)
-    tl.store(dY + p_tv, tl.dot(tl.trans(b_A), b_dR, input_precision=PREC), mask=m_tv)
-
-
 @triton.autotune(
     # 8 warps spilled 14–44 B (H200 sweep, before pre_decayed_keys lightened the step); 3 stages
     # did not compile. At T = 32k one program per SM: 8 warps give each scheduler two warps.
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD", "TRANS"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD"],
 )
 @triton.jit
 def chunk_state_bwd_kernel(
-    q, k, b, G, KD, QG, EG, M, A, P, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    q, k, b, G, KD, QG, EG, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PRE_KD: tl.constexpr, USE_DHT: tl.constexpr,
-    STORE_DH0: tl.constexpr, PREC: tl.constexpr, TRANS: tl.constexpr,
+    STORE_DH0: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (value block, sequence·head), last chunk first.
 
     Writes dh ``[NT, HV, K, V]`` (gradient of each chunk's outgoing state), dY ``[Ttot, HV, V]``
     and dh0 ``[N, HV, K, V]``. The ``[K, BV]`` state gradient is held as up to four ``[BK, BV]``
-    slots, as in the forward's state kernel. TRANS (``TUNING["transition_seq"]``): each step is
-    ``dS₀ = P dS_C + Q̂ᵀ dO`` from :func:`chunk_transition_kernel`'s P and Q̂ (in QG), and dY is
-    left to :func:`chunk_dy_kernel`.
+    slots, as in the forward's state kernel.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -224,46 +146,38 @@ def chunk_state_bwd_kernel(
         i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
         p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
-        if TRANS:
-            # dS₀ = P dS_C + Q̂ᵀ dO
-            store_slots(dh, p_dh, b_dS0, b_dS1, b_dS2, b_dS3, o_k, o_v, m_v, K, V, BK)
-            b_dS0, b_dS1, b_dS2, b_dS3 = state_bwd_step_trans(
-                P, ((i_c0 + i_c) * HV + i_hv) * K * K, QG, b_do, b_dS0, b_dS1, b_dS2, b_dS3, o_row, m_t, i_hv,
-                o_k, HV, K, BK, PREC)
-        else:
-            b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-            b_M = b_M.to(tl.float32)
-            # dR = Mᵀ dO + K̃ dS_C
-            b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
-            b_dR += state_bwd_slot_dR(b_dS0, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v,
+        b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+        b_M = b_M.to(tl.float32)
+        # dR = Mᵀ dO + K̃ dS_C
+        b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
+        b_dR += state_bwd_slot_dR(b_dS0, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
+                                  H, HV, K, V, DECAY, PRE_KD, PREC)
+        if K > BK:
+            b_dR += state_bwd_slot_dR(b_dS1, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v,
                                       m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
-            if K > BK:
-                b_dR += state_bwd_slot_dR(b_dS1, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v,
-                                          m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
-            if K > 2 * BK:
-                b_dR += state_bwd_slot_dR(b_dS2, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v,
-                                          m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
-            if K > 3 * BK:
-                b_dR += state_bwd_slot_dR(b_dS3, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v,
-                                          m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
-            if ERASE > 0:
-                p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
-                b_A = tl.load(A + p_tt, mask=m_t[:, None], other=0)
-                b_dY = tl.dot(tl.trans(b_A.to(tl.float32)), b_dR, input_precision=PREC)
-            else:
-                b_dY = b_dR
-            tl.store(dY + p_tv, b_dY, mask=m_tv)
-            b_dS0 = state_bwd_slot_update(b_dS0, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s0, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
-            if K > BK:
-                b_dS1 = state_bwd_slot_update(b_dS1, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                              i_last, o_s1, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
-            if K > 2 * BK:
-                b_dS2 = state_bwd_slot_update(b_dS2, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                              i_last, o_s2, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
-            if K > 3 * BK:
-                b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                              i_last, o_s3, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+        if K > 2 * BK:
+            b_dR += state_bwd_slot_dR(b_dS2, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v,
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
+        if K > 3 * BK:
+            b_dR += state_bwd_slot_dR(b_dS3, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v,
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
+        if ERASE > 0:
+            b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+            b_dY = tl.dot(tl.trans(b_A.to(tl.float32)), b_dR, input_precision=PREC)
+        else:
+            b_dY = b_dR
+        tl.store(dY + p_tv, b_dY, mask=m_tv)
+        b_dS0 = state_bwd_slot_update(b_dS0, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv, i_last,
+                                      o_s0, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+        if K > BK:
+            b_dS1 = state_bwd_slot_update(b_dS1, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                          i_last, o_s1, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+        if K > 2 * BK:
+            b_dS2 = state_bwd_slot_update(b_dS2, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                          i_last, o_s2, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+        if K > 3 * BK:
+            b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
+                                          i_last, o_s3, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
     if STORE_DH0:
         store_slots(dh0, p_n, b_dS0, b_dS1, b_dS2, b_dS3, o_k, o_v, m_v, K, V, BK)
 
@@ -522,41 +436,25 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     dw = None if w is None else empty(w.shape, dtype=w.dtype, device=dev)
     dh0 = None if h0 is None else empty(h0.shape, **f32)
     if NT > 0:
-        # G from the cumsum kernel, or (TUNING["fuse_cumsum"]) from the first kernel to read it:
-        # the intra kernel when M and A were not kept, else the W, U kernel of chunk_state
-        fill_g = cumsum_in_kernel(g, b)
-        G = chunk_cumdecay(g, cu, chunk_indices, NT, deferred=fill_g)
-        intra = M is None or (ERASE and A is None)
-        if intra:
-            M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV, g=g if fill_g else None)
+        G = chunk_cumdecay(g, cu, chunk_indices, NT)
+        if M is None or (ERASE and A is None):
+            M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
         BV = state_block_v(V, K, N * HV)
         # The recomputed states (h, R) and the state gradients (dh, dY) are independent chains
         # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
         # sequences, run them side by side (TUNING["overlap_seq"]).
         side = side_stream(dev, triton.cdiv(V, BV) * N * HV)
-        # Long sequences with few heads: the state-gradient pass steps through each chunk's
-        # transition matrix P, formed by chunk_state (TUNING["transition_seq"]), which also
-        # overwrites QG with Q̂.
-        trans = transition_wanted(g, b, dev, triton.cdiv(V, BV) * N * HV)
-        h, R, _, (KD, QG, EG, _, P) = chunk_state(
-            k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=q, stream=side,
-            g=g if fill_g and not intra else None, transition=(M, scale) if trans else None)
-        # (P is None unless the transitions were formed: the state-gradient pass follows it)
+        h, R, _, (KD, QG, EG) = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
+                                            q=q, stream=side)
         dh = empty((NT, HV, K, V), dtype=scratch_dtype(q.dtype, "dh"), device=dev)
         dY = empty((Ttot, HV, V), dtype=scratch_dtype(q.dtype, "dY"), device=dev)
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
             q, k, q if b is None else b, M if G is None else G, M if KD is None else KD,
             M if QG is None else QG, M if EG is None else EG, M,
-            M if A is None else A, M if P is None else P, do, dY, dh, dh if dht is None else dht,
-            dh if dh0 is None else dh0, cu, chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK,
-            BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None,
-            STORE_DH0=dh0 is not None, PREC=PREC, TRANS=P is not None,
+            M if A is None else A, do, dY, dh, dh if dht is None else dht, dh if dh0 is None else dh0, cu,
+            chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
+            ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
         )
-        if P is not None:
-            BV_dy = min(64, _pow2(V))
-            chunk_dy_kernel[(triton.cdiv(V, BV_dy), NT, HV)](
-                M, A, do, KD, dh, dY, cu, chunk_indices, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K),
-                BV=BV_dy, PREC=PREC)
         if side is not None:
             torch.cuda.current_stream(dev).wait_stream(side)
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)

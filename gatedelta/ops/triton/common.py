@@ -88,8 +88,7 @@ CHUNK = 64
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
-          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1,
-          "fuse_cumsum": False, "transition_seq": 0}
+          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1}
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic
@@ -107,21 +106,16 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # only (the gradient kernel's spills 158 → 2 B), the second doing the remaining chunks with the
 # split: f+b 10.41 vs 9.86 ms at 2k, 15.23 vs 14.17 at 32k, because the second launch's 32,768
 # programs of a one-program-per-SM kernel each load G and exit (~0.5–1 ms).
-# fuse_cumsum (built 2026-11-29, not yet timed, so off): for per-channel decay with an erase gate,
-# the intra kernel (forward) and the W, U kernel (backward) form G = cumsum(g) themselves and write
-# it, instead of chunk_cumsum_kernel (0.135 ms per pass for gdn2 at 2k on the H200, at memory
-# speed): one read of G (512 B per token-head) and one launch fewer per pass; expected ~0.09 ms
-# each. Results are bitwise those of the cumsum kernel (same loads, same tl.cumsum).
-# transition_seq (0 = off): for per-channel decay with an erase gate, the backward's state-gradient
-# pass steps as dS₀ = P dS_C + Q̂ᵀ dO through each chunk's transition P = Diag(γ_C) − Wᵀ K̃ [K, K]
-# and Q̂ = scale·Q_γ − M W [BT, K], formed chunk-parallel after the W, U kernel
-# (chunk_transition_kernel), with dY = Aᵀ (Mᵀ dO + K̃ dS_C) formed chunk-parallel afterwards
-# (chunk_dy_kernel): one product on each step's dependent chain instead of three (K̃ dS_C, Aᵀ dR,
-# Ēᵀ dY), when the pass launches at most transition_seq × (number of SMs) programs. P is
-# transient (scratch "P": K² values per chunk and value head). H200 (2026-11-29, 32k, P fp32):
-# state-gradient kernel 4.3 → 2.24 ms, plus 0.48 ms for P and 1.0 ms for dY. The forward's state
-# kernel through Pᵀ (S_C = Pᵀ S₀ + K̃ᵀ U) was measured and removed: 7+ ms per pass vs 1.8 (32k f+b
-# 25.26 vs 13.05 ms; P read transposed, fp32, by every value block).
+# Measured and removed (H200, 2026-11-29, one 32k sequence of 16 heads unless said; code at 695a83d):
+# - fuse_cumsum, G = cumsum(g) formed and written by the intra (forward) and W, U (backward)
+#   kernels instead of chunk_cumsum_kernel: f+b 8.69 vs 8.57 ms at 2k, 12.98 vs 12.92 at 32k;
+#   forward 2.42 vs 2.36 at 2k (the cumsum on the kernels' critical path costs more than its read).
+# - transition_seq, the state-gradient pass through each chunk's transition P = Diag(γ_C) − Wᵀ K̃
+#   [K, K] and Q̂ = scale·Q_γ − M W (dS₀ = P dS_C + Q̂ᵀ dO, one product per step on the chain instead
+#   of three), with P formed chunk-parallel and dY = Aᵀ (Mᵀ dO + K̃ dS_C) afterwards: f+b 13.89 vs
+#   13.36 ms (P bf16: 13.38), 10.27 vs 9.51 at 8k. The pass itself 4.3 → 3.5 ms beside the state
+#   recomputation, but P (0.62 ms) and dY (0.58 ms) cost as much. Through Pᵀ in the forward's state
+#   kernel too (S_C = Pᵀ S₀ + K̃ᵀ U): 7+ ms per pass vs 1.8 (f+b 25.26 vs 13.05).
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
@@ -129,7 +123,7 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # H200 (a3eab3e): gdn2 f+b at one 32k sequence 20.27 → 19.23 ms, results bit-identical; no change
 # at 8k or 2k (forced on there).
 # The intermediates TUNING["scratch_bf16"] may list.
-SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A", "P")
+SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -151,18 +145,9 @@ POISON = os.environ.get("GATEDELTA_TRITON_POISON") == "1"
 
 
 @functools.cache
-def _side_stream(device_index: int) -> torch.cuda.Stream:
-    return torch.cuda.Stream(device_index)
-
-
-def _index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
-def _few_programs(device: torch.device, programs: int, per_sm: float) -> bool:
-    """Whether ``programs`` is at most ``per_sm`` × the device's SM count (long sequences with few
-    heads: the sequential kernels' latency, not the GPU's width, sets their time)."""
-    return programs <= per_sm * torch.cuda.get_device_properties(_index(device)).multi_processor_count
+def _side_stream(device_index: int) -> tuple[torch.cuda.Stream, int]:
+    props = torch.cuda.get_device_properties(device_index)
+    return torch.cuda.Stream(device_index), props.multi_processor_count
 
 
 def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None:
@@ -174,19 +159,8 @@ def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None
         return None
     if torch.cuda.is_current_stream_capturing():
         return None
-    return _side_stream(_index(device)) if _few_programs(device, programs, TUNING["overlap_seq"]) else None
-
-
-def use_transition(device: torch.device, programs: int) -> bool:
-    """Whether the state-gradient pass of ``programs`` programs steps through each chunk's
-    transition matrix (``TUNING["transition_seq"]``: at most that many programs per SM; 0 never).
-    Off CUDA (the interpreter, for the tests) any nonzero value takes it."""
-    limit = TUNING["transition_seq"]
-    if not limit:
-        return False
-    if device.type != "cuda" or INTERPRET:
-        return True
-    return _few_programs(device, programs, limit)
+    stream, sms = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
+    return stream if programs <= TUNING["overlap_seq"] * sms else None
 
 
 def gate_form(x: torch.Tensor | None) -> int:

@@ -41,7 +41,6 @@ from .common import (
     pair_matrices,
     prepare_chunks,
     scratch_dtype,
-    use_transition,
 )
 
 
@@ -152,23 +151,6 @@ def load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV: tl.constexpr, K: tl.conste
 
 
 @triton.jit
-def load_or_write_cumdecay(g, G, o_row, m_t, i_hv, o_k, m_tk, HV: tl.constexpr, K: tl.constexpr,
-                           WRITE_G: tl.constexpr):
-    """One ``[BT, BK]`` tile of per-channel G: read from G, or (WRITE_G) formed from g as
-    :func:`chunk_cumsum_kernel` would and written to G. The barrier then makes the tile visible to
-    the program's other threads, which read rows of G back from memory (the pair split's anchor
-    rows, the chunk's last row)."""
-    p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
-    if WRITE_G:
-        b_G = load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, 2)
-        tl.store(G + p_tk, b_G, mask=m_tk)
-        tl.debug_barrier()
-    else:
-        b_G = tl.load(G + p_tk, mask=m_tk, other=0)
-    return b_G
-
-
-@triton.jit
 def load_slot(x, p_n, o_s, o_v, m_v, K: tl.constexpr, V: tl.constexpr):
     """Rows ``o_s`` of one ``[K, V]`` fp32 state at ``x + p_n``, value columns ``o_v``."""
     return tl.load(x + p_n + o_s[:, None] * V + o_v[None, :], mask=(o_s < K)[:, None] & m_v[None, :], other=0)
@@ -235,18 +217,17 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
     # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
     # stack were timed on the H200 and lost (2026-11-29).
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "WRITE_G"],
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE"],
 )
 @triton.jit
 def chunk_intra_kernel(
-    q, k, b, g, G, M, A, cu_seqlens, chunk_indices, scale,
+    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
-    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, WRITE_G: tl.constexpr,
+    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr,
 ):
-    """One program per (chunk, value head). Reads G (WRITE_G, per-channel decay: forms it from g
-    and writes it, see :func:`cumsum_in_kernel`); writes M ``[Ttot, HV, BT]`` and, with an erase
-    gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
+    """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
+    erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -260,7 +241,7 @@ def chunk_intra_kernel(
         b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
         b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
         if DECAY == 2:
-            b_G = load_or_write_cumdecay(g, G, o_row, m_t, i_hv, o_k, m_tk, HV, K, WRITE_G)
+            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
             b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, bos + i_c * BT, eos, i_hv, o_t, o_k, o_k < K,
                                        HV, K, BT, ERASE > 0, PREC, LOW, RANGE)
             b_M += b_Mk
@@ -299,22 +280,21 @@ def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.co
 
 @triton.autotune(
     launch_configs((4,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "PRE_QE", "WRITE_G"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "PRE_QE"],
 )
 @triton.jit
 def chunk_wu_kernel(
-    q, k, v, b, w, g, G, A, W, U, KD, QG, EG, cu_seqlens, chunk_indices,
+    q, k, v, b, w, G, A, W, U, KD, QG, EG, cu_seqlens, chunk_indices,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PRE_KD: tl.constexpr,
-    PRE_QE: tl.constexpr, PREC: tl.constexpr, WRITE_G: tl.constexpr,
+    PRE_QE: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (chunk, value head): ``W = A Ē`` ``[Ttot, HV, K]`` (Ē rows ``γ_r ⊙ e_r``,
     factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]``, fp32, for the unfused state kernel; with
     PRE_KD (per-channel decay) also the decayed keys ``k̃_r = exp(G_C − G_r) ⊙ k_r`` into KD
     ``[Ttot, HV, K]`` fp32, which the sequential kernels then read (:func:`decayed_keys`), and
-    with PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG. WRITE_G
-    (per-channel decay): forms G from g and writes it (:func:`cumsum_in_kernel`)."""
+    with PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -328,7 +308,7 @@ def chunk_wu_kernel(
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
         if DECAY == 2:
-            b_G = load_or_write_cumdecay(g, G, o_row, m_t, i_hv, o_k, m_tk, HV, K, WRITE_G)
+            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
             b_e *= tl.exp(b_G)
             if PRE_KD:
                 p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
@@ -442,55 +422,6 @@ def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H:
     return b_S * b_decay + tl.dot(tl.trans(b_k), b_R, input_precision=PREC)
 
 
-@triton.jit
-def transition_block(p_rows, m_s, o_c, K: tl.constexpr):
-    """Columns ``o_c`` of the transition rows at ``p_rows`` (rows masked by ``m_s``), fp32."""
-    return tl.load(p_rows + o_c[None, :], mask=m_s[:, None] & (o_c < K)[None, :], other=0).to(tl.float32)
-
-
-@triton.autotune(
-    launch_configs((4, 8), (1, 2)),
-    key=["HV", "K", "BT", "BK"],
-    restore_value=["QG"],  # Q̂ is written over QG: each timed config starts from Q_γ again
-)
-@triton.jit
-def chunk_transition_kernel(W, KD, QG, M, G, P, cu_seqlens, chunk_indices, scale,
-                            HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                            PREC: tl.constexpr):
-    """One program per (chunk, value head), for ``TUNING["transition_seq"]`` (per-channel decay
-    with an erase gate): the chunk's transition ``P = Diag(γ_C) − Wᵀ K̃`` ``[K, K]`` into P
-    ``[NT, HV, K, K]`` and ``Q̂ = scale·Q_γ − M W`` ``[BT, K]`` written over QG, for the
-    state-gradient pass ``dS₀ = P dS_C + Q̂ᵀ dO`` (with ``dR = Mᵀ dO + K̃ dS_C``, ``dY = Aᵀ dR`` and
-    ``dS₀ = Diag(γ_C) dS_C + scale·Q_γᵀ dO − Ēᵀ dY``, since ``W = A Ē``)."""
-    i_t, i_hv = tl.program_id(0), tl.program_id(1)
-    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
-    p_P = (i_t.to(tl.int64) * HV + i_hv) * K * K
-    o_k = tl.arange(0, BK)
-    b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-    b_M = b_M.to(tl.float32)
-    for i_a in range(tl.cdiv(K, BK)):
-        o_a = i_a * BK + o_k
-        m_a = o_a < K
-        p_ta = (o_row[:, None] * HV + i_hv) * K + o_a[None, :]
-        m_ta = m_t[:, None] & m_a[None, :]
-        b_w = tl.load(W + p_ta, mask=m_ta, other=0).to(tl.float32)
-        b_qh = scale * tl.load(QG + p_ta, mask=m_ta, other=0).to(tl.float32)
-        b_qh -= tl.dot(b_M, b_w, input_precision=PREC)
-        tl.debug_barrier()  # every thread has read its QG elements before any is overwritten
-        tl.store(QG + p_ta, b_qh.to(QG.dtype.element_ty), mask=m_ta)
-        b_gc = tl.exp(tl.load(G + (i_last * HV + i_hv) * K + o_a, mask=m_a, other=0))
-        for i_b in range(tl.cdiv(K, BK)):
-            o_b = i_b * BK + o_k
-            m_b = o_b < K
-            p_tb = (o_row[:, None] * HV + i_hv) * K + o_b[None, :]
-            b_kd = tl.load(KD + p_tb, mask=m_t[:, None] & m_b[None, :], other=0).to(tl.float32)
-            b_P = tl.where(o_a[:, None] == o_b[None, :], b_gc[:, None], 0.0)
-            b_P -= tl.dot(tl.trans(b_w), b_kd, input_precision=PREC)
-            tl.store(P + p_P + o_a[:, None] * K + o_b[None, :], b_P.to(P.dtype.element_ty),
-                     mask=m_a[:, None] & m_b[None, :])
-
-
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT"],
@@ -574,8 +505,8 @@ def chunk_state_kernel(
             output_finish(b_O, b_R, G, M, o, o_row, m_t, o_t, i_hv, p_tv, m_tv, scale, HV, BT, DECAY, PREC)
         else:
             tl.store(R + p_tv, b_R, mask=m_tv)
-        b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K,
-                                 DECAY, PRE_KD, PREC)
+        b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K, DECAY,
+                                 PRE_KD, PREC)
         if K > BK:
             b_S1 = state_slot_update(b_S1, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s1, H, HV, K,
                                      DECAY, PRE_KD, PREC)
@@ -640,62 +571,34 @@ def state_block_v(V: int, K: int, programs: int) -> int:
     return BV
 
 
-def wu_kernel_per_channel(g, b) -> bool:
-    """Whether :func:`chunk_wu_kernel` runs for per-channel decay (an erase gate, W and U not
-    formed by the state kernel, ``fuse_wu``): the cases :func:`cumsum_in_kernel` and
-    :func:`transition_wanted` build on."""
-    return g is not None and gate_form(g) == 2 and b is not None and 2 not in TUNING["fuse_wu"]
-
-
-def cumsum_in_kernel(g, b) -> bool:
-    """Whether G is formed by the first chunk kernel that reads it instead of by
-    :func:`chunk_cumsum_kernel` (``TUNING["fuse_cumsum"]``): per-channel decay with an erase gate,
-    where that kernel is the intra kernel in the forward and the W, U kernel in the backward (so not
-    when the state kernel forms W and U itself, ``fuse_wu``). Saves one read of G (512 B per
-    token-head) and one launch per pass."""
-    return bool(TUNING["fuse_cumsum"]) and wu_kernel_per_channel(g, b)
-
-
-def transition_wanted(g, b, device: torch.device, programs: int) -> bool:
-    """Whether the backward's state-gradient pass (``programs`` programs) steps through each chunk's
-    transition matrix (``TUNING["transition_seq"]``, :func:`use_transition`): per-channel decay
-    with an erase gate, W, U and the decayed keys from their own kernel."""
-    return (wu_kernel_per_channel(g, b) and bool(TUNING["pre_decayed_keys"])
-            and use_transition(device, programs))
-
-
-def chunk_cumdecay(g, cu, chunk_indices, NT, deferred: bool = False):
-    """Stage 0: G, fp32 like g (per head or per channel), or None without decay. deferred: only
-    the buffer, which a later kernel fills (:func:`cumsum_in_kernel`)."""
+def chunk_cumdecay(g, cu, chunk_indices, NT):
+    """Stage 0: G, fp32 like g (per head or per channel), or None without decay."""
     if g is None:
         return None
     HV = g.shape[1]
     K = g.shape[2] if g.ndim == 3 else 1
     G = empty(g.shape, dtype=torch.float32, device=g.device)
-    if deferred:
-        return G
     BK = min(64, _pow2(K))
     chunk_cumsum_kernel[(NT, HV, triton.cdiv(K, BK))](g, G, cu, chunk_indices, HV=HV, K=K, BT=CHUNK, BK=BK,
                                                       DECAY=gate_form(g), num_warps=4)
     return G
 
 
-def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int, g=None):
-    """Stage 1 on packed inputs (G from :func:`chunk_cumdecay`; HV value heads; with g, the
-    kernel fills G from it). Returns ``(M, A)``, A None without an erase gate."""
+def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
+    """Stage 1 on packed inputs (G from :func:`chunk_cumdecay`; HV value heads). Returns
+    ``(M, A)``, A None without an erase gate."""
     Ttot, H, K = q.shape
     DECAY, ERASE = gate_form(G), gate_form(b)
     M = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "M"), device=q.device)
     # A: also the scratch of the in-place (I + T)⁻¹ solve
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
     chunk_intra_kernel[(NT, HV)](
-        q, k, q if b is None else b, M if g is None else g, M if G is None else G, M, M if A is None else A,
+        q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
         cu, chunk_indices, scale,
         # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
         H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
         DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
         LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=float(TUNING["anchor_range"]),
-        WRITE_G=g is not None,
     )
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
@@ -704,18 +607,14 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int, g=None):
 
 
 def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=None, out=None,
-                stream=None, g=None, transition=None):
+                stream=None):
     """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]``). Returns
     ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])`` and the decayed operands
-    ``(KD, QG, EG, W)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
+    ``(KD, QG, EG)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
     (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q and EG = Ē only when ``q`` is
-    given, for the backward's sequential kernel; W whenever that kernel ran), else None each. ht
-    is fp32, the rest stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state
-    kernel writes the output into o instead of h and R (returned as None;
-    ``TUNING["fuse_output"]``). With g, the W, U kernel fills G from it (:func:`cumsum_in_kernel`).
-    With ``transition = (M, scale)`` and q (see :func:`transition_wanted`), the chunk transitions P
-    ``[NT, HV, K, K]`` (:func:`scratch_dtype` "P") are formed after the W, U kernel, with Q̂ over QG,
-    for the backward's state-gradient pass; P is returned after W.
+    given, for the backward's sequential kernel), else ``(None, None, None)``. ht is fp32, the rest
+    stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state kernel writes the
+    output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``).
 
     With a CUDA ``stream`` the state kernel (not the W, U kernel, whose KD, QG, EG the caller may
     need at once) runs on that stream, after the work queued so far on the current one; every
@@ -735,26 +634,14 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
         if DECAY == 2 and TUNING["pre_decayed_keys"]:
             KD = scratch("KD", (Ttot, HV, K))
             if q is not None:
-                # with a transition, QG then holds Q̂ = scale·Q_γ − M W, kept fp32: in bf16 it raised
-                # the gradients' own error by up to 9 % (interpreter, bf16 inputs; Q_γ alone: ≤ 1 %)
-                QG = empty((Ttot, HV, K), **f32) if transition is not None else scratch("QG", (Ttot, HV, K))
-                EG = scratch("EG", (Ttot, HV, K))
+                QG, EG = scratch("QG", (Ttot, HV, K)), scratch("EG", (Ttot, HV, K))
         chunk_wu_kernel[(NT, HV)](
-            k if q is None else q, k, v, b, k if w is None else w, k if g is None else g,
-            k if G is None else G, A, W, U, W if KD is None else KD, W if QG is None else QG,
-            W if EG is None else EG, cu, chunk_indices,
+            k if q is None else q, k, v, b, k if w is None else w, k if G is None else G, A, W, U,
+            W if KD is None else KD, W if QG is None else QG, W if EG is None else EG, cu, chunk_indices,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)), DECAY=DECAY,
             ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PRE_QE=QG is not None,
-            PREC=dot_precision(k.dtype), WRITE_G=g is not None,
+            PREC=dot_precision(k.dtype),
         )
-    P = None
-    if transition is not None:
-        if QG is None:
-            raise ValueError("chunk_state: a transition needs q (it writes Q̂ over QG)")
-        M_t, scale_t = transition
-        P = scratch("P", (NT, HV, K, K))
-        chunk_transition_kernel[(NT, HV)](W, KD, QG, M_t, G, P, cu, chunk_indices, scale_t, HV=HV, K=K,
-                                          BT=CHUNK, BK=state_slot(K), PREC=dot_precision(k.dtype))
     ht = empty((N, HV, K, V), **f32)
     x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
     if out is None:
@@ -783,7 +670,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
             t.record_stream(stream)
         with torch.cuda.stream(stream):
             launch()
-    return h, R, ht, (KD, QG, EG, W, P)
+    return h, R, ht, (KD, QG, EG)
 
 
 def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int):
@@ -805,9 +692,8 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     if NT == 0:
         ht = h0.clone() if h0 is not None else torch.zeros(N, HV, K, V, dtype=torch.float32, device=q.device)
         return o, ht, None, None
-    fill_g = cumsum_in_kernel(g, b)
-    G = chunk_cumdecay(g, cu, chunk_indices, NT, deferred=fill_g)
-    M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV, g=g if fill_g else None)
+    G = chunk_cumdecay(g, cu, chunk_indices, NT)
+    M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
     if TUNING["fuse_output"]:
         _, _, ht, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
                                   out=(q, M, o, scale))
