@@ -19,7 +19,6 @@
 #   bash benchmarks/run_h200.sh solve    # the batched diagonal substitution, solve_warps, profile, accuracy
 #   bash benchmarks/run_h200.sh kloop    # one gradient program per chunk (removed), bf16 check
 #   bash benchmarks/run_h200.sh final2   # FLA at 2k with its autotuning carried in .tcache, then ours
-#   bash benchmarks/run_h200.sh ak       # dY = Aᵀ (Mᵀ dO) + (Aᵀ K̃) dS_C in the state-gradient pass (pre_ak)
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -160,15 +159,6 @@ final2)
     timeout 170 $K fla-speed --ops gdn2 kda --T 2048
     timeout 200 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
     timeout 45 $K accuracy --tag h200-final2 ;;
-ak)
-    # dY's product by Aᵀ off the state-gradient chain (pre_ak, built untimed): 32k, 2k, kda 32k,
-    # profile, accuracy and bf16 check with it on
-    timeout 110 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys pre_ak --out $OUT/tune_32k.json
-    timeout 80 python3 benchmarks/tune_kernels.py --op gdn2 --keys pre_ak --out $OUT/tune_2k.json
-    timeout 80 python3 benchmarks/tune_kernels.py --op kda --T 32768 --keys pre_ak --out $OUT/tune_kda_32k.json
-    timeout 50 $K profile --T 32768 --tag h200-ak --tuning pre_ak=True
-    timeout 45 $K accuracy --tag h200-ak --tuning pre_ak=True
-    timeout 80 $K check --ops gdn2 kda --tag h200-ak --tuning pre_ak=True ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
@@ -209,6 +199,6 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|ak|retime32k|overlap|split|swa|confirm|models"
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|retime32k|overlap|split|swa|confirm|models"
     exit 2 ;;
 esac

@@ -73,22 +73,20 @@ def test_forward_backward_every_op(op):
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
 # per-channel decayed keys for the sequential kernels (else they form them); fuse_output has the
-# forward's state kernel form the output (else chunk_output_kernel does, from h and R); pre_ak has
-# the state-gradient pass read Aᵀ K̃ from the W, U kernel (dY's product by Aᵀ off its chain).
-# pair_bf16 and scratch_bf16 only act on 16-bit inputs (below).
+# forward's state kernel form the output (else chunk_output_kernel does, from h and R). pair_bf16 and
+# scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name == "fuse_wu":
         return tuple(form for form in (0, 1, 2) if form not in value)
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "pre_ak")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
                          + [("gdn", SWITCHES), ("delta_rule", SWITCHES),
-                            ("kda", ("pre_decayed_keys",)), ("kda", ("pre_ak",)),
-                            ("gla", ("pre_decayed_keys", "fuse_output", "pre_ak")),
+                            ("kda", ("pre_decayed_keys",)), ("gla", ("pre_decayed_keys", "fuse_output")),
                             ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
     # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), and
@@ -172,20 +170,6 @@ def test_default_bf16_intermediates_cost_no_accuracy(op, monkeypatch):
     monkeypatch.setitem(common.TUNING, "fuse_output", False)
     with_r = _low_errors(op, seed=3)
     assert with_r["o"] > 1.5 * fp32["o"], (with_r, fp32)
-
-
-@pytest.mark.parametrize("op", ["gdn2", "kda"])
-def test_pre_ak_costs_no_accuracy(op, monkeypatch):
-    # dY = Aᵀ (Mᵀ dO) + (Aᵀ K̃) dS_C with Aᵀ K̃ stored bf16 (pre_ak): every error within 3 % of the
-    # default path's (measured: within 1.5 %)
-    from gatedelta.ops.triton import common
-
-    default = _low_errors(op, seed=3)
-    monkeypatch.setitem(common.TUNING, "pre_ak", True)
-    assert common.scratch_dtype(torch.bfloat16, "AK") == torch.bfloat16
-    with_ak = _low_errors(op, seed=3)
-    for name, err in with_ak.items():
-        assert err <= 1.03 * default[name], (name, with_ak, default)
 
 
 def test_fp16_inputs_keep_fp32_intermediates():
@@ -332,7 +316,7 @@ def test_varlen_matches_reference(fuse_output, monkeypatch):
     _compare("gdn2", args, s0, cu_seqlens=cu)
 
 
-@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",), ("fuse_output",), ("pre_ak",)])
+@pytest.mark.parametrize("flip", [(), ("pre_decayed_keys",), ("fuse_output",)])
 @pytest.mark.parametrize("value", [float("-inf"), -50.0])
 def test_extreme_gates_are_finite_and_exact(value, flip, monkeypatch):
     # each pairwise factor of the pair split must stay ≤ 1 (a -50 gate inside a 16-row block

@@ -105,23 +105,21 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
     # 8 warps spilled 14–44 B (H200 sweep, before pre_decayed_keys lightened the step); 3 stages
     # did not compile. At T = 32k one program per SM: 8 warps give each scheduler two warps.
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD", "PRE_AK"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD"],
 )
 @triton.jit
 def chunk_state_bwd_kernel(
-    q, k, b, G, KD, QG, EG, AK, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
+    q, k, b, G, KD, QG, EG, M, A, do, dY, dh, dht, dh0, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, PRE_KD: tl.constexpr, PRE_AK: tl.constexpr,
-    USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, PRE_KD: tl.constexpr, USE_DHT: tl.constexpr,
+    STORE_DH0: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (value block, sequence·head), last chunk first.
 
     Writes dh ``[NT, HV, K, V]`` (gradient of each chunk's outgoing state), dY ``[Ttot, HV, V]``
     and dh0 ``[N, HV, K, V]``. The ``[K, BV]`` state gradient is held as up to four ``[BK, BV]``
-    slots, as in the forward's state kernel. PRE_AK (``TUNING["pre_ak"]``, with PRE_KD and an
-    erase gate): ``dY = Aᵀ (Mᵀ dO) + (Aᵀ K̃) dS_C`` with ``Aᵀ K̃`` from AK, so that the product by Aᵀ
-    does not wait for dS_C.
+    slots, as in the forward's state kernel.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -150,30 +148,22 @@ def chunk_state_bwd_kernel(
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_M = tl.load(M + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
         b_M = b_M.to(tl.float32)
-        # dR = Mᵀ dO + K̃ dS_C, dY = Aᵀ dR; PRE_AK: dY = Aᵀ (Mᵀ dO) + (Aᵀ K̃) dS_C, the same products
-        # with the one by Aᵀ off the chain (the slots' products then read Aᵀ K̃ where K̃ was)
+        # dR = Mᵀ dO + K̃ dS_C
         b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
-        if ERASE > 0:
-            b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-            b_A = b_A.to(tl.float32)
-        if PRE_AK:
-            b_dR = tl.dot(tl.trans(b_A), b_dR, input_precision=PREC)
-            KX = AK
-        else:
-            KX = KD
-        b_dR += state_bwd_slot_dR(b_dS0, k, G, KX, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
+        b_dR += state_bwd_slot_dR(b_dS0, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
                                   H, HV, K, V, DECAY, PRE_KD, PREC)
         if K > BK:
-            b_dR += state_bwd_slot_dR(b_dS1, k, G, KX, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v,
+            b_dR += state_bwd_slot_dR(b_dS1, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v,
                                       m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
         if K > 2 * BK:
-            b_dR += state_bwd_slot_dR(b_dS2, k, G, KX, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v,
+            b_dR += state_bwd_slot_dR(b_dS2, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v,
                                       m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
         if K > 3 * BK:
-            b_dR += state_bwd_slot_dR(b_dS3, k, G, KX, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v,
+            b_dR += state_bwd_slot_dR(b_dS3, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v,
                                       m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
-        if ERASE > 0 and not PRE_AK:
-            b_dY = tl.dot(tl.trans(b_A), b_dR, input_precision=PREC)
+        if ERASE > 0:
+            b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+            b_dY = tl.dot(tl.trans(b_A.to(tl.float32)), b_dR, input_precision=PREC)
         else:
             b_dY = b_dR
         tl.store(dY + p_tv, b_dY, mask=m_tv)
@@ -451,20 +441,19 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
         BV = state_block_v(V, K, N * HV)
         # The recomputed states (h, R) and the state gradients (dh, dY) are independent chains
-        # (the latter needs only the W, U kernel's KD, QG, EG, AK): when few programs walk long
+        # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
         # sequences, run them side by side (TUNING["overlap_seq"]).
         side = side_stream(dev, triton.cdiv(V, BV) * N * HV)
-        h, R, _, (KD, QG, EG, AK) = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT,
-                                                N, q=q, stream=side)
+        h, R, _, (KD, QG, EG) = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
+                                            q=q, stream=side)
         dh = empty((NT, HV, K, V), dtype=scratch_dtype(q.dtype, "dh"), device=dev)
         dY = empty((Ttot, HV, V), dtype=scratch_dtype(q.dtype, "dY"), device=dev)
         chunk_state_bwd_kernel[(triton.cdiv(V, BV), N * HV)](
             q, k, q if b is None else b, M if G is None else G, M if KD is None else KD,
-            M if QG is None else QG, M if EG is None else EG, M if AK is None else AK, M,
+            M if QG is None else QG, M if EG is None else EG, M,
             M if A is None else A, do, dY, dh, dh if dht is None else dht, dh if dh0 is None else dh0, cu,
             chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
-            ERASE=ERASE, PRE_KD=KD is not None, PRE_AK=AK is not None, USE_DHT=dht is not None,
-            STORE_DH0=dh0 is not None, PREC=PREC,
+            ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
         )
         if side is not None:
             torch.cuda.current_stream(dev).wait_stream(side)

@@ -87,17 +87,8 @@ CHUNK = 64
 # fwd 1.81 → 1.61; accuracy unchanged (forward 3.83e-3–3.88e-3, gradients 3.76e-3–5.03e-3).
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
-          "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh", "AK"), "state_bv_max": 64,
-          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1,
-          "pre_ak": False}
-# pre_ak (built 2026-11-29, not yet timed, so off): with pre_decayed_keys, the backward's W, U
-# kernel also writes X = Aᵀ K̃ [BT, K] per chunk (scratch "AK"), and the state-gradient pass forms
-# dY = Aᵀ (Mᵀ dO) + X dS_C instead of dY = Aᵀ (Mᵀ dO + K̃ dS_C): the same number of products per
-# step, but the one by Aᵀ leaves the chain that carries dS from chunk to chunk (two dependent
-# products per step instead of three). Aimed at long sequences with few heads, where that chain
-# sets the pass's time (4.3 ms of 13.1 for gdn2 at one 32k sequence of 16 heads). AK is stored bf16
-# like KD: every error of the interpreter's bf16 test within 1.5 % of the default path's (fp32: 2 %
-# lower to 0.3 % higher).
+          "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
+          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1}
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic
@@ -132,7 +123,7 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 # H200 (a3eab3e): gdn2 f+b at one 32k sequence 20.27 → 19.23 ms, results bit-identical; no change
 # at 8k or 2k (forced on there).
 # The intermediates TUNING["scratch_bf16"] may list.
-SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A", "AK")
+SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 

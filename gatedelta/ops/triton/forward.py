@@ -284,18 +284,17 @@ def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.co
 )
 @triton.jit
 def chunk_wu_kernel(
-    q, k, v, b, w, G, A, W, U, KD, QG, EG, AK, cu_seqlens, chunk_indices,
+    q, k, v, b, w, G, A, W, U, KD, QG, EG, cu_seqlens, chunk_indices,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PRE_KD: tl.constexpr,
-    PRE_QE: tl.constexpr, PRE_AK: tl.constexpr, PREC: tl.constexpr,
+    PRE_QE: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (chunk, value head): ``W = A Ē`` ``[Ttot, HV, K]`` (Ē rows ``γ_r ⊙ e_r``,
     factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]``, fp32, for the unfused state kernel; with
     PRE_KD (per-channel decay) also the decayed keys ``k̃_r = exp(G_C − G_r) ⊙ k_r`` into KD
     ``[Ttot, HV, K]`` fp32, which the sequential kernels then read (:func:`decayed_keys`), and
-    with PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG, and
-    with PRE_AK ``Aᵀ K̃`` ``[BT, K]`` into AK (``TUNING["pre_ak"]``)."""
+    with PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -314,10 +313,7 @@ def chunk_wu_kernel(
             if PRE_KD:
                 p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
                 b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=o_k < K, other=0)
-                b_kd = b_k * tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
-                tl.store(KD + p_tk, b_kd, mask=m_tk)
-                if PRE_AK:  # from the fp32 k̃, not its stored rounding
-                    tl.store(AK + p_tk, tl.dot(tl.trans(b_A), b_kd, input_precision=PREC), mask=m_tk)
+                tl.store(KD + p_tk, b_k * tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), mask=m_tk)
                 if PRE_QE:
                     b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0)
                     tl.store(QG + p_tk, b_q.to(tl.float32) * tl.exp(b_G), mask=m_tk)
@@ -614,10 +610,9 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
                 stream=None):
     """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]``). Returns
     ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])`` and the decayed operands
-    ``(KD, QG, EG, AK)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
-    (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q, EG = Ē and, with
-    ``TUNING["pre_ak"]``, AK = Aᵀ K̃ only when ``q`` is given, for the backward's sequential
-    kernel), else None each. ht is fp32, the rest
+    ``(KD, QG, EG)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
+    (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q and EG = Ē only when ``q`` is
+    given, for the backward's sequential kernel), else ``(None, None, None)``. ht is fp32, the rest
     stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state kernel writes the
     output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``).
 
@@ -633,21 +628,18 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
 
     DECAY, ERASE, WRITE = gate_form(G), gate_form(b), gate_form(w)
     fused = DECAY in TUNING["fuse_wu"]
-    W = U = KD = QG = EG = AK = None
+    W = U = KD = QG = EG = None
     if ERASE and not fused:
         W, U = scratch("W", (Ttot, HV, K)), scratch("U", (Ttot, HV, V))
         if DECAY == 2 and TUNING["pre_decayed_keys"]:
             KD = scratch("KD", (Ttot, HV, K))
             if q is not None:
                 QG, EG = scratch("QG", (Ttot, HV, K)), scratch("EG", (Ttot, HV, K))
-                if TUNING["pre_ak"]:
-                    AK = scratch("AK", (Ttot, HV, K))
         chunk_wu_kernel[(NT, HV)](
             k if q is None else q, k, v, b, k if w is None else w, k if G is None else G, A, W, U,
-            W if KD is None else KD, W if QG is None else QG, W if EG is None else EG,
-            W if AK is None else AK, cu, chunk_indices,
+            W if KD is None else KD, W if QG is None else QG, W if EG is None else EG, cu, chunk_indices,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)), DECAY=DECAY,
-            ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PRE_QE=QG is not None, PRE_AK=AK is not None,
+            ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PRE_QE=QG is not None,
             PREC=dot_precision(k.dtype),
         )
     ht = empty((N, HV, K, V), **f32)
@@ -678,7 +670,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
             t.record_stream(stream)
         with torch.cuda.stream(stream):
             launch()
-    return h, R, ht, (KD, QG, EG, AK)
+    return h, R, ht, (KD, QG, EG)
 
 
 def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int):
