@@ -19,12 +19,14 @@
 #   bash benchmarks/run_h200.sh solve    # the batched diagonal substitution, solve_warps, profile, accuracy
 #   bash benchmarks/run_h200.sh kloop    # one gradient program per chunk (removed), bf16 check
 #   bash benchmarks/run_h200.sh final2   # FLA at 2k with its autotuning carried in .tcache, then ours
+#   bash benchmarks/run_h200.sh final3   # ours and SDPA at 2k / 32k, compiled models, at the last commit
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
 # bf16b) are in the git history (e.g. 91ffde9); anchor2 (two launches for the pair paths) at 068b911.
-# cumsum, transition, transition2 (fuse_cumsum and transition_seq, measured and removed) at 695a83d.
+# cumsum, transition, transition2 (fuse_cumsum and transition_seq, measured and removed) at 695a83d;
+# ak (pre_ak, measured and removed) at f519b21.
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
 K="python3 benchmarks/kernels.py --out $OUT --tag h200 --no-ceilings"
@@ -159,6 +161,12 @@ final2)
     timeout 170 $K fla-speed --ops gdn2 kda --T 2048
     timeout 200 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
     timeout 45 $K accuracy --tag h200-final2 ;;
+final3)
+    # at the session's last commit (defaults as at 03272d8, the untimed switches removed): ours and
+    # SDPA at 2k / 32k (gdn's backward-to-forward ratio at 2k), then the compiled 1.3B models
+    timeout 170 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
+    timeout 250 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
+        --max-seconds 230 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
@@ -199,6 +207,6 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|retime32k|overlap|split|swa|confirm|models"
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|final3|retime32k|overlap|split|swa|confirm|models"
     exit 2 ;;
 esac

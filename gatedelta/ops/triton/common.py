@@ -116,6 +116,10 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_
 #   13.36 ms (P bf16: 13.38), 10.27 vs 9.51 at 8k. The pass itself 4.3 → 3.5 ms beside the state
 #   recomputation, but P (0.62 ms) and dY (0.58 ms) cost as much. Through Pᵀ in the forward's state
 #   kernel too (S_C = Pᵀ S₀ + K̃ᵀ U): 7+ ms per pass vs 1.8 (f+b 25.26 vs 13.05).
+# - pre_ak (code at f519b21), the W, U kernel writing X = Aᵀ K̃ (bf16) so that the state-gradient
+#   pass forms dY = Aᵀ (Mᵀ dO) + X dS_C, the product by Aᵀ off the dS chain (two dependent products
+#   per step instead of three, same count): f+b 12.76 vs 12.59 ms, kda 12.57 vs 12.34, 8.73 vs
+#   8.60 at 2k; the pass itself 4.21 ms. That pass is not bound by its chain's products.
 # overlap_seq: the backward's recomputation of the states (forward order) and its state-gradient
 # pass (reverse order) are independent sequential kernels; when they launch at most
 # overlap_seq × (number of SMs) programs each (long sequences, few heads: 128 at one 32k sequence
