@@ -20,6 +20,7 @@
 #   bash benchmarks/run_h200.sh kloop    # one gradient program per chunk (removed), bf16 check
 #   bash benchmarks/run_h200.sh final2   # FLA at 2k with its autotuning carried in .tcache, then ours
 #   bash benchmarks/run_h200.sh final3   # ours and SDPA at 2k / 32k, compiled models, at the last commit
+#   bash benchmarks/run_h200.sh slots    # next session: 128-row state slots (state_bk) at 32k / 2k, gdn2 and gdn
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -167,6 +168,13 @@ final3)
     timeout 170 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
     timeout 250 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 230 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
+slots)
+    # next session: one 128-row slot for the sequential kernels' state (state_bk, untimed): 5 larger
+    # products per state-gradient step instead of 8 small ones; gdn2 and gdn at 32k and 2k
+    timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys state_bk --out $OUT/tune_32k.json
+    timeout 90 python3 benchmarks/tune_kernels.py --op gdn2 --keys state_bk --out $OUT/tune_2k.json
+    timeout 90 python3 benchmarks/tune_kernels.py --op gdn --T 32768 --keys state_bk --out $OUT/tune_gdn_32k.json
+    timeout 60 python3 benchmarks/tune_kernels.py --op gdn --keys state_bk --out $OUT/tune_gdn_2k.json ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
@@ -207,6 +215,6 @@ models)
     timeout 560 python3 -m gatedelta.cli bench models --compile --skip-decode --steps 3 --warmup 2 \
         --max-seconds 540 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 *)
-    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|final3|retime32k|overlap|split|swa|confirm|models"
+    echo "usage: $0 sweep|bf16|dg|ncu|final|fuse|adopt|long|fla|anchor|retime|solve|kloop|final2|final3|slots|retime32k|overlap|split|swa|confirm|models"
     exit 2 ;;
 esac

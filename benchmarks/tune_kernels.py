@@ -31,7 +31,7 @@ CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32,
            "pair_bf16": [False, True], "pre_decayed_keys": [False, True],
            "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh"), ("W", "KD", "QG", "EG", "h", "dh", "A")],
            "state_bv_max": [32, 64], "fuse_output": [False, True], "overlap_seq": [0, 2, 1000],
-           "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4]}
+           "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4], "state_bk": [64, 128]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:

@@ -293,14 +293,29 @@ def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
     _compare(op, args, s0)
 
 
-@pytest.mark.parametrize("fuse_output", [False, True])
+def test_state_slots_cover_every_key_width(monkeypatch):
+    # the sequential kernels hold at most four slots (static_assert K <= 4 * BK) of a power-of-two
+    # height, whatever TUNING["state_bk"] asks for
+    from gatedelta.ops.triton import common, forward
+
+    for state_bk in (16, 64, 128):
+        monkeypatch.setitem(common.TUNING, "state_bk", state_bk)
+        for K in (16, 40, 64, 100, 128, 160, 256):
+            BK = forward.state_slot(K)
+            assert BK & (BK - 1) == 0 and K <= 4 * BK and BK <= max(16, 1 << (K - 1).bit_length()), (K, BK)
+            assert BK == state_bk or K > 4 * state_bk or BK == max(16, 1 << (K - 1).bit_length())
+
+
+@pytest.mark.parametrize("fuse_output, state_bk", [(False, 64), (True, 64), (True, 128)])
 @pytest.mark.parametrize("op, K, V", [("gdn2", 160, 24), ("gdn", 256, 16)])
-def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, monkeypatch):
+def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, state_bk, monkeypatch):
     # The sequential kernels hold the state as up to four 64-row slots: K = 160 fills three (the
-    # last one masked), K = 256 all four (with fuse_output, each slot also feeds the output).
+    # last one masked), K = 256 all four (with fuse_output, each slot also feeds the output). With
+    # 128-row slots, two (the second one part-masked at K = 160).
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "fuse_output", fuse_output)
+    monkeypatch.setitem(common.TUNING, "state_bk", state_bk)
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=1, K=K, V=V, dtype=torch.float32)
     _compare(op, args, s0)
 

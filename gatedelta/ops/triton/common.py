@@ -88,7 +88,15 @@ CHUNK = 64
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
           "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
           "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
-          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1}
+          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1,
+          "state_bk": 64}
+# state_bk (64; 128 untimed): rows per slot of the state (forward) and state-gradient tiles in the
+# sequential kernels. Each slot costs its own small products per chunk step: at K = 128 and 64 rows,
+# the state-gradient step issues 8 [64, 64] × [64, 16] products at 32k; with one 128-row slot, 5
+# larger ones. The slots were chosen when the value blocks were ≥ 32 wide and one [128, BV] tile
+# spilled; at the 16-wide blocks of long sequences the trade is unmeasured (local sm_90 compile,
+# Triton 3.9, 4 warps: stack 288 → 648 B in the state kernel, 576 → 408 B in the state-gradient
+# kernel; the device's Triton 3.6 spilled nothing at 64).
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic

@@ -554,8 +554,9 @@ def _pow2(n: int, lo: int = 16) -> int:
 
 
 def state_slot(K: int) -> int:
-    """Rows per state slot of the sequential kernels (the state is up to 4 slots of K rows)."""
-    return min(64, _pow2(K))
+    """Rows per state slot of the sequential kernels (``TUNING["state_bk"]``, at least a quarter of
+    K rounded up to a power of two: the state is up to 4 slots)."""
+    return max(min(TUNING["state_bk"], _pow2(K)), _pow2(K) // 4)
 
 
 def state_block_v(V: int, K: int, programs: int) -> int:
