@@ -170,16 +170,15 @@ final3)
         --max-seconds 230 --out $OUT/models-1.3b-h200-compiled.json 2>&1 | grep -v Warning ;;
 slots)
     # next session: one 128-row slot for the sequential kernels' state (state_bk, untimed): 5 larger
-    # products per state-gradient step instead of 8 small ones; gdn2 and gdn at 32k and 2k
+    # products per state-gradient step instead of 8 small ones; gdn2 and gdn at 32k and 2k. With
+    # it, the gradient kernel's V block (32 / 128 untimed since it runs on 4 warps) and gdn's
+    # gradient kernel with wider K blocks (2.2 ms of its 3.9 ms backward at 2k; per-head decay has
+    # no pair split, so NK = 2 might pay; local sm_90 compile, 8 warps: stack 160 B at 32, 512 B at
+    # 64). If a value wins for gdn alone, grad_bk needs a per-decay-form value like intra_bk.
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys state_bk --out $OUT/tune_32k.json
-    timeout 90 python3 benchmarks/tune_kernels.py --op gdn2 --keys state_bk --out $OUT/tune_2k.json
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys state_bk grad_bv --out $OUT/tune_2k.json
     timeout 90 python3 benchmarks/tune_kernels.py --op gdn --T 32768 --keys state_bk --out $OUT/tune_gdn_32k.json
-    timeout 60 python3 benchmarks/tune_kernels.py --op gdn --keys state_bk --out $OUT/tune_gdn_2k.json
-    # gdn's gradient kernel (2.2 ms of its 3.9 ms backward at 2k) with wider K blocks: per-head
-    # decay has no pair split, so NK = 2 might pay (local sm_90 compile, 8 warps: stack 160 B at
-    # 32, 512 B at 64); if it wins for gdn alone, grad_bk needs a per-decay-form value like intra_bk
-    timeout 80 python3 benchmarks/tune_kernels.py --op gdn --keys grad_bk --values "[64, 128]" \
-        --out $OUT/tune_gdn_grad_bk_2k.json ;;
+    timeout 120 python3 benchmarks/tune_kernels.py --op gdn --keys state_bk grad_bk --out $OUT/tune_gdn_2k.json ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
