@@ -30,6 +30,17 @@
 # ak (pre_ak, measured and removed) at f519b21.
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
+# Triton's autotuning results persist from call to call (TRITON_CACHE_AUTOTUNING: one
+# <hash>/<kernel>.autotune.json per kernel and key, the hash covering Triton, the GPU target, the
+# kernel source and the configs). Earlier calls' results come in as .tcache/ (git-ignored, carried
+# beside .snap); this call's go back as $OUT/autotune_cache.tgz, to be unpacked into .tcache/
+# (`tar -xzf autotune_cache.tgz -C .tcache`). A carried result spares a cold machine compiling and
+# timing every candidate config of that kernel (FLA's took ~5 minutes); a changed kernel is tuned
+# afresh.
+export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR=/tmp/tcache
+mkdir -p /tmp/tcache && { [ -d ../.tcache ] && cp -r ../.tcache/. /tmp/tcache/ || true; }
+echo "autotune results carried in: $(find /tmp/tcache -name '*.autotune.json' | wc -l)"
+trap 'find /tmp/tcache -name "*.autotune.json" -printf "%P\n" | tar -czf "$OUT/autotune_cache.tgz" -C /tmp/tcache -T -' EXIT
 K="python3 benchmarks/kernels.py --out $OUT --tag h200 --no-ceilings"
 case "$1" in
 sweep)
@@ -111,18 +122,10 @@ long)
 fla)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     # FLA's chunk kernels autotune on their first call (247 s for gdn2 alone on 2026-11-29; ~5 min
-    # in all). Triton can keep autotuning results on disk (TRITON_CACHE_AUTOTUNING: one
-    # <hash>/<kernel>.autotune.json per kernel and key, the hash covering Triton, the GPU target,
-    # the kernel source and the configs): the results of this call come back as
-    # $OUT/autotune_cache.tgz; unpacked into .tcache/ (git-ignored) and carried with the snapshot,
-    # a later call on the same Triton and GPU then compiles only the chosen configs.
-    export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR=/tmp/tcache
-    mkdir -p /tmp/tcache && { [ -d ../.tcache ] && cp -r ../.tcache/. /tmp/tcache/ || true; }
-    echo "autotune results carried in: $(find /tmp/tcache -name '*.autotune.json' | wc -l)"
+    # in all) unless .tcache carries their results (above)
     timeout 400 $K fla-speed --ops gdn2 kda --T 2048 32768
     timeout 150 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
-    timeout 30 $K accuracy --tag h200-final
-    find /tmp/tcache -name '*.autotune.json' -printf '%P\n' | tar -czf $OUT/autotune_cache.tgz -C /tmp/tcache -T - ;;
+    timeout 30 $K accuracy --tag h200-final ;;
 anchor)
     # 2026-11-29 (third session): the pair products of a chunk through one per-channel midpoint when
     # its log-decay spans <= TUNING["anchor_range"] (one product instead of the split's six levels)
@@ -156,9 +159,6 @@ kloop)
 final2)
     # FLA gdn2 / kda at 2k (its autotuning results carried in .tcache) and ours, same call; ours at 32k
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
-    export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR=/tmp/tcache
-    mkdir -p /tmp/tcache && { [ -d ../.tcache ] && cp -r ../.tcache/. /tmp/tcache/ || true; }
-    echo "autotune results carried in: $(find /tmp/tcache -name '*.autotune.json' | wc -l)"
     timeout 170 $K fla-speed --ops gdn2 kda --T 2048
     timeout 200 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768
     timeout 45 $K accuracy --tag h200-final2 ;;
