@@ -21,6 +21,7 @@
 #   bash benchmarks/run_h200.sh final2   # FLA at 2k with its autotuning carried in .tcache, then ours
 #   bash benchmarks/run_h200.sh final3   # ours and SDPA at 2k / 32k, compiled models, at the last commit
 #   bash benchmarks/run_h200.sh slots    # next session: 128-row state slots (state_bk) at 32k / 2k, gdn2 and gdn
+#   bash benchmarks/run_h200.sh pre      # gdn's K block 64 in bf16; gdn's decayed keys from the W/U kernel; state_bwd_bk
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -179,6 +180,20 @@ slots)
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys state_bk grad_bv --out $OUT/tune_2k.json
     timeout 90 python3 benchmarks/tune_kernels.py --op gdn --T 32768 --keys state_bk --out $OUT/tune_gdn_32k.json
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn --keys state_bk grad_bk --out $OUT/tune_gdn_2k.json ;;
+pre)
+    # 2026-11-29 (sixth session): the gradient kernel's K block 64 for per-head / no decay
+    # (grad_bk_head, from the slots phase: gdn f+b 4.98 -> 4.69 ms at 2k) in bf16 for the ops it
+    # changes; gdn's decayed keys (and gamma*q, E) written once by the W/U kernel
+    # (pre_decayed_keys with form 1: its state-gradient pass is 5.6 ms at 32k vs gdn2's 4.2); the
+    # state-gradient kernel's slot height alone (state_bwd_bk 128; with the state kernel's too it
+    # cut gdn's 32k f+b 10.51 -> 10.16 but slowed the forward)
+    timeout 100 $K check --ops gdn delta_rule ssd linear_attn
+    timeout 40 $K check --ops gdn --tag h200-pre --tuning "pre_decayed_keys=(1, 2)"
+    timeout 120 python3 benchmarks/tune_kernels.py --op gdn --T 32768 --keys pre_decayed_keys state_bwd_bk \
+        --out $OUT/tune_gdn_32k.json
+    timeout 110 python3 benchmarks/tune_kernels.py --op gdn --keys pre_decayed_keys state_bwd_bk \
+        --out $OUT/tune_gdn_2k.json
+    timeout 90 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys state_bwd_bk --out $OUT/tune_32k.json ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json

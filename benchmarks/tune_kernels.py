@@ -28,10 +28,11 @@ FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve", "fuse_output", "solve_wa
 CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32, 64],
            "grad_bv": [16, 32, 64, 128], "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32],
            "split_solve": [False, True],
-           "pair_bf16": [False, True], "pre_decayed_keys": [False, True],
+           "pair_bf16": [False, True], "pre_decayed_keys": [(2,), (1, 2)],
            "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh"), ("W", "KD", "QG", "EG", "h", "dh", "A")],
            "state_bv_max": [32, 64], "fuse_output": [False, True], "overlap_seq": [0, 2, 1000],
-           "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4], "state_bk": [64, 128]}
+           "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4], "state_bk": [64, 128],
+           "state_bwd_bk": [64, 128], "grad_bk_head": [32, 64, 128]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:

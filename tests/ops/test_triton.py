@@ -72,11 +72,12 @@ def test_forward_backward_every_op(op):
 # flipped value: fuse_wu forms R = A (Z − Ē S₀) in the state kernel for the listed decay forms (else
 # W = A Ē and U = A Z come from their own kernel); split_solve runs the (I + T)⁻¹ solve as its own
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
-# per-channel decayed keys for the sequential kernels (else they form them); fuse_output has the
+# decayed keys of the listed decay forms for the sequential kernels (else they form them; for a
+# form in fuse_wu too, the W/U kernel writes only those); fuse_output has the
 # forward's state kernel form the output (else chunk_output_kernel does, from h and R). pair_bf16 and
 # scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
-    if name == "fuse_wu":
+    if name in ("fuse_wu", "pre_decayed_keys"):
         return tuple(form for form in (0, 1, 2) if form not in value)
     return not value
 
@@ -85,17 +86,18 @@ SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
-                         + [("gdn", SWITCHES), ("delta_rule", SWITCHES),
+                         + [("gdn", SWITCHES), ("gdn", ("pre_decayed_keys",)), ("delta_rule", SWITCHES),
                             ("kda", ("pre_decayed_keys",)), ("gla", ("pre_decayed_keys", "fuse_output")),
                             ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
-    # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), and
-    # the per-channel-decay switch for kda (a per-head erase gate) and gla (no erase gate)
+    # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), the
+    # decayed-key switch for gdn alone (its W/U kernel then writes only those, beside the fused state
+    # kernel), for kda (a per-head erase gate) and for gla (no erase gate)
     from gatedelta.ops.triton import common
 
     for name in flip:
         monkeypatch.setitem(common.TUNING, name, _flipped(name, common.TUNING[name]))
-    # K = 48: two K blocks of the gradient kernel (the second one part-masked)
+    # K = 48: two K blocks of the gradient kernel for per-channel decay (the second part-masked)
     args, s0 = make_inputs(op, B=2, T=75, H=1, G=2, K=48, V=16, dtype=torch.float32)
     _compare(op, args, s0)
 
@@ -282,12 +284,12 @@ def test_head_dims_not_powers_of_two():
 
 @pytest.mark.parametrize("op", ["gdn2", "gdn"])
 def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
-    # The GPU widths (64-wide V blocks in the gradient kernel, 32-wide K blocks in the intra and
+    # The GPU widths (64-wide V blocks in the gradient kernel, 32- or 64-wide K blocks in the intra and
     # gradient kernels) cover the small test dims in one tile; 16-wide blocks make every K / V loop
     # run several times, the last tile part-masked (K = 40, V = 40: three blocks of 16).
     from gatedelta.ops.triton import common
 
-    for name in ("grad_bv", "grad_bk", "intra_bk"):
+    for name in ("grad_bv", "grad_bk", "grad_bk_head", "intra_bk"):
         monkeypatch.setitem(common.TUNING, name, 16)
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=2, K=40, V=40, dtype=torch.float32)
     _compare(op, args, s0)
@@ -298,12 +300,14 @@ def test_state_slots_cover_every_key_width(monkeypatch):
     # height, whatever TUNING["state_bk"] asks for
     from gatedelta.ops.triton import common, forward
 
-    for state_bk in (16, 64, 128):
-        monkeypatch.setitem(common.TUNING, "state_bk", state_bk)
-        for K in (16, 40, 64, 100, 128, 160, 256):
-            BK = forward.state_slot(K)
-            assert BK & (BK - 1) == 0 and K <= 4 * BK and BK <= max(16, 1 << (K - 1).bit_length()), (K, BK)
-            assert BK == state_bk or K > 4 * state_bk or BK == max(16, 1 << (K - 1).bit_length())
+    for knob in ("state_bk", "state_bwd_bk"):
+        for state_bk in (16, 64, 128):
+            monkeypatch.setitem(common.TUNING, knob, state_bk)
+            for K in (16, 40, 64, 100, 128, 160, 256):
+                BK = forward.state_slot(K, knob)
+                widest = max(16, 1 << (K - 1).bit_length())
+                assert BK & (BK - 1) == 0 and K <= 4 * BK and BK <= widest, (K, BK)
+                assert BK == state_bk or K > 4 * state_bk or BK == widest
 
 
 @pytest.mark.parametrize("fuse_output, state_bk", [(False, 64), (True, 64), (True, 128)])
@@ -316,6 +320,7 @@ def test_wide_keys_use_every_state_slot(op, K, V, fuse_output, state_bk, monkeyp
 
     monkeypatch.setitem(common.TUNING, "fuse_output", fuse_output)
     monkeypatch.setitem(common.TUNING, "state_bk", state_bk)
+    monkeypatch.setitem(common.TUNING, "state_bwd_bk", state_bk)
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=1, K=K, V=V, dtype=torch.float32)
     _compare(op, args, s0)
 

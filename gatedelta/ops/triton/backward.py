@@ -77,7 +77,7 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
     read from QG, EG, which :func:`chunk_wu_kernel` wrote)."""
     m_k = o_s < K
     m_tk = m_t[:, None] & m_k[None, :]
-    if DECAY == 2 and PRE_KD:
+    if DECAY > 0 and PRE_KD:
         p_tk = (o_row[:, None] * HV + i_hv) * K + o_s[None, :]
         b_q = tl.load(QG + p_tk, mask=m_tk, other=0).to(tl.float32)
         b_e = tl.load(EG + p_tk, mask=m_tk, other=0).to(tl.float32)
@@ -91,9 +91,10 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
             b_e *= b_gam
         b_dS *= tl.exp(tl.load(G + (i_last * HV + i_hv) * K + o_s, mask=m_k, other=0))[:, None]
     elif DECAY == 1:
-        b_gam = tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
-        b_q *= b_gam
-        b_e *= b_gam
+        if not PRE_KD:
+            b_gam = tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))[:, None]
+            b_q *= b_gam
+            b_e *= b_gam
         b_dS *= tl.exp(tl.load(G + i_last * HV + i_hv))
     b_dS += tl.dot(tl.trans(b_q * scale), b_do, input_precision=PREC)
     if ERASE > 0:
@@ -421,7 +422,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     N = cu.numel() - 1
     f32 = dict(dtype=torch.float32, device=dev)
     PREC = dot_precision(q.dtype)
-    BK = min(TUNING["grad_bk"], _pow2(K))  # the gradient kernel keeps ~8 [BT, BK] fp32 tiles live
+    BK = min(TUNING["grad_bk" if DECAY == 2 else "grad_bk_head"], _pow2(K))
     NK = triton.cdiv(K, BK)
     groups = HV // H
     # Gradients the kernel writes whole are stored in the input's dtype; fp32 where partial sums
@@ -452,8 +453,9 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             q, k, q if b is None else b, M if G is None else G, M if KD is None else KD,
             M if QG is None else QG, M if EG is None else EG, M,
             M if A is None else A, do, dY, dh, dh if dht is None else dht, dh if dh0 is None else dh0, cu,
-            chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY,
-            ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None, STORE_DH0=dh0 is not None, PREC=PREC,
+            chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K, "state_bwd_bk"), BV=BV,
+            DECAY=DECAY, ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None,
+            STORE_DH0=dh0 is not None, PREC=PREC,
         )
         if side is not None:
             torch.cuda.current_stream(dev).wait_stream(side)

@@ -52,11 +52,13 @@ CHUNK = 64
 # accumulator), dM / dT formed once per chunk by their own kernel (grad_pre_d, ±0.3 %) and by
 # one gradient program per chunk looping over the K blocks (grad_k_loop, aba74b3: f+b 10.14 vs
 # 8.66 ms, dM and dT held across the loop spill).
-# pre_decayed_keys: per-channel decay's k̃ = exp(G_C − G) ⊙ k (and for the backward γ ⊙ q, Ē)
-# written once per chunk by the W/U kernel (+512 B per token-head transient in the forward, 1.5 KB
-# in the backward) and read by the sequential kernels, instead of formed by each of a head's
-# value-block programs at every chunk step: gdn2 f+b 18.47 → 17.88 ms at 2k, 24.78 → 23.18 at 32k
-# (H200, 2026-11-29); off, the kernels form them (less memory). grad_bv 64: 17.86 → 17.25 ms at 2k.
+# pre_decayed_keys: the decay forms (1 per head, 2 per channel; with an erase gate) whose decayed
+# keys k̃ = exp(G_C − G) ⊙ k (and for the backward γ ⊙ q, Ē) the W/U kernel writes once per chunk
+# (only these, not W and U, when the form is in fuse_wu), +512 B per token-head transient in the
+# forward, 1.5 KB in the backward, read by the sequential kernels instead of formed by each of a
+# head's value-block programs at every chunk step: gdn2 f+b 18.47 → 17.88 ms at 2k, 24.78 → 23.18
+# at 32k (H200, 2026-11-29); off, the kernels form them (less memory). Per-head decay (gdn):
+# untimed. grad_bv 64: 17.86 → 17.25 ms at 2k.
 # Measured and removed the same day: the gradient and intra kernels in 16-row blocks (grad_sub:
 # ±0.3 %; intra_sub: +0.6 ms forward), although they spill almost nothing.
 # Measured and removed late that day: pair_stack, the gradient kernel's two right-hand pair
@@ -85,18 +87,21 @@ CHUNK = 64
 # fp32 state, not bf16 h (interpreter, bf16 inputs: the output's own error 3.52e-3 → 3.37e-3).
 # H200 (56cfdac): gdn2 2k fwd 3.72 → 3.40 ms, f+b 15.17 → 14.87; 32k f+b 20.01 → 19.97; gdn 2k
 # fwd 1.81 → 1.61; accuracy unchanged (forward 3.83e-3–3.88e-3, gradients 3.76e-3–5.03e-3).
-TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bv": 64, "fuse_wu": (0, 1),
-          "state_bv_min": 16, "split_solve": True, "pair_bf16": False, "pre_decayed_keys": True,
-          "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"), "state_bv_max": 64,
-          "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0, "solve_warps": 1,
-          "state_bk": 64}
-# state_bk (64; 128 untimed): rows per slot of the state (forward) and state-gradient tiles in the
-# sequential kernels. Each slot costs its own small products per chunk step: at K = 128 and 64 rows,
-# the state-gradient step issues 8 [64, 64] × [64, 16] products at 32k; with one 128-row slot, 5
-# larger ones. The slots were chosen when the value blocks were ≥ 32 wide and one [128, BV] tile
-# spilled; at the 16-wide blocks of long sequences the trade is unmeasured (local sm_90 compile,
-# Triton 3.9, 4 warps: stack 288 → 648 B in the state kernel, 576 → 408 B in the state-gradient
-# kernel; the device's Triton 3.6 spilled nothing at 64).
+TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64, "grad_bv": 64,
+          "fuse_wu": (0, 1), "state_bv_min": 16, "split_solve": True, "pair_bf16": False,
+          "pre_decayed_keys": (2,), "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"),
+          "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
+          "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 64}
+# grad_bk / grad_bk_head: the gradient kernel's K block for per-channel decay (its pair split keeps
+# ~8 [BT, BK] fp32 tiles live) and for per-head or no decay (no pair split; each K block re-forms
+# dM and dT, so fewer, wider blocks pay). H200 (f8dedb0): gdn f+b at 2k 4.98 ms at 32, 4.69 at 64,
+# 5.99 at 16.
+# state_bk, state_bwd_bk: rows per slot of the state (forward) and state-gradient tiles of the
+# sequential kernels (64: two slots at K = 128; 128: one). Each slot costs its own small products
+# per chunk step: at 64 rows the state-gradient step issues 8 [64, 64] × [64, 16] products at 32k,
+# at 128 rows 5 larger ones. H200 (f8dedb0, both knobs at once): gdn2 f+b 13.15 vs 13.04 ms at 32k
+# (forward 3.72 vs 3.57), 8.62 vs 8.66 at 2k; gdn 10.16 vs 10.51 at 32k (forward 2.56 vs 2.47),
+# 5.11 vs 4.98 at 2k. So the state kernel keeps 64; state_bwd_bk alone: see its figures below.
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic

@@ -280,54 +280,63 @@ def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.co
 
 @triton.autotune(
     launch_configs((4,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "PRE_QE"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "STORE_WU", "PRE_KD", "PRE_QE"],
 )
 @triton.jit
 def chunk_wu_kernel(
     q, k, v, b, w, G, A, W, U, KD, QG, EG, cu_seqlens, chunk_indices,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PRE_KD: tl.constexpr,
-    PRE_QE: tl.constexpr, PREC: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, STORE_WU: tl.constexpr,
+    PRE_KD: tl.constexpr, PRE_QE: tl.constexpr, PREC: tl.constexpr,
 ):
-    """One program per (chunk, value head): ``W = A Ē`` ``[Ttot, HV, K]`` (Ē rows ``γ_r ⊙ e_r``,
-    factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]``, fp32, for the unfused state kernel; with
-    PRE_KD (per-channel decay) also the decayed keys ``k̃_r = exp(G_C − G_r) ⊙ k_r`` into KD
-    ``[Ttot, HV, K]`` fp32, which the sequential kernels then read (:func:`decayed_keys`), and
-    with PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG."""
+    """One program per (chunk, value head): with STORE_WU, ``W = A Ē`` ``[Ttot, HV, K]`` (Ē rows
+    ``γ_r ⊙ e_r``, factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]`` for the unfused state
+    kernel; with PRE_KD (a decay) the decayed keys ``k̃_r = exp(G_C − G_r) ⊙ k_r`` into KD
+    ``[Ttot, HV, K]``, which the sequential kernels then read (:func:`decayed_keys`), and with
+    PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG. Without
+    STORE_WU (the state kernel forms R from A itself) only the decayed operands."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
-    b_A = b_A.to(tl.float32)
-    if DECAY == 1:
-        b_gam1 = tl.exp(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))
+    if STORE_WU:
+        b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
+        b_A = b_A.to(tl.float32)
     i_last = tl.minimum(bos + i_c * BT + BT, eos) - 1
+    if DECAY == 1:
+        b_G1 = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
+        b_gam1 = tl.exp(b_G1)[:, None]
+        b_kdec1 = tl.exp(tl.minimum(tl.load(G + i_last * HV + i_hv) - b_G1, 0.0))[:, None]
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
+        p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
         b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
         if DECAY == 2:
-            b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
-            b_e *= tl.exp(b_G)
+            b_G = tl.load(G + p_tk, mask=m_tk, other=0)
+            b_gam = tl.exp(b_G)
+            b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=o_k < K, other=0)
+            b_kdec = tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
+        elif DECAY == 1:
+            b_gam = b_gam1
+            b_kdec = b_kdec1
+        if DECAY > 0:
+            b_e *= b_gam
             if PRE_KD:
-                p_tk = (o_row[:, None] * HV + i_hv) * K + o_k[None, :]
-                b_gl = tl.load(G + (i_last * HV + i_hv) * K + o_k, mask=o_k < K, other=0)
-                tl.store(KD + p_tk, b_k * tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0)), mask=m_tk)
+                tl.store(KD + p_tk, b_k * b_kdec, mask=m_tk)
                 if PRE_QE:
                     b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0)
-                    tl.store(QG + p_tk, b_q.to(tl.float32) * tl.exp(b_G), mask=m_tk)
+                    tl.store(QG + p_tk, b_q.to(tl.float32) * b_gam, mask=m_tk)
                     tl.store(EG + p_tk, b_e, mask=m_tk)
-        elif DECAY == 1:
-            b_e *= b_gam1[:, None]
-        tl.store(W + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], tl.dot(b_A, b_e, input_precision=PREC),
-                 mask=m_tk)
-    for i_v in range(tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < V)[None, :]
-        b_z = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
-        tl.store(U + (o_row[:, None] * HV + i_hv) * V + o_v[None, :], tl.dot(b_A, b_z, input_precision=PREC),
-                 mask=m_tv)
+        if STORE_WU:
+            tl.store(W + p_tk, tl.dot(b_A, b_e, input_precision=PREC), mask=m_tk)
+    if STORE_WU:
+        for i_v in range(tl.cdiv(V, BV)):
+            o_v = i_v * BV + tl.arange(0, BV)
+            m_tv = m_t[:, None] & (o_v < V)[None, :]
+            b_z = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
+            p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
+            tl.store(U + p_tv, tl.dot(b_A, b_z, input_precision=PREC), mask=m_tv)
 
 
 @triton.jit
@@ -335,10 +344,10 @@ def decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.conste
                  K: tl.constexpr, DECAY: tl.constexpr, PRE_KD: tl.constexpr):
     """One K slot of a chunk: the keys decayed to the chunk end, ``k̃_r = exp(G_C − G_r) ⊙ k_r``
     ``[BT, BK]`` fp32, and the chunk's total decay ``γ_C`` (``[BK, 1]``, a scalar, or 1). PRE_KD
-    (per-channel decay only): k̃ read from KD ``[Ttot, HV, K]``, which :func:`chunk_wu_kernel`
-    wrote, instead of formed here by every value-block program of the sequential kernels."""
+    (with a decay): k̃ read from KD ``[Ttot, HV, K]``, which :func:`chunk_wu_kernel` wrote,
+    instead of formed here by every value-block program of the sequential kernels."""
     m_tk = m_t[:, None] & m_k[None, :]
-    if DECAY == 2 and PRE_KD:
+    if DECAY > 0 and PRE_KD:
         b_k = tl.load(KD + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
     else:
         b_k = tl.load(k + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
@@ -349,9 +358,10 @@ def decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.conste
             b_k *= tl.exp(tl.minimum(b_gl[None, :] - b_G, 0.0))
         b_decay = tl.exp(b_gl)[:, None]
     elif DECAY == 1:
-        b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
         b_gl = tl.load(G + i_last * HV + i_hv)
-        b_k *= tl.exp(tl.minimum(b_gl - b_G, 0.0))[:, None]
+        if not PRE_KD:
+            b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
+            b_k *= tl.exp(tl.minimum(b_gl - b_G, 0.0))[:, None]
         b_decay = tl.exp(b_gl)
     else:
         b_decay = 1.0
@@ -553,10 +563,11 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
-def state_slot(K: int) -> int:
-    """Rows per state slot of the sequential kernels (``TUNING["state_bk"]``, at least a quarter of
-    K rounded up to a power of two: the state is up to 4 slots)."""
-    return max(min(TUNING["state_bk"], _pow2(K)), _pow2(K) // 4)
+def state_slot(K: int, knob: str = "state_bk") -> int:
+    """Rows per state slot of a sequential kernel (``TUNING[knob]``: ``"state_bk"`` for the state
+    kernel, ``"state_bwd_bk"`` for the state-gradient kernel), at least a quarter of K rounded up
+    to a power of two: the state is up to 4 slots."""
+    return max(min(TUNING[knob], _pow2(K)), _pow2(K) // 4)
 
 
 def state_block_v(V: int, K: int, programs: int) -> int:
@@ -609,10 +620,11 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
 
 def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q=None, out=None,
                 stream=None):
-    """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]``). Returns
+    """Stage 2 (with the W, U kernel first unless the decay form is in ``TUNING["fuse_wu"]`` and not
+    in ``TUNING["pre_decayed_keys"]``). Returns
     ``(h [NT, HV, K, V], R [Ttot, HV, V], ht [N, HV, K, V])`` and the decayed operands
     ``(KD, QG, EG)`` ``[Ttot, HV, K]`` when the W, U kernel wrote them
-    (``TUNING["pre_decayed_keys"]``, per-channel decay; QG = γ ⊙ q and EG = Ē only when ``q`` is
+    (decay forms in ``TUNING["pre_decayed_keys"]``; QG = γ ⊙ q and EG = Ē only when ``q`` is
     given, for the backward's sequential kernel), else ``(None, None, None)``. ht is fp32, the rest
     stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state kernel writes the
     output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``).
@@ -629,18 +641,22 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
 
     DECAY, ERASE, WRITE = gate_form(G), gate_form(b), gate_form(w)
     fused = DECAY in TUNING["fuse_wu"]
+    pre = DECAY in TUNING["pre_decayed_keys"] and DECAY > 0
     W = U = KD = QG = EG = None
-    if ERASE and not fused:
-        W, U = scratch("W", (Ttot, HV, K)), scratch("U", (Ttot, HV, V))
-        if DECAY == 2 and TUNING["pre_decayed_keys"]:
+    if ERASE and (not fused or pre):
+        if not fused:
+            W, U = scratch("W", (Ttot, HV, K)), scratch("U", (Ttot, HV, V))
+        if pre:
             KD = scratch("KD", (Ttot, HV, K))
             if q is not None:
                 QG, EG = scratch("QG", (Ttot, HV, K)), scratch("EG", (Ttot, HV, K))
+        x = k if KD is None else KD  # placeholder pointer for absent tensors
         chunk_wu_kernel[(NT, HV)](
-            k if q is None else q, k, v, b, k if w is None else w, k if G is None else G, A, W, U,
-            W if KD is None else KD, W if QG is None else QG, W if EG is None else EG, cu, chunk_indices,
+            k if q is None else q, k, v, b, k if w is None else w, k if G is None else G, A,
+            x if W is None else W, x if U is None else U, x if KD is None else KD, x if QG is None else QG,
+            x if EG is None else EG, cu, chunk_indices,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)), DECAY=DECAY,
-            ERASE=ERASE, WRITE=WRITE, PRE_KD=KD is not None, PRE_QE=QG is not None,
+            ERASE=ERASE, WRITE=WRITE, STORE_WU=not fused, PRE_KD=KD is not None, PRE_QE=QG is not None,
             PREC=dot_precision(k.dtype),
         )
     ht = empty((N, HV, K, V), **f32)
