@@ -22,6 +22,7 @@
 #   bash benchmarks/run_h200.sh final3   # ours and SDPA at 2k / 32k, compiled models, at the last commit
 #   bash benchmarks/run_h200.sh slots    # next session: 128-row state slots (state_bk) at 32k / 2k, gdn2 and gdn
 #   bash benchmarks/run_h200.sh pre      # gdn's K block 64 in bf16; gdn's decayed keys from the W/U kernel; state_bwd_bk
+#   bash benchmarks/run_h200.sh final4   # new defaults (grad_bk_head, gdn's decayed keys, state_bwd_bk): check, FLA, ours
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -194,6 +195,14 @@ pre)
     timeout 110 python3 benchmarks/tune_kernels.py --op gdn --keys pre_decayed_keys state_bwd_bk \
         --out $OUT/tune_gdn_2k.json
     timeout 90 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys state_bwd_bk --out $OUT/tune_32k.json ;;
+final4)
+    # the sixth session's defaults (grad_bk_head 64, pre_decayed_keys (1, 2) backward-only for gdn,
+    # state_bwd_bk 128 with 4 warps for [128, 16] tiles): bf16 check, then FLA at 2k (its autotuning
+    # carried in .tcache) and ours + SDPA at 2k / 32k in the same call
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 70 $K check --ops gdn2 kda gdn
+    timeout 130 $K fla-speed --ops gdn2 kda --T 2048
+    timeout 220 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768 ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json

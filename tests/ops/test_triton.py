@@ -86,13 +86,15 @@ SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
-                         + [("gdn", SWITCHES), ("gdn", ("pre_decayed_keys",)), ("delta_rule", SWITCHES),
+                         + [("gdn", SWITCHES), ("gdn", ("pre_decayed_keys",)), ("gdn", ("fuse_wu",)),
+                            ("delta_rule", SWITCHES),
                             ("kda", ("pre_decayed_keys",)), ("gla", ("pre_decayed_keys", "fuse_output")),
                             ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
-    # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule), the
-    # decayed-key switch for gdn alone (its W/U kernel then writes only those, beside the fused state
-    # kernel), for kda (a per-head erase gate) and for gla (no erase gate)
+    # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule); for
+    # gdn the decayed-key switch alone (off: no W/U kernel beside its fused state kernel) and the
+    # unfused path (the W/U kernel writes W, U and the decayed keys for the forward too); the
+    # decayed-key switch for kda (a per-head erase gate) and gla (no erase gate)
     from gatedelta.ops.triton import common
 
     for name in flip:

@@ -43,6 +43,7 @@ from .common import (
     prepare_chunks,
     scratch_dtype,
     side_stream,
+    wide_state_prune,
 )
 from .forward import (
     _pow2,
@@ -107,6 +108,7 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
     # did not compile. At T = 32k one program per SM: 8 warps give each scheduler two warps.
     launch_configs((4, 8), (1, 2)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD"],
+    prune_configs_by={"early_config_prune": wide_state_prune},
 )
 @triton.jit
 def chunk_state_bwd_kernel(

@@ -54,11 +54,13 @@ CHUNK = 64
 # 8.66 ms, dM and dT held across the loop spill).
 # pre_decayed_keys: the decay forms (1 per head, 2 per channel; with an erase gate) whose decayed
 # keys k̃ = exp(G_C − G) ⊙ k (and for the backward γ ⊙ q, Ē) the W/U kernel writes once per chunk
-# (only these, not W and U, when the form is in fuse_wu), +512 B per token-head transient in the
-# forward, 1.5 KB in the backward, read by the sequential kernels instead of formed by each of a
-# head's value-block programs at every chunk step: gdn2 f+b 18.47 → 17.88 ms at 2k, 24.78 → 23.18
-# at 32k (H200, 2026-11-29); off, the kernels form them (less memory). Per-head decay (gdn):
-# untimed. grad_bv 64: 17.86 → 17.25 ms at 2k.
+# (only these, not W and U, when the form is in fuse_wu, and then for the backward only), +512 B
+# per token-head transient in the forward, 1.5 KB in the backward, read by the sequential kernels
+# instead of formed by each of a head's value-block programs at every chunk step: gdn2 f+b 18.47 →
+# 17.88 ms at 2k, 24.78 → 23.18 at 32k (H200, 2026-11-29); off, the kernels form them (less
+# memory). grad_bv 64: 17.86 → 17.25 ms at 2k. Per-head decay (gdn, fused state kernel; H200,
+# bec0c2c, forward too): f+b 9.48 vs 10.20 ms at 32k (forward 2.67 vs 2.46: the extra launch),
+# 4.93 vs 4.70 at 2k (forward 1.30 vs 1.09, backward equal), hence backward-only for fused forms.
 # Measured and removed the same day: the gradient and intra kernels in 16-row blocks (grad_sub:
 # ±0.3 %; intra_sub: +0.6 ms forward), although they spill almost nothing.
 # Measured and removed late that day: pair_stack, the gradient kernel's two right-hand pair
@@ -89,9 +91,9 @@ CHUNK = 64
 # fwd 1.81 → 1.61; accuracy unchanged (forward 3.83e-3–3.88e-3, gradients 3.76e-3–5.03e-3).
 TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64, "grad_bv": 64,
           "fuse_wu": (0, 1), "state_bv_min": 16, "split_solve": True, "pair_bf16": False,
-          "pre_decayed_keys": (2,), "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"),
+          "pre_decayed_keys": (1, 2), "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"),
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
-          "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 64}
+          "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128}
 # grad_bk / grad_bk_head: the gradient kernel's K block for per-channel decay (its pair split keeps
 # ~8 [BT, BK] fp32 tiles live) and for per-head or no decay (no pair split; each K block re-forms
 # dM and dT, so fewer, wider blocks pay). H200 (f8dedb0): gdn f+b at 2k 4.98 ms at 32, 4.69 at 64,
@@ -101,7 +103,11 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64, "
 # per chunk step: at 64 rows the state-gradient step issues 8 [64, 64] × [64, 16] products at 32k,
 # at 128 rows 5 larger ones. H200 (f8dedb0, both knobs at once): gdn2 f+b 13.15 vs 13.04 ms at 32k
 # (forward 3.72 vs 3.57), 8.62 vs 8.66 at 2k; gdn 10.16 vs 10.51 at 32k (forward 2.56 vs 2.47),
-# 5.11 vs 4.98 at 2k. So the state kernel keeps 64; state_bwd_bk alone: see its figures below.
+# 5.11 vs 4.98 at 2k. So the state kernel keeps 64. state_bwd_bk = 128 alone (bec0c2c): gdn2 f+b
+# 12.24 vs 13.02 ms at 32k, forward unchanged; gdn 4.71 vs 4.70 at 2k. At 32k (16-wide value
+# blocks) gdn faulted once (illegal address) with it while autotuning: Triton 3.6's known fault of
+# a [128, 16] fp32 tile at 8 warps (kernels_notes v2), so such tiles autotune over 4 warps only
+# (wide_state_prune).
 # anchor_range: the pair products of a chunk (per-channel decay; the intra and gradient kernels)
 # factor every pair through one per-channel midpoint m when the tile's log-decay spans at most this
 # much in each channel (max − min of G over the chunk's rows): one product instead of the dyadic
@@ -142,6 +148,15 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64, "
 # The intermediates TUNING["scratch_bf16"] may list.
 SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def wide_state_prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Autotuning filter of the sequential kernels: a state tile of ≥ 128 rows by ≤ 16 values keeps
+    only its 4-warp candidates (Triton 3.6 faulted with an illegal address on such a tile at 8
+    warps, on the H100 and again on the H200)."""
+    if kwargs.get("BK", 0) >= 128 and kwargs.get("BV", 64) <= 16:
+        return [c for c in configs if c.num_warps == 4] or configs[:1]
+    return configs
 
 
 def launch_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[triton.Config]:

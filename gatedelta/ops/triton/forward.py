@@ -41,6 +41,7 @@ from .common import (
     pair_matrices,
     prepare_chunks,
     scratch_dtype,
+    wide_state_prune,
 )
 
 
@@ -435,6 +436,7 @@ def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H:
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT"],
+    prune_configs_by={"early_config_prune": wide_state_prune},
 )
 @triton.jit
 def chunk_state_kernel(
@@ -641,7 +643,9 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
 
     DECAY, ERASE, WRITE = gate_form(G), gate_form(b), gate_form(w)
     fused = DECAY in TUNING["fuse_wu"]
-    pre = DECAY in TUNING["pre_decayed_keys"] and DECAY > 0
+    # a fused form needs no W, U kernel in the forward: launched for the decayed operands alone,
+    # it pays only in the backward (whose state-gradient pass reads QG, EG too)
+    pre = DECAY > 0 and DECAY in TUNING["pre_decayed_keys"] and (not fused or q is not None)
     W = U = KD = QG = EG = None
     if ERASE and (not fused or pre):
         if not fused:
