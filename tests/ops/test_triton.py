@@ -358,6 +358,24 @@ def test_extreme_gates_are_finite_and_exact(value, flip, monkeypatch):
     _compare("gdn2", (q, k, v, g, b, w), s0, tol=TOL_EXTREME)
 
 
+@pytest.mark.parametrize("pre", [(1, 2), ()])
+def test_per_head_decay_varlen_with_resets(pre, monkeypatch):
+    # gdn's backward takes its decayed keys, γ ⊙ q and Ē from the W/U kernel (pre_decayed_keys has
+    # 1) or forms them in the sequential kernel: both across sequence boundaries that fall inside
+    # chunks, with hard resets (g = −inf) and zero erase gates
+    from gatedelta.ops.triton import common
+
+    monkeypatch.setitem(common.TUNING, "pre_decayed_keys", pre)
+    args, s0 = make_inputs("gdn", B=1, T=170, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    q, k, v, g, b = args
+    g, b = g.clone(), b.clone()
+    g[:, 5::23] = float("-inf")
+    b[:, 7::13] = 0.0
+    cu = torch.tensor([0, 30, 100, 170], dtype=torch.int32, device=DEV)
+    s0 = torch.randn(3, *s0.shape[1:])
+    _compare("gdn", (q, k, v, g, b), s0, tol=TOL_EXTREME, cu_seqlens=cu)
+
+
 # The pair products through one per-channel midpoint (TUNING["anchor_range"]): mild gates take them
 # in every chunk, a hard reset sends its chunk to the dyadic split, and both meet the reference.
 @pytest.mark.parametrize("op", ["gdn2", "kda", "gla"])
