@@ -23,6 +23,7 @@
 #   bash benchmarks/run_h200.sh slots    # next session: 128-row state slots (state_bk) at 32k / 2k, gdn2 and gdn
 #   bash benchmarks/run_h200.sh pre      # gdn's K block 64 in bf16; gdn's decayed keys from the W/U kernel; state_bwd_bk
 #   bash benchmarks/run_h200.sh final4   # new defaults (grad_bk_head, gdn's decayed keys, state_bwd_bk): check, FLA, ours
+#   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
 # Every step writes its JSON under $OUT as results come in; a step cut by its timeout keeps them.
@@ -203,6 +204,25 @@ final4)
     timeout 70 $K check --ops gdn2 kda gdn
     timeout 130 $K fla-speed --ops gdn2 kda --T 2048
     timeout 220 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768 ;;
+knobs)
+    # next session (kernels_notes Next item 000): values of existing knobs only. gdn's gradient
+    # kernel in one K block (grad_bk_head 128: dM, dT formed once per chunk; its backward is 3.36x
+    # its forward at 2k); the gradient V block 32 (kda -3 % at 2k) for gdn at 2k and gdn2 / kda at
+    # 32k; gdn2's forward with the state kernel forming R itself (fuse_wu, last timed before
+    # the midpoint path); linear attention's bf16 check (cut at bec0c2c); FLA's gdn forward beside
+    # ours in the same call (FLA refuses its backward on Triton 3.6)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 45 $K check --ops linear_attn
+    timeout 60 python3 benchmarks/tune_kernels.py --op gdn --keys grad_bk_head --values "[128]" \
+        --out $OUT/tune_gdn_2k_grad_bk_head.json
+    timeout 50 python3 benchmarks/tune_kernels.py --op gdn --keys grad_bv --values "[32]" --out $OUT/tune_gdn_2k_grad_bv.json
+    timeout 50 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys grad_bv --values "[32]" \
+        --out $OUT/tune_32k_grad_bv.json
+    timeout 50 python3 benchmarks/tune_kernels.py --op kda --T 32768 --keys grad_bv --values "[32]" \
+        --out $OUT/tune_kda_32k_grad_bv.json
+    timeout 60 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_wu --values "[(0, 1, 2)]" \
+        --out $OUT/tune_2k_fuse_wu.json
+    timeout 60 $K fla-speed speed --ops gdn --T 2048 ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
