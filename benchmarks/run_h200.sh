@@ -222,6 +222,10 @@ knobs)
         --out $OUT/tune_kda_32k_grad_bv.json
     timeout 60 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_wu --values "[(0, 1, 2)]" \
         --out $OUT/tune_2k_fuse_wu.json
+    # at 32k the forward's state kernel is latency-bound (128 programs): the output formed by a
+    # chunk-parallel kernel instead of inside its steps (fuse_output, last timed at 56cfdac)
+    timeout 50 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys fuse_output --values "[False]" \
+        --out $OUT/tune_32k_fuse_output.json
     timeout 60 $K fla-speed speed --ops gdn --T 2048 ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
