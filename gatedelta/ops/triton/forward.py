@@ -647,6 +647,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
     # it pays only in the backward (whose state-gradient pass reads QG, EG too)
     pre = DECAY > 0 and DECAY in TUNING["pre_decayed_keys"] and (not fused or q is not None)
     W = U = KD = QG = EG = None
+    x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
     if ERASE and (not fused or pre):
         if not fused:
             W, U = scratch("W", (Ttot, HV, K)), scratch("U", (Ttot, HV, V))
@@ -654,7 +655,6 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
             KD = scratch("KD", (Ttot, HV, K))
             if q is not None:
                 QG, EG = scratch("QG", (Ttot, HV, K)), scratch("EG", (Ttot, HV, K))
-        x = k if KD is None else KD  # placeholder pointer for absent tensors
         chunk_wu_kernel[(NT, HV)](
             k if q is None else q, k, v, b, k if w is None else w, k if G is None else G, A,
             x if W is None else W, x if U is None else U, x if KD is None else KD, x if QG is None else QG,
@@ -664,7 +664,6 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
             PREC=dot_precision(k.dtype),
         )
     ht = empty((N, HV, K, V), **f32)
-    x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
     if out is None:
         h, R = scratch("h", (NT, HV, K, V)), scratch("R", (Ttot, HV, V))
         q_o, M, o, scale = x, x, x, 1.0
