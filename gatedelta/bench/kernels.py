@@ -16,7 +16,8 @@ Steps (positional, run in the order given, each writing ``kernels_<step>_<tag>.j
   CUDA graph, as state traffic (fp32 state read + written).
 * ``check``: every op of DESIGN §1 in ``--ops`` (forward + backward, GVA, varlen, decode) in bf16
   against the float64 reference — a smoke test of each compile-time flag combination on this GPU.
-* ``profile``: CUDA time per kernel of one gdn2 / gdn forward + backward.
+* ``profile``: CUDA time per kernel of one forward + backward of each of ``--ops``.
+  ``fwd-profile``: of one forward, ours and (when installed) FLA's.
 
 FLA is optional: without it its rows are skipped. Example (what docs/benchmarks.md ran)::
 
@@ -327,32 +328,49 @@ def decode(out: dict, fla) -> None:
     SAVE()
 
 
-def profile(out: dict, lengths: tuple[int, ...] = (2048,)) -> None:
-    """CUDA time per kernel of one gdn2 / gdn forward + backward, H = 16, K = V = 128, 32k tokens
-    (B = 32768 / T) at each T of ``lengths``: which kernels grow with T at a fixed token count."""
+def profile(out: dict, lengths: tuple[int, ...] = (2048,), op_names: tuple[str, ...] = ("gdn2", "gdn"),
+            fla=None, forward_only: bool = False) -> None:
+    """CUDA time per kernel of one forward + backward (``forward_only``: one forward) of each op,
+    H = 16, K = V = 128, 32k tokens (B = 32768 / T) at each T of ``lengths``: which kernels grow with
+    T at a fixed token count, and (with ``fla``) where FLA's time goes beside ours."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     for T in lengths:
-        for op in ("gdn2", "gdn"):
-            x = [t.requires_grad_() for t in _speed_inputs(max(1, 32768 // T), T, 16, 128, 128, op)]
+        for op in (o_ for o_ in op_names if o_ != "sdpa"):
+            x = _speed_inputs(max(1, 32768 // T), T, 16, 128, 128, op)
+            x = [t.requires_grad_(not forward_only) for t in x]
+            calls = [("ours", lambda *a, _op=op: getattr(ops, _op)(*a, backend="triton")[0])]
+            if fla is not None:
+                fn = fla[{"gdn2": "chunk_gdn2", "kda": "chunk_kda", "gdn": "chunk_gdn"}[op]]
+                calls.append(("fla", lambda *a, _fn=fn: _fn(*a)[0]))
+            for who, call in calls:
+                def fn(call=call, x=x):  # autograd.grad: no accumulation kernels into .grad in the profile
+                    if forward_only:
+                        with torch.no_grad():
+                            call(*x)
+                    else:
+                        torch.autograd.grad(call(*x), x, torch.ones_like(x[2]))
 
-            def fn(op=op, x=x):  # autograd.grad: no accumulation kernels into .grad in the profile
-                torch.autograd.grad(getattr(ops, op)(*x, backend="triton")[0], x, torch.ones_like(x[2]))
-
-            fn()
-            torch.cuda.synchronize()
-            with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-                fn()
-                torch.cuda.synchronize()
-            per = {}
-            for e in prof.key_averages():
-                if e.device_time_total > 0:
-                    per[e.key[:60]] = e.device_time_total / 1e3
-            name = op if T == 2048 else f"{op}_T{T}"
-            out[name] = dict(sorted(per.items(), key=lambda kv: -kv[1])[:12])
-            print(f"profile {name} (ms): " + json.dumps(out[name]), flush=True)
-            SAVE()
+                try:
+                    fn()
+                    torch.cuda.synchronize()
+                    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        fn()
+                        torch.cuda.synchronize()
+                except Exception as e:  # noqa: BLE001 — FLA refuses some backwards on Triton 3.6
+                    print(f"profile {who} {op}: {e!r}", flush=True)
+                    continue
+                per = {}
+                for e in prof.key_averages():
+                    if e.device_time_total > 0:
+                        per[e.key[:60]] = e.device_time_total / 1e3
+                name = ("" if who == "ours" else who + "_") + op + ("_fwd" if forward_only else "")
+                name += "" if T == 2048 else f"_T{T}"
+                top = dict(sorted(per.items(), key=lambda kv: -kv[1])[:12])
+                out[name] = {"total_ms": sum(per.values()), **top}
+                print(f"profile {name} (ms): " + json.dumps(out[name]), flush=True)
+                SAVE()
 
 
 def _env(ceilings: bool = True) -> dict:
@@ -434,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="gatedelta bench kernels", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("steps", nargs="*", default=["accuracy", "speed", "decode", "check"],
-                   help="any of: accuracy speed decode check profile fla-accuracy fla-speed")
+                   help="any of: accuracy speed decode check profile fwd-profile fla-accuracy fla-speed")
     p.add_argument("--T", type=int, nargs="*", default=[2048, 8192, 32768], help="lengths (speed, profile)")
     p.add_argument("--out", default=os.environ.get("OUT", "benchmarks/results"), help="output folder")
     p.add_argument("--tag", default="h100", help="file name suffix: kernels_<step>_<tag>.json")
@@ -448,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         print("gatedelta bench kernels needs a CUDA GPU")
         return 1
     os.makedirs(a.out, exist_ok=True)
-    fla = _fla() if any(s_.startswith("fla") or s_ == "decode" for s_ in a.steps) else None
+    fla = _fla() if any(s_.startswith("fla") or s_ in ("decode", "fwd-profile") for s_ in a.steps) else None
     env = _env(not a.no_ceilings)
     if overrides:
         env["tuning"] = overrides
@@ -458,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa"), op_names=tuple(a.ops)),
         "decode": lambda o: decode(o, fla),
         "check": lambda o: check(o, op_names=tuple(a.ops)),
-        "profile": lambda o: profile(o, tuple(a.T)),
+        "profile": lambda o: profile(o, tuple(a.T), tuple(a.ops)),
+        "fwd-profile": lambda o: profile(o, tuple(a.T), tuple(a.ops), fla, forward_only=True),
         "fla-accuracy": lambda o: accuracy(o, fla, who=("fla",)),
         "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",), op_names=tuple(a.ops)),
     }

@@ -286,7 +286,7 @@ def test_head_dims_not_powers_of_two():
 
 @pytest.mark.parametrize("op", ["gdn2", "gdn"])
 def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
-    # The GPU widths (64-wide V blocks in the gradient kernel, 32- or 64-wide K blocks in the intra and
+    # The GPU widths (32-wide V blocks in the gradient kernel, 32- or 64-wide K blocks in the intra and
     # gradient kernels) cover the small test dims in one tile; 16-wide blocks make every K / V loop
     # run several times, the last tile part-masked (K = 40, V = 40: three blocks of 16).
     from gatedelta.ops.triton import common

@@ -89,7 +89,7 @@ CHUNK = 64
 # fp32 state, not bf16 h (interpreter, bf16 inputs: the output's own error 3.52e-3 → 3.37e-3).
 # H200 (56cfdac): gdn2 2k fwd 3.72 → 3.40 ms, f+b 15.17 → 14.87; 32k f+b 20.01 → 19.97; gdn 2k
 # fwd 1.81 → 1.61; accuracy unchanged (forward 3.83e-3–3.88e-3, gradients 3.76e-3–5.03e-3).
-TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64, "grad_bv": 64,
+TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64, "grad_bv": 32,
           "fuse_wu": (0, 1), "state_bv_min": 16, "split_solve": True, "pair_bf16": False,
           "pre_decayed_keys": (1, 2), "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"),
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
@@ -97,7 +97,10 @@ TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64, "
 # grad_bk / grad_bk_head: the gradient kernel's K block for per-channel decay (its pair split keeps
 # ~8 [BT, BK] fp32 tiles live) and for per-head or no decay (no pair split; each K block re-forms
 # dM and dT, so fewer, wider blocks pay). H200 (f8dedb0): gdn f+b at 2k 4.98 ms at 32, 4.69 at 64,
-# 5.99 at 16.
+# 5.99 at 16; 128 (one block, 9f2df37): 4.96.
+# grad_bv: the gradient kernel's V block. 32 vs 64 (H200, each timed beside the defaults in one
+# call, a455d83 / 9f2df37), f+b ms: gdn2 8.47 vs 8.56 at 2k, 12.05 vs 12.17 at 32k; kda 8.01 vs
+# 8.27, 11.62 vs 11.86; gdn 4.52 vs 4.69, 8.23 vs 8.38. Forward unchanged.
 # state_bk, state_bwd_bk: rows per slot of the state (forward) and state-gradient tiles of the
 # sequential kernels (64: two slots at K = 128; 128: one). Each slot costs its own small products
 # per chunk step: at 64 rows the state-gradient step issues 8 [64, 64] × [64, 16] products at 32k,
