@@ -23,6 +23,7 @@
 #   bash benchmarks/run_h200.sh slots    # next session: 128-row state slots (state_bk) at 32k / 2k, gdn2 and gdn
 #   bash benchmarks/run_h200.sh pre      # gdn's K block 64 in bf16; gdn's decayed keys from the W/U kernel; state_bwd_bk
 #   bash benchmarks/run_h200.sh final4   # new defaults (grad_bk_head, gdn's decayed keys, state_bwd_bk): check, FLA, ours
+#   bash benchmarks/run_h200.sh gdnfwd   # gdn's forward beside FLA's, kernel by kernel; its forward knobs
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -227,6 +228,13 @@ knobs)
     timeout 50 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys fuse_output --values "[False]" \
         --out $OUT/tune_32k_fuse_output.json
     timeout 60 $K fla-speed speed --ops gdn --T 2048 ;;
+gdnfwd)
+    # 2026-11-29 (night): FLA's gdn forward took 0.845 ms beside our 1.07 (9f2df37, same call).
+    # Where each one's forward time goes, kernel by kernel, and gdn's forward-side knobs.
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 120 $K fwd-profile --ops gdn gdn2 kda --T 2048
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys fuse_output fuse_wu state_bv_max \
+        --out $OUT/tune_gdn_2k_fwd.json ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
