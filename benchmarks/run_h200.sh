@@ -24,6 +24,7 @@
 #   bash benchmarks/run_h200.sh pre      # gdn's K block 64 in bf16; gdn's decayed keys from the W/U kernel; state_bwd_bk
 #   bash benchmarks/run_h200.sh final4   # new defaults (grad_bk_head, gdn's decayed keys, state_bwd_bk): check, FLA, ours
 #   bash benchmarks/run_h200.sh gdnfwd   # gdn's forward beside FLA's, kernel by kernel; its forward knobs
+#   bash benchmarks/run_h200.sh native   # the intra kernel's native 16-bit products (per-head decay)
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -235,6 +236,17 @@ gdnfwd)
     timeout 120 $K fwd-profile --ops gdn gdn2 kda --T 2048
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys fuse_output fuse_wu state_bv_max \
         --out $OUT/tune_gdn_2k_fwd.json ;;
+native)
+    # intra kernel on the inputs' own 16-bit operands for per-head / no decay (gdn's forward: intra
+    # 0.277 + solve 0.127 ms vs FLA's fused KKᵀ + solve 0.191): bf16 check, speed, the solve in
+    # the intra kernel and its K block for gdn; gdn2 / kda with the output kernel at 2k
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 80 $K check --ops gdn delta_rule ssd linear_attn
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys split_solve intra_bk_head \
+        --out $OUT/tune_gdn_2k_native.json
+    timeout 60 $K fwd-profile --ops gdn --T 2048
+    timeout 60 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_output --out $OUT/tune_gdn2_2k_fuse_output.json
+    timeout 60 python3 benchmarks/tune_kernels.py --op kda --keys fuse_output --out $OUT/tune_kda_2k_fuse_output.json ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json

@@ -22,10 +22,10 @@ from gatedelta import ops
 from gatedelta.ops.triton.common import TUNING
 
 # anchor_range acts on both
-FORWARD_KEYS = ("intra_bk", "output_bk", "split_solve", "fuse_output", "solve_warps")
+FORWARD_KEYS = ("intra_bk", "intra_bk_head", "output_bk", "split_solve", "fuse_output", "solve_warps")
 # values tried for each entry; the current default of each is skipped (warps and pipeline stages
 # are autotuned by the kernels themselves)
-CHOICES = {"intra_bk": [16, 32, 64], "output_bk": [64, 128], "grad_bk": [16, 32, 64],
+CHOICES = {"intra_bk": [16, 32, 64], "intra_bk_head": [32, 64, 128], "output_bk": [64, 128], "grad_bk": [16, 32, 64],
            "grad_bv": [16, 32, 64, 128], "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32],
            "split_solve": [False, True],
            "pair_bf16": [False, True], "pre_decayed_keys": [(2,), (1, 2)],

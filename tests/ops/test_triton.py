@@ -291,7 +291,7 @@ def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
     # run several times, the last tile part-masked (K = 40, V = 40: three blocks of 16).
     from gatedelta.ops.triton import common
 
-    for name in ("grad_bv", "grad_bk", "grad_bk_head", "intra_bk"):
+    for name in ("grad_bv", "grad_bk", "grad_bk_head", "intra_bk", "intra_bk_head"):
         monkeypatch.setitem(common.TUNING, name, 16)
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=2, K=40, V=40, dtype=torch.float32)
     _compare(op, args, s0)

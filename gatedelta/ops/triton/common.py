@@ -89,8 +89,8 @@ CHUNK = 64
 # fp32 state, not bf16 h (interpreter, bf16 inputs: the output's own error 3.52e-3 → 3.37e-3).
 # H200 (56cfdac): gdn2 2k fwd 3.72 → 3.40 ms, f+b 15.17 → 14.87; 32k f+b 20.01 → 19.97; gdn 2k
 # fwd 1.81 → 1.61; accuracy unchanged (forward 3.83e-3–3.88e-3, gradients 3.76e-3–5.03e-3).
-TUNING = {"intra_bk": 32, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64, "grad_bv": 32,
-          "fuse_wu": (0, 1), "state_bv_min": 16, "split_solve": True, "pair_bf16": False,
+TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64,
+          "grad_bv": 32, "fuse_wu": (0, 1), "state_bv_min": 16, "split_solve": True, "pair_bf16": False,
           "pre_decayed_keys": (1, 2), "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"),
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
           "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128}

@@ -30,6 +30,7 @@ import triton.language as tl
 from .common import (
     CHUNK,
     G_MIN,
+    INTERPRET,
     TUNING,
     chunk_rows,
     dot_precision,
@@ -218,17 +219,19 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
     # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
     # stack were timed on the H200 and lost (2026-11-29).
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE"],
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE"],
 )
 @triton.jit
 def chunk_intra_kernel(
     q, k, b, G, M, A, cu_seqlens, chunk_indices, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
-    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr,
+    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
 ):
     """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
-    erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk)."""
+    erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk). NATIVE (not under
+    the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9): per-head or no decay and no
+    per-channel erase gate multiply the inputs as they are, not converted to fp32 first."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -239,18 +242,33 @@ def chunk_intra_kernel(
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
-        b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
-        b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
+        p_q = q + (o_row[:, None] * H + i_h) * K + o_k[None, :]
         if DECAY == 2:
+            b_q = tl.load(p_q, mask=m_tk, other=0).to(tl.float32)
+            b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
             b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
             b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, bos + i_c * BT, eos, i_hv, o_t, o_k, o_k < K,
                                        HV, K, BT, ERASE > 0, PREC, LOW, RANGE)
             b_M += b_Mk
             b_T += b_Tk
-        else:
+        elif ERASE < 2:
+            # the inputs' own operands (NATIVE): 16-bit products are exact in the fp32 accumulator,
+            # as tf32's are, at twice the rate and half the operand bytes. A scalar erase gate
+            # scales T's rows after the loop instead of rounding b ⊙ k to 16 bits.
+            b_q = tl.load(p_q, mask=m_tk, other=0)
+            b_k = tl.load(k + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0)
+            if not NATIVE:
+                b_q, b_k = b_q.to(tl.float32), b_k.to(tl.float32)
             b_M += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
             if ERASE > 0:
-                b_T += tl.dot(b_e, tl.trans(b_k), input_precision=PREC)
+                b_T += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+        else:
+            b_q = tl.load(p_q, mask=m_tk, other=0).to(tl.float32)
+            b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
+            b_M += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+            b_T += tl.dot(b_e, tl.trans(b_k), input_precision=PREC)
+    if DECAY < 2 and ERASE == 1:
+        b_T *= tl.load(b + o_row * HV + i_hv, mask=m_t, other=0).to(tl.float32)[:, None]
     if DECAY == 1:
         b_G1 = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
         b_rho = tl.exp(tl.minimum(b_G1[:, None] - b_G1[None, :], 0.0))
@@ -610,9 +628,10 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
         q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
         cu, chunk_indices, scale,
         # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
-        H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk"] if DECAY == 2 else 64, _pow2(K)),
+        H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk" if DECAY == 2 else "intra_bk_head"], _pow2(K)),
         DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
         LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=float(TUNING["anchor_range"]),
+        NATIVE=not INTERPRET,
     )
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
