@@ -25,6 +25,7 @@
 #   bash benchmarks/run_h200.sh final4   # new defaults (grad_bk_head, gdn's decayed keys, state_bwd_bk): check, FLA, ours
 #   bash benchmarks/run_h200.sh gdnfwd   # gdn's forward beside FLA's, kernel by kernel; its forward knobs
 #   bash benchmarks/run_h200.sh native   # the intra kernel's native 16-bit products (per-head decay)
+#   bash benchmarks/run_h200.sh final5   # pre_gated_q, solve_maxnreg; FLA and ours at 2k, ours at 32k
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -247,6 +248,16 @@ native)
     timeout 60 $K fwd-profile --ops gdn --T 2048
     timeout 60 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_output --out $OUT/tune_gdn2_2k_fuse_output.json
     timeout 60 python3 benchmarks/tune_kernels.py --op kda --keys fuse_output --out $OUT/tune_kda_2k_fuse_output.json ;;
+final5)
+    # 2026-11-29 (night): γ ⊙ q for the forward's output from the W, U kernel (pre_gated_q) and a
+    # register cap on the solve kernel (solve_maxnreg), each timed beside the defaults; bf16 check;
+    # then FLA 0.6.0 and ours in the same call at 2k (gdn2, kda, gdn, SDPA) and ours at 32k
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 70 $K check --ops gdn2 kda
+    timeout 170 python3 benchmarks/tune_kernels.py --op gdn2 --keys pre_gated_q solve_maxnreg --out $OUT/tune_gdn2_2k.json
+    timeout 50 python3 benchmarks/tune_kernels.py --op kda --keys pre_gated_q --out $OUT/tune_kda_2k.json
+    timeout 150 $K fla-speed speed --ops gdn2 kda gdn sdpa --T 2048
+    timeout 70 $K speed --ops gdn2 kda gdn --T 32768 --tag h200-32k ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json

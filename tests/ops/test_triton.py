@@ -74,21 +74,23 @@ def test_forward_backward_every_op(op):
 # kernel (else at the end of the intra kernel); pre_decayed_keys has the W/U kernel write the
 # decayed keys of the listed decay forms for the sequential kernels (else they form them; for a
 # form in fuse_wu too, the W/U kernel writes only those); fuse_output has the
-# forward's state kernel form the output (else chunk_output_kernel does, from h and R). pair_bf16 and
-# scratch_bf16 only act on 16-bit inputs (below).
+# forward's state kernel form the output (else chunk_output_kernel does, from h and R), and
+# pre_gated_q has it read γ ⊙ q from the W/U kernel under per-channel decay (else it forms it).
+# pair_bf16 and scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name in ("fuse_wu", "pre_decayed_keys"):
         return tuple(form for form in (0, 1, 2) if form not in value)
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "pre_gated_q")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
                          + [("gdn", SWITCHES), ("gdn", ("pre_decayed_keys",)), ("gdn", ("fuse_wu",)),
                             ("delta_rule", SWITCHES),
-                            ("kda", ("pre_decayed_keys",)), ("gla", ("pre_decayed_keys", "fuse_output")),
+                            ("kda", ("pre_decayed_keys",)), ("kda", ("pre_gated_q",)),
+                            ("gla", ("pre_decayed_keys", "fuse_output")),
                             ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
     # each switch flipped alone from the defaults (gdn2), all of them at once (gdn, delta_rule); for

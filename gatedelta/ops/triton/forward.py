@@ -299,7 +299,8 @@ def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.co
 
 @triton.autotune(
     launch_configs((4,), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "STORE_WU", "PRE_KD", "PRE_QE"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "STORE_WU", "PRE_KD", "PRE_QG",
+         "PRE_EG"],
 )
 @triton.jit
 def chunk_wu_kernel(
@@ -307,13 +308,14 @@ def chunk_wu_kernel(
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, STORE_WU: tl.constexpr,
-    PRE_KD: tl.constexpr, PRE_QE: tl.constexpr, PREC: tl.constexpr,
+    PRE_KD: tl.constexpr, PRE_QG: tl.constexpr, PRE_EG: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (chunk, value head): with STORE_WU, ``W = A Ē`` ``[Ttot, HV, K]`` (Ē rows
     ``γ_r ⊙ e_r``, factors ≤ 1 only) and ``U = A Z`` ``[Ttot, HV, V]`` for the unfused state
     kernel; with PRE_KD (a decay) the decayed keys ``k̃_r = exp(G_C − G_r) ⊙ k_r`` into KD
     ``[Ttot, HV, K]``, which the sequential kernels then read (:func:`decayed_keys`), and with
-    PRE_QE (for the backward's sequential kernel) ``γ_r ⊙ q_r`` and Ē into QG and EG. Without
+    PRE_QG ``γ_r ⊙ q_r`` into QG (for the forward's output, per-channel decay, and the backward's
+    sequential kernel) and PRE_EG Ē into EG (for the latter). Without
     STORE_WU (the state kernel forms R from A itself) only the decayed operands."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
@@ -343,10 +345,11 @@ def chunk_wu_kernel(
             b_e *= b_gam
             if PRE_KD:
                 tl.store(KD + p_tk, b_k * b_kdec, mask=m_tk)
-                if PRE_QE:
-                    b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0)
-                    tl.store(QG + p_tk, b_q.to(tl.float32) * b_gam, mask=m_tk)
-                    tl.store(EG + p_tk, b_e, mask=m_tk)
+            if PRE_QG:
+                b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0)
+                tl.store(QG + p_tk, b_q.to(tl.float32) * b_gam, mask=m_tk)
+            if PRE_EG:
+                tl.store(EG + p_tk, b_e, mask=m_tk)
         if STORE_WU:
             tl.store(W + p_tk, tl.dot(b_A, b_e, input_precision=PREC), mask=m_tk)
     if STORE_WU:
@@ -388,14 +391,19 @@ def decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.conste
 
 
 @triton.jit
-def output_slot(b_S, q, G, o_row, m_t, i_h, i_hv, o_s, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr,
-                DECAY: tl.constexpr, PREC: tl.constexpr):
+def output_slot(b_S, q, G, QG, o_row, m_t, i_h, i_hv, o_s, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr,
+                DECAY: tl.constexpr, PRE_QG: tl.constexpr, PREC: tl.constexpr):
     """The K rows ``o_s``'s share of ``(γ ⊙ Q) S₀`` ``[BT, BV]`` for a ``[len(o_s), BV]`` slice of
-    the incoming state (per-head γ is left to :func:`output_finish`)."""
+    the incoming state (per-head γ is left to :func:`output_finish`). PRE_QG (per-channel decay):
+    ``γ ⊙ q`` read from QG ``[Ttot, HV, K]``, which :func:`chunk_wu_kernel` wrote once per chunk,
+    instead of formed by every value-block program."""
     m_tk = m_t[:, None] & (o_s < K)[None, :]
-    b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_s[None, :], mask=m_tk, other=0).to(tl.float32)
-    if DECAY == 2:
-        b_q *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0))
+    if DECAY == 2 and PRE_QG:
+        b_q = tl.load(QG + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0).to(tl.float32)
+    else:
+        b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_s[None, :], mask=m_tk, other=0).to(tl.float32)
+        if DECAY == 2:
+            b_q *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0))
     return tl.dot(b_q, b_S, input_precision=PREC)
 
 
@@ -453,17 +461,17 @@ def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H:
 
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT", "PRE_QG"],
     prune_configs_by={"early_config_prune": wide_state_prune},
 )
 @triton.jit
 def chunk_state_kernel(
-    k, v, b, w, G, A, W, U, KD, R, h, h0, ht, q, M, o, cu_seqlens, chunk_offsets, scale,
+    k, v, b, w, G, A, W, U, KD, R, h, h0, ht, q, QG, M, o, cu_seqlens, chunk_offsets, scale,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FUSED_WU: tl.constexpr,
     PRE_KD: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, OUT: tl.constexpr,
-    PREC: tl.constexpr,
+    PRE_QG: tl.constexpr, PREC: tl.constexpr,
 ):
     """One program per (value block, sequence·head), walking the sequence's chunks in order.
 
@@ -518,13 +526,16 @@ def chunk_state_kernel(
             b_Y -= state_slot_step(b_S3, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s3,
                                    o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT)
         if OUT:  # the output's state term, from S₀ before phase 2 updates it
-            b_O = output_slot(b_S0, q, G, o_row, m_t, i_h, i_hv, o_s0, H, HV, K, DECAY, PREC)
+            b_O = output_slot(b_S0, q, G, QG, o_row, m_t, i_h, i_hv, o_s0, H, HV, K, DECAY, PRE_QG, PREC)
             if K > BK:
-                b_O += output_slot(b_S1, q, G, o_row, m_t, i_h, i_hv, o_s1, H, HV, K, DECAY, PREC)
+                b_O += output_slot(b_S1, q, G, QG, o_row, m_t, i_h, i_hv, o_s1, H, HV, K, DECAY, PRE_QG,
+                                   PREC)
             if K > 2 * BK:
-                b_O += output_slot(b_S2, q, G, o_row, m_t, i_h, i_hv, o_s2, H, HV, K, DECAY, PREC)
+                b_O += output_slot(b_S2, q, G, QG, o_row, m_t, i_h, i_hv, o_s2, H, HV, K, DECAY, PRE_QG,
+                                   PREC)
             if K > 3 * BK:
-                b_O += output_slot(b_S3, q, G, o_row, m_t, i_h, i_hv, o_s3, H, HV, K, DECAY, PREC)
+                b_O += output_slot(b_S3, q, G, QG, o_row, m_t, i_h, i_hv, o_s3, H, HV, K, DECAY, PRE_QG,
+                                   PREC)
         if ERASE > 0 and FUSED_WU:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
             b_R = tl.dot(b_A.to(tl.float32), b_Y, input_precision=PREC)
@@ -572,7 +583,7 @@ def chunk_output_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         b_h = tl.load(h + (i_t.to(tl.int64) * HV + i_hv) * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=(o_k < K)[:, None] & m_v[None, :], other=0).to(tl.float32)
-        b_o += output_slot(b_h, q, G, o_row, m_t, i_h, i_hv, o_k, H, HV, K, DECAY, PREC)
+        b_o += output_slot(b_h, q, G, q, o_row, m_t, i_h, i_hv, o_k, H, HV, K, DECAY, False, PREC)
     p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     b_R = tl.load(R + p_tv, mask=m_tv, other=0).to(tl.float32)
@@ -601,6 +612,12 @@ def state_block_v(V: int, K: int, programs: int) -> int:
     while BV > lo and programs * triton.cdiv(V, BV) < 256:
         BV //= 2
     return BV
+
+
+def solve_regs() -> dict:
+    """The solve kernel's register cap (``TUNING["solve_maxnreg"]``, 0: none): its one-warp programs
+    are latency-bound, so more of them resident per SM may pay for a little spilling."""
+    return {"maxnreg": TUNING["solve_maxnreg"]} if TUNING["solve_maxnreg"] and not INTERPRET else {}
 
 
 def chunk_cumdecay(g, cu, chunk_indices, NT):
@@ -635,7 +652,7 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     )
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
-                                     num_warps=TUNING["solve_warps"])
+                                     num_warps=TUNING["solve_warps"], **solve_regs())
     return M, A
 
 
@@ -648,7 +665,8 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
     (decay forms in ``TUNING["pre_decayed_keys"]``; QG = γ ⊙ q and EG = Ē only when ``q`` is
     given, for the backward's sequential kernel), else ``(None, None, None)``. ht is fp32, the rest
     stored in :func:`scratch_dtype`. With ``out = (q, M, o, scale)`` the state kernel writes the
-    output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``).
+    output into o instead of h and R (returned as None; ``TUNING["fuse_output"]``), reading γ ⊙ q
+    from a QG the W, U kernel writes for it under per-channel decay (``TUNING["pre_gated_q"]``).
 
     With a CUDA ``stream`` the state kernel (not the W, U kernel, whose KD, QG, EG the caller may
     need at once) runs on that stream, after the work queued so far on the current one; every
@@ -665,6 +683,9 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
     # a fused form needs no W, U kernel in the forward: launched for the decayed operands alone,
     # it pays only in the backward (whose state-gradient pass reads QG, EG too)
     pre = DECAY > 0 and DECAY in TUNING["pre_decayed_keys"] and (not fused or q is not None)
+    # the forward's output with per-channel decay: γ ⊙ q once per chunk too (TUNING["pre_gated_q"])
+    q_wu = q if out is None else out[0]
+    qg_out = bool(ERASE) and pre and out is not None and DECAY == 2 and TUNING["pre_gated_q"]
     W = U = KD = QG = EG = None
     x = k  # placeholder pointer for absent tensors (never read: the flags compile them out)
     if ERASE and (not fused or pre):
@@ -672,15 +693,17 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
             W, U = scratch("W", (Ttot, HV, K)), scratch("U", (Ttot, HV, V))
         if pre:
             KD = scratch("KD", (Ttot, HV, K))
+            if q is not None or qg_out:
+                QG = scratch("QG", (Ttot, HV, K))
             if q is not None:
-                QG, EG = scratch("QG", (Ttot, HV, K)), scratch("EG", (Ttot, HV, K))
+                EG = scratch("EG", (Ttot, HV, K))
         chunk_wu_kernel[(NT, HV)](
-            k if q is None else q, k, v, b, k if w is None else w, k if G is None else G, A,
+            k if q_wu is None else q_wu, k, v, b, k if w is None else w, k if G is None else G, A,
             x if W is None else W, x if U is None else U, x if KD is None else KD, x if QG is None else QG,
             x if EG is None else EG, cu, chunk_indices,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=min(64, _pow2(K)), BV=min(64, _pow2(V)), DECAY=DECAY,
-            ERASE=ERASE, WRITE=WRITE, STORE_WU=not fused, PRE_KD=KD is not None, PRE_QE=QG is not None,
-            PREC=dot_precision(k.dtype),
+            ERASE=ERASE, WRITE=WRITE, STORE_WU=not fused, PRE_KD=KD is not None, PRE_QG=QG is not None,
+            PRE_EG=EG is not None, PREC=dot_precision(k.dtype),
         )
     ht = empty((N, HV, K, V), **f32)
     if out is None:
@@ -692,12 +715,13 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
     BV = state_block_v(V, K, N * HV)
     args = (k, v, x if b is None else b, x if w is None else w, x if G is None else G, x if A is None else A,
             x if W is None else W, x if U is None else U, x if KD is None else KD, x if R is None else R,
-            x if h is None else h, ht if h0 is None else h0, ht, q_o, M, o, cu, chunk_offsets)
+            x if h is None else h, ht if h0 is None else h0, ht, q_o, x if QG is None else QG, M, o, cu,
+            chunk_offsets)
     launch = functools.partial(
         chunk_state_kernel[(triton.cdiv(V, BV), N * HV)], *args, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE, WRITE=WRITE,
         FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True, OUT=out is not None,
-        PREC=dot_precision(k.dtype),
+        PRE_QG=qg_out, PREC=dot_precision(k.dtype),
     )
     if stream is None:
         launch()
