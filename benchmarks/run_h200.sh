@@ -255,8 +255,8 @@ final5)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     timeout 70 $K check --ops gdn2 kda
     timeout 170 python3 benchmarks/tune_kernels.py --op gdn2 --keys pre_gated_q solve_maxnreg --out $OUT/tune_gdn2_2k.json
-    timeout 50 python3 benchmarks/tune_kernels.py --op kda --keys pre_gated_q --out $OUT/tune_kda_2k.json
-    timeout 150 $K fla-speed speed --ops gdn2 kda gdn sdpa --T 2048
+    timeout 90 python3 benchmarks/tune_kernels.py --op kda --keys pre_gated_q --out $OUT/tune_kda_2k.json
+    timeout 160 $K fla-speed speed --ops gdn2 kda gdn sdpa --T 2048
     timeout 70 $K speed --ops gdn2 kda gdn --T 32768 --tag h200-32k ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
