@@ -250,7 +250,8 @@ native)
     timeout 60 python3 benchmarks/tune_kernels.py --op kda --keys fuse_output --out $OUT/tune_kda_2k_fuse_output.json ;;
 final5)
     # 2026-11-29 (night): γ ⊙ q for the forward's output from the W, U kernel (pre_gated_q) and a
-    # register cap on the solve kernel (solve_maxnreg), each timed beside the defaults; bf16 check;
+    # register cap on the solve kernel (solve_maxnreg: measured and removed, code at 45b8f6c), each
+    # timed beside the defaults; bf16 check;
     # then FLA 0.6.0 and ours in the same call at 2k (gdn2, kda, gdn, SDPA) and ours at 32k
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     timeout 70 $K check --ops gdn2 kda

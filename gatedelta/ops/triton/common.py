@@ -93,12 +93,23 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
           "grad_bv": 32, "fuse_wu": (0, 1), "state_bv_min": 16, "split_solve": True, "pair_bf16": False,
           "pre_decayed_keys": (1, 2), "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"),
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
-          "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True,
-          "solve_maxnreg": 0}
+          "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True}
 # grad_bk / grad_bk_head: the gradient kernel's K block for per-channel decay (its pair split keeps
 # ~8 [BT, BK] fp32 tiles live) and for per-head or no decay (no pair split; each K block re-forms
 # dM and dT, so fewer, wider blocks pay). H200 (f8dedb0): gdn f+b at 2k 4.98 ms at 32, 4.69 at 64,
 # 5.99 at 16; 128 (one block, 9f2df37): 4.96.
+# intra_bk_head: the intra kernel's K block for per-head or no decay, which multiplies the inputs'
+# own 16-bit operands there (NATIVE: exact products, fp32 accumulation; T = Diag(b) K Kᵀ, the
+# erase gate applied to T's rows). H200, gdn at 2k (31d4986): intra kernel 0.277 → 0.178 ms, forward
+# 1.068 → 0.985, f+b 4.50 → 4.45; K block 32: forward 1.106, 128: 1.120. The solve at the end of
+# that kernel instead of its own (split_solve off) was 1.374.
+# pre_gated_q: under per-channel decay the W, U kernel (which runs anyway) writes γ ⊙ q once per
+# chunk for the forward's output, instead of every value-block program of the state kernel loading
+# G and forming it at every chunk step. H200 (45b8f6c, 2k): gdn2 forward 2.343 → 2.302 ms, f+b
+# 8.53 → 8.49; kda 2.233 → 2.209, 8.08 → 8.05; interpreter bf16 output error 4.79e-3 → 4.80e-3.
+# Measured and removed the same night: a register cap on the one-warp solve kernel (more programs
+# resident per SM for its latency-bound substitution): gdn2 forward 2.302 ms without, 2.297 at 168
+# registers, 2.312 at 128 (45b8f6c).
 # grad_bv: the gradient kernel's V block. 32 vs 64 (H200, each timed beside the defaults in one
 # call, a455d83 / 9f2df37), f+b ms: gdn2 8.47 vs 8.56 at 2k, 12.05 vs 12.17 at 32k; kda 8.01 vs
 # 8.27, 11.62 vs 11.86; gdn 4.52 vs 4.69, 8.23 vs 8.38. Forward unchanged.

@@ -614,12 +614,6 @@ def state_block_v(V: int, K: int, programs: int) -> int:
     return BV
 
 
-def solve_regs() -> dict:
-    """The solve kernel's register cap (``TUNING["solve_maxnreg"]``, 0: none): its one-warp programs
-    are latency-bound, so more of them resident per SM may pay for a little spilling."""
-    return {"maxnreg": TUNING["solve_maxnreg"]} if TUNING["solve_maxnreg"] and not INTERPRET else {}
-
-
 def chunk_cumdecay(g, cu, chunk_indices, NT):
     """Stage 0: G, fp32 like g (per head or per channel), or None without decay."""
     if g is None:
@@ -652,7 +646,7 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     )
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
-                                     num_warps=TUNING["solve_warps"], **solve_regs())
+                                     num_warps=TUNING["solve_warps"])
     return M, A
 
 
