@@ -26,6 +26,7 @@
 #   bash benchmarks/run_h200.sh gdnfwd   # gdn's forward beside FLA's, kernel by kernel; its forward knobs
 #   bash benchmarks/run_h200.sh native   # the intra kernel's native 16-bit products (per-head decay)
 #   bash benchmarks/run_h200.sh final5   # pre_gated_q, solve_maxnreg; FLA and ours at 2k, ours at 32k
+#   bash benchmarks/run_h200.sh check6   # bf16 check of kda, ssd, linear_attn, gla; per-kernel profile
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -259,6 +260,11 @@ final5)
     timeout 90 python3 benchmarks/tune_kernels.py --op kda --keys pre_gated_q --out $OUT/tune_kda_2k.json
     timeout 160 $K fla-speed speed --ops gdn2 kda gdn sdpa --T 2048
     timeout 70 $K speed --ops gdn2 kda gdn --T 32768 --tag h200-32k ;;
+check6)
+    # after the native intra products and pre_gated_q (2f4d324): the bf16 check of the ops not yet
+    # checked on the GPU since, and where the forward + backward time goes per kernel at 2k
+    timeout 120 $K check --ops kda ssd linear_attn gla
+    timeout 80 $K profile --ops gdn2 kda gdn --T 2048 --tag h200-2f4d324 ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
