@@ -60,14 +60,6 @@ def invert_diagonal_blocks(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexp
     m = rows < eos
     b_T = tl.load(p, mask=m, other=0).to(tl.float32)
     tl.debug_barrier()  # every thread has read its T before any writes an inverse over it
-    tl.store(p, unit_lower_inverse_16(b_T), mask=m)
-
-
-@triton.jit
-def unit_lower_inverse_16(b_T):
-    """``(I + T_b)⁻¹`` of a ``[4, 16, 16]`` tile of strictly lower blocks, by forward substitution
-    in registers: 15 serial steps for the four blocks together."""
-    o_i = tl.arange(0, 16)
     is_row = o_i[None, :, None]
     b_A = tl.where(is_row == o_i[None, None, :], 1.0, 0.0) + tl.zeros([4, 16, 16], dtype=tl.float32)
     for i in range(1, 16):
@@ -75,27 +67,7 @@ def unit_lower_inverse_16(b_T):
         b_t = tl.sum(tl.where(is_row == i, b_T, 0.0), 1)  # [4, 16]: T[i, :] of each block
         b_a = tl.where(o_i[None, :] == i, 1.0, 0.0) - tl.sum(b_t[:, :, None] * b_A, 1)
         b_A = tl.where(is_row == i, b_a[:, None, :], b_A)
-    return b_A
-
-
-@triton.jit
-def unit_lower_inverse_64(b_T, PREC: tl.constexpr):
-    """``(I + T)⁻¹`` of a strictly lower ``[64, 64]`` T held in registers, never through memory.
-    With B = I + (T's four diagonal 16×16 blocks) and L = T's blocks below them, ``I + T = B (I + N)``
-    with ``N = B⁻¹ L`` strictly block-lower, so ``N⁴ = 0`` and
-    ``(I + T)⁻¹ = (I − N + N² − N³) B⁻¹ = B⁻¹ − N (B⁻¹ − N (B⁻¹ − N B⁻¹))``: the four diagonal
-    inverses by substitution (:func:`unit_lower_inverse_16`), then four ``[64, 64]`` products,
-    the same sums as the block substitution of :func:`solve_unit_lower` in another order."""
-    o_b = tl.arange(0, 4)
-    o_t = tl.arange(0, 64)
-    same = o_b[:, None, None, None] == o_b[None, None, :, None]  # [4, 1, 4, 1]: a diagonal block
-    b_D = tl.sum(tl.where(same, tl.reshape(b_T, [4, 16, 4, 16]), 0.0), 2)  # [4, 16, 16]
-    b_Di = unit_lower_inverse_16(b_D)
-    b_Bi = tl.reshape(tl.where(same, b_Di[:, :, None, :], 0.0), [64, 64])
-    b_N = tl.dot(b_Bi, tl.where(o_t[:, None] // 16 > o_t[None, :] // 16, b_T, 0.0), input_precision=PREC)
-    b_X = b_Bi - tl.dot(b_N, b_Bi, input_precision=PREC)
-    b_X = b_Bi - tl.dot(b_N, b_X, input_precision=PREC)
-    return b_Bi - tl.dot(b_N, b_X, input_precision=PREC)
+    tl.store(p, b_A, mask=m)
 
 
 @triton.jit
@@ -247,7 +219,7 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
     # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
     # stack were timed on the H200 and lost (2026-11-29).
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE", "REG_SOLVE"],
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE"],
 )
 @triton.jit
 def chunk_intra_kernel(
@@ -255,13 +227,11 @@ def chunk_intra_kernel(
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
     LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
-    REG_SOLVE: tl.constexpr,
 ):
     """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
     erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk). NATIVE (not under
     the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9): per-head or no decay and no
-    per-channel erase gate multiply the inputs as they are, not converted to fp32 first. REG_SOLVE:
-    A from T in registers (:func:`unit_lower_inverse_64`), not through the A buffer."""
+    per-channel erase gate multiply the inputs as they are, not converted to fp32 first."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -307,11 +277,7 @@ def chunk_intra_kernel(
     b_M = tl.where(o_t[:, None] >= o_t[None, :], b_M * scale, 0.0)
     p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
     tl.store(M + p_tt, b_M, mask=m_tt)
-    if ERASE > 0 and REG_SOLVE:
-        tl.static_assert(BT == 64)
-        b_T = tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0)
-        tl.store(A + p_tt, unit_lower_inverse_64(b_T, PREC_INV), mask=m_tt)
-    elif ERASE > 0:
+    if ERASE > 0:
         # A = (I + T)⁻¹ through the A buffer (block rows of 16 need 16 rows' masks per block),
         # here or (SPLIT_SOLVE) by chunk_solve_kernel
         tl.store(A + p_tt, tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0), mask=m_tt)
@@ -666,7 +632,6 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     ``(M, A)``, A None without an erase gate."""
     Ttot, H, K = q.shape
     DECAY, ERASE = gate_form(G), gate_form(b)
-    reg_solve = DECAY in TUNING["reg_solve"]
     M = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "M"), device=q.device)
     # A: also the scratch of the in-place (I + T)⁻¹ solve
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
@@ -677,9 +642,9 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
         H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk" if DECAY == 2 else "intra_bk_head"], _pow2(K)),
         DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
         LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=float(TUNING["anchor_range"]),
-        NATIVE=not INTERPRET, REG_SOLVE=reg_solve,
+        NATIVE=not INTERPRET,
     )
-    if ERASE and TUNING["split_solve"] and not reg_solve:
+    if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
                                      num_warps=TUNING["solve_warps"])
     return M, A
