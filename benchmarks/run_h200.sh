@@ -273,7 +273,8 @@ next8)
     timeout 200 $K check --ops ssd linear_attn gla
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_output --out $OUT/tune_gdn2_2k_fuse_output.json
     timeout 150 python3 benchmarks/tune_kernels.py --op kda --keys fuse_output --out $OUT/tune_kda_2k_fuse_output.json
-    timeout 90 $K fwd-profile --ops gdn gdn2 kda --T 2048 32768 ;;
+    timeout 90 $K fwd-profile --ops gdn gdn2 kda --T 2048
+    timeout 90 $K profile --ops gdn2 kda gdn --T 32768 --tag h200-32k ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
