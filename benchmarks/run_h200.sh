@@ -270,6 +270,7 @@ next8)
     # next session (kernels_notes Next item 0000): the bf16 check of the ops cut at 2f4d324 (≥ 60 s
     # per op when kernels compile cold); gdn2 / kda with the output kernel at 2k (their state +
     # output kernel 0.72 ms vs FLA's state + output 0.49; cut at 31d4986); the forward per kernel
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     timeout 200 $K check --ops ssd linear_attn gla
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_output --out $OUT/tune_gdn2_2k_fuse_output.json
     timeout 150 python3 benchmarks/tune_kernels.py --op kda --keys fuse_output --out $OUT/tune_kda_2k_fuse_output.json
