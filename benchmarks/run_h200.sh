@@ -27,7 +27,8 @@
 #   bash benchmarks/run_h200.sh native   # the intra kernel's native 16-bit products (per-head decay)
 #   bash benchmarks/run_h200.sh final5   # pre_gated_q, solve_maxnreg; FLA and ours at 2k, ours at 32k
 #   bash benchmarks/run_h200.sh check6   # bf16 check of kda, ssd, linear_attn, gla; per-kernel profile
-#   bash benchmarks/run_h200.sh next8    # next session: bf16 check of ssd / linear_attn / gla, fuse_output at 2k
+#   bash benchmarks/run_h200.sh next8    # next session: bf16 checks (ssd, linear_attn, gla; reg_solve), reg_solve speed
+#   bash benchmarks/run_h200.sh next8b   # next session: fuse_output for gdn2 / kda at 2k, per-kernel profiles
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -267,11 +268,17 @@ check6)
     timeout 120 $K check --ops kda ssd linear_attn gla
     timeout 80 $K profile --ops gdn2 kda gdn --T 2048 --tag h200-2f4d324 ;;
 next8)
-    # next session (kernels_notes Next item 0000): the bf16 check of the ops cut at 2f4d324 (≥ 60 s
-    # per op when kernels compile cold); gdn2 / kda with the output kernel at 2k (their state +
-    # output kernel 0.72 ms vs FLA's state + output 0.49; cut at 31d4986); the forward per kernel
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    # next session (kernels_notes Next item 0000), call 1 of 2: the bf16 check of the ops cut at
+    # 2f4d324 (≥ 60 s per op when kernels compile cold); the intra kernel's register solve
+    # (reg_solve, built untimed): its bf16 check, then gdn's speed with it
     timeout 200 $K check --ops ssd linear_attn gla
+    timeout 130 $K check --ops gdn delta_rule --tuning reg_solve=True --tag h200-reg-solve
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys reg_solve --out $OUT/tune_gdn_2k_reg_solve.json ;;
+next8b)
+    # call 2 of 2: gdn2 / kda with the output kernel at 2k (their state + output kernel 0.72 ms vs
+    # FLA's state + output 0.49; cut at 31d4986); the forward per kernel beside FLA's at 2k; ours
+    # per kernel at 32k
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_output --out $OUT/tune_gdn2_2k_fuse_output.json
     timeout 150 python3 benchmarks/tune_kernels.py --op kda --keys fuse_output --out $OUT/tune_kda_2k_fuse_output.json
     timeout 90 $K fwd-profile --ops gdn gdn2 kda --T 2048

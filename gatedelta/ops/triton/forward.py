@@ -60,6 +60,14 @@ def invert_diagonal_blocks(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexp
     m = rows < eos
     b_T = tl.load(p, mask=m, other=0).to(tl.float32)
     tl.debug_barrier()  # every thread has read its T before any writes an inverse over it
+    tl.store(p, unit_lower_inverse_16(b_T), mask=m)
+
+
+@triton.jit
+def unit_lower_inverse_16(b_T):
+    """``(I + T_b)⁻¹`` of a ``[4, 16, 16]`` tile of strictly lower blocks, by forward substitution
+    in registers: 15 serial steps for the four blocks together."""
+    o_i = tl.arange(0, 16)
     is_row = o_i[None, :, None]
     b_A = tl.where(is_row == o_i[None, None, :], 1.0, 0.0) + tl.zeros([4, 16, 16], dtype=tl.float32)
     for i in range(1, 16):
@@ -67,7 +75,24 @@ def invert_diagonal_blocks(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexp
         b_t = tl.sum(tl.where(is_row == i, b_T, 0.0), 1)  # [4, 16]: T[i, :] of each block
         b_a = tl.where(o_i[None, :] == i, 1.0, 0.0) - tl.sum(b_t[:, :, None] * b_A, 1)
         b_A = tl.where(is_row == i, b_a[:, None, :], b_A)
-    tl.store(p, b_A, mask=m)
+    return b_A
+
+
+@triton.jit
+def merge_blocks(A00, A11, A22, A33, T10, T20, T21, T30, T31, T32, PREC: tl.constexpr):
+    """The blocks below the diagonal of ``(I + T)⁻¹`` from the diagonal blocks' inverses and T's
+    blocks below the diagonal: ``A_ij = −A_ii Σ_{j≤k<i} T_ik A_kj``. Returns A10, A20, A21, A30,
+    A31, A32."""
+    A10 = -tl.dot(A11, tl.dot(T10, A00, input_precision=PREC), input_precision=PREC)
+    A21 = -tl.dot(A22, tl.dot(T21, A11, input_precision=PREC), input_precision=PREC)
+    A20 = -tl.dot(A22, tl.dot(T20, A00, input_precision=PREC) + tl.dot(T21, A10, input_precision=PREC),
+                  input_precision=PREC)
+    A32 = -tl.dot(A33, tl.dot(T32, A22, input_precision=PREC), input_precision=PREC)
+    A31 = -tl.dot(A33, tl.dot(T31, A11, input_precision=PREC) + tl.dot(T32, A21, input_precision=PREC),
+                  input_precision=PREC)
+    A30 = -tl.dot(A33, tl.dot(T30, A00, input_precision=PREC) + tl.dot(T31, A10, input_precision=PREC)
+                  + tl.dot(T32, A20, input_precision=PREC), input_precision=PREC)
+    return A10, A20, A21, A30, A31, A32
 
 
 @triton.jit
@@ -96,15 +121,7 @@ def solve_unit_lower(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexpr, PRE
     A11 = tl.load(p1 + 16, mask=m1, other=0).to(tl.float32)
     A22 = tl.load(p2 + 32, mask=m2, other=0).to(tl.float32)
     A33 = tl.load(p3 + 48, mask=m3, other=0).to(tl.float32)
-    A10 = -tl.dot(A11, tl.dot(T10, A00, input_precision=PREC), input_precision=PREC)
-    A21 = -tl.dot(A22, tl.dot(T21, A11, input_precision=PREC), input_precision=PREC)
-    A20 = -tl.dot(A22, tl.dot(T20, A00, input_precision=PREC) + tl.dot(T21, A10, input_precision=PREC),
-                  input_precision=PREC)
-    A32 = -tl.dot(A33, tl.dot(T32, A22, input_precision=PREC), input_precision=PREC)
-    A31 = -tl.dot(A33, tl.dot(T31, A11, input_precision=PREC) + tl.dot(T32, A21, input_precision=PREC),
-                  input_precision=PREC)
-    A30 = -tl.dot(A33, tl.dot(T30, A00, input_precision=PREC) + tl.dot(T31, A10, input_precision=PREC)
-                  + tl.dot(T32, A20, input_precision=PREC), input_precision=PREC)
+    A10, A20, A21, A30, A31, A32 = merge_blocks(A00, A11, A22, A33, T10, T20, T21, T30, T31, T32, PREC)
     tl.store(p1, A10, mask=m1)
     tl.store(p2, A20, mask=m2)
     tl.store(p2 + 16, A21, mask=m2)
@@ -213,13 +230,106 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
         tl.store(G + o_row * HV + i_hv, b_G1, mask=m_t)
 
 
+@triton.jit
+def block_products(k, row0, eos, i_h, o_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
+                   NATIVE: tl.constexpr, PREC: tl.constexpr):
+    """One K block's share of K Kᵀ ``[64, 64]`` by 16×16 blocks: the four diagonal blocks as one
+    ``[4, 16, 16]`` batched product, and the six below them."""
+    o_b = tl.arange(0, 4)
+    m_k = o_k < K
+    rows = row0 + (o_b * 16)[:, None, None] + tl.arange(0, 16)[None, :, None]  # [4, 16, 1]
+    b_k3 = tl.load(k + (rows * H + i_h) * K + o_k[None, None, :], mask=(rows < eos) & m_k[None, None, :],
+                   other=0)
+    if not NATIVE:
+        b_k3 = b_k3.to(tl.float32)
+    b_D = tl.dot(b_k3, tl.permute(b_k3, (0, 2, 1)), input_precision=PREC)
+    k0 = rows16(k, row0, eos, i_h, o_k, m_k, 0, H, K, NATIVE)
+    k1 = rows16(k, row0, eos, i_h, o_k, m_k, 1, H, K, NATIVE)
+    k2 = rows16(k, row0, eos, i_h, o_k, m_k, 2, H, K, NATIVE)
+    k3 = rows16(k, row0, eos, i_h, o_k, m_k, 3, H, K, NATIVE)
+    T10 = tl.dot(k1, tl.trans(k0), input_precision=PREC)
+    T20 = tl.dot(k2, tl.trans(k0), input_precision=PREC)
+    T21 = tl.dot(k2, tl.trans(k1), input_precision=PREC)
+    T30 = tl.dot(k3, tl.trans(k0), input_precision=PREC)
+    T31 = tl.dot(k3, tl.trans(k1), input_precision=PREC)
+    T32 = tl.dot(k3, tl.trans(k2), input_precision=PREC)
+    return b_D, T10, T20, T21, T30, T31, T32
+
+
+@triton.jit
+def rows16(k, row0, eos, i_h, o_k, m_k, bi, H: tl.constexpr, K: tl.constexpr, NATIVE: tl.constexpr):
+    """Rows ``row0 + 16·bi …`` of k, one K block ``[16, BK]``."""
+    r = row0 + 16 * bi + tl.arange(0, 16)
+    x = tl.load(k + (r[:, None] * H + i_h) * K + o_k[None, :], mask=(r < eos)[:, None] & m_k[None, :],
+                other=0)
+    if not NATIVE:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def gate_block(b, G, row0, eos, i_hv, bi, bj, HV: tl.constexpr, DECAY: tl.constexpr):
+    """The factors of T's block (bi, bj) ``[16, 16]``: the erase gate of its rows times, with a
+    per-head decay, ``exp(min(G_r − G_c, 0))``."""
+    o_i = tl.arange(0, 16)
+    r, c = row0 + 16 * bi + o_i, row0 + 16 * bj + o_i
+    f = tl.load(b + r * HV + i_hv, mask=r < eos, other=0).to(tl.float32)[:, None]
+    f += tl.zeros([16, 16], tl.float32)
+    if DECAY == 1:
+        g_r = tl.load(G + r * HV + i_hv, mask=r < eos, other=0)
+        g_c = tl.load(G + c * HV + i_hv, mask=c < eos, other=0)
+        f *= tl.exp(tl.minimum(g_r[:, None] - g_c[None, :], 0.0))
+    return f
+
+
+@triton.jit
+def solve_blocks(A, b, G, b_D, T10, T20, T21, T30, T31, T32, row0, eos, i_hv, HV: tl.constexpr,
+                 BT: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
+    """Store ``A = (I + T)⁻¹`` on and below the diagonal blocks, from K Kᵀ's blocks in registers
+    (:func:`block_products`): gated into T, the diagonal blocks inverted by substitution
+    (:func:`unit_lower_inverse_16`), the rest merged (:func:`merge_blocks`)."""
+    o_b = tl.arange(0, 4)
+    o_i = tl.arange(0, 16)
+    rows = row0 + (o_b * 16)[:, None, None] + o_i[None, :, None]  # [4, 16, 1]
+    cols = row0 + (o_b * 16)[:, None, None] + o_i[None, None, :]  # [4, 1, 16]
+    f = tl.load(b + rows * HV + i_hv, mask=rows < eos, other=0).to(tl.float32)
+    if DECAY == 1:
+        g_r = tl.load(G + rows * HV + i_hv, mask=rows < eos, other=0)
+        g_c = tl.load(G + cols * HV + i_hv, mask=cols < eos, other=0)
+        f = f * tl.exp(tl.minimum(g_r - g_c, 0.0))
+    b_Ai = unit_lower_inverse_16(tl.where(o_i[None, :, None] > o_i[None, None, :], b_D * f, 0.0))
+    p_d = A + (rows * HV + i_hv) * BT + (o_b * 16)[:, None, None] + o_i[None, None, :]
+    tl.store(p_d, b_Ai, mask=rows < eos)
+    A00 = tl.sum(tl.where(o_b[:, None, None] == 0, b_Ai, 0.0), 0)
+    A11 = tl.sum(tl.where(o_b[:, None, None] == 1, b_Ai, 0.0), 0)
+    A22 = tl.sum(tl.where(o_b[:, None, None] == 2, b_Ai, 0.0), 0)
+    A33 = tl.sum(tl.where(o_b[:, None, None] == 3, b_Ai, 0.0), 0)
+    T10 *= gate_block(b, G, row0, eos, i_hv, 1, 0, HV, DECAY)
+    T20 *= gate_block(b, G, row0, eos, i_hv, 2, 0, HV, DECAY)
+    T21 *= gate_block(b, G, row0, eos, i_hv, 2, 1, HV, DECAY)
+    T30 *= gate_block(b, G, row0, eos, i_hv, 3, 0, HV, DECAY)
+    T31 *= gate_block(b, G, row0, eos, i_hv, 3, 1, HV, DECAY)
+    T32 *= gate_block(b, G, row0, eos, i_hv, 3, 2, HV, DECAY)
+    A10, A20, A21, A30, A31, A32 = merge_blocks(A00, A11, A22, A33, T10, T20, T21, T30, T31, T32, PREC)
+    r1, r2, r3 = row0 + 16 + o_i, row0 + 32 + o_i, row0 + 48 + o_i
+    p1 = A + (r1[:, None] * HV + i_hv) * BT + o_i[None, :]
+    p2 = A + (r2[:, None] * HV + i_hv) * BT + o_i[None, :]
+    p3 = A + (r3[:, None] * HV + i_hv) * BT + o_i[None, :]
+    tl.store(p1, A10, mask=(r1 < eos)[:, None])
+    tl.store(p2, A20, mask=(r2 < eos)[:, None])
+    tl.store(p2 + 16, A21, mask=(r2 < eos)[:, None])
+    tl.store(p3, A30, mask=(r3 < eos)[:, None])
+    tl.store(p3 + 16, A31, mask=(r3 < eos)[:, None])
+    tl.store(p3 + 32, A32, mask=(r3 < eos)[:, None])
+
+
 @triton.autotune(
     # With the dyadic split alone 4 warps spilled ~250 B and lost (H200 sweep, tune_gdn2_h200.json);
     # since most tiles take the midpoint path, the autotuner picks 4 warps again at gdn2's 2k and
     # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
     # stack were timed on the H200 and lost (2026-11-29).
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE"],
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE", "REG_SOLVE"],
 )
 @triton.jit
 def chunk_intra_kernel(
@@ -227,11 +337,14 @@ def chunk_intra_kernel(
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
     LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
+    REG_SOLVE: tl.constexpr,
 ):
     """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
     erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk). NATIVE (not under
     the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9): per-head or no decay and no
-    per-channel erase gate multiply the inputs as they are, not converted to fp32 first."""
+    per-channel erase gate multiply the inputs as they are, not converted to fp32 first. REG_SOLVE
+    (per-head or no decay, a per-head erase gate): T by 16×16 blocks and A = (I + T)⁻¹ from them
+    in registers (:func:`block_products`, :func:`solve_blocks`), instead of through the A buffer."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -239,6 +352,12 @@ def chunk_intra_kernel(
 
     b_M = tl.zeros([BT, BT], dtype=tl.float32)
     b_T = tl.zeros([BT, BT], dtype=tl.float32)
+    row0 = bos + i_c * BT
+    if REG_SOLVE:
+        tl.static_assert(BT == 64)
+        b_D = tl.zeros([4, 16, 16], dtype=tl.float32)
+        T10 = tl.zeros([16, 16], dtype=tl.float32)
+        T20, T21, T30, T31, T32 = T10, T10, T10, T10, T10
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
@@ -260,7 +379,17 @@ def chunk_intra_kernel(
             if not NATIVE:
                 b_q, b_k = b_q.to(tl.float32), b_k.to(tl.float32)
             b_M += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-            if ERASE > 0:
+            if ERASE > 0 and REG_SOLVE:
+                d_D, d10, d20, d21, d30, d31, d32 = block_products(k, row0, eos, i_h, o_k, H, K, BK, NATIVE,
+                                                                   PREC)
+                b_D += d_D
+                T10 += d10
+                T20 += d20
+                T21 += d21
+                T30 += d30
+                T31 += d31
+                T32 += d32
+            elif ERASE > 0:
                 b_T += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
         else:
             b_q = tl.load(p_q, mask=m_tk, other=0).to(tl.float32)
@@ -277,7 +406,12 @@ def chunk_intra_kernel(
     b_M = tl.where(o_t[:, None] >= o_t[None, :], b_M * scale, 0.0)
     p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
     tl.store(M + p_tt, b_M, mask=m_tt)
-    if ERASE > 0:
+    if ERASE > 0 and REG_SOLVE:
+        # zeros above the diagonal blocks, then the blocks on and below it
+        tl.store(A + p_tt, tl.zeros([BT, BT], dtype=A.dtype.element_ty),
+                 mask=m_tt & (o_t[:, None] // 16 < o_t[None, :] // 16))
+        solve_blocks(A, b, G, b_D, T10, T20, T21, T30, T31, T32, row0, eos, i_hv, HV, BT, DECAY, PREC_INV)
+    elif ERASE > 0:
         # A = (I + T)⁻¹ through the A buffer (block rows of 16 need 16 rows' masks per block),
         # here or (SPLIT_SOLVE) by chunk_solve_kernel
         tl.store(A + p_tt, tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0), mask=m_tt)
@@ -632,19 +766,24 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     ``(M, A)``, A None without an erase gate."""
     Ttot, H, K = q.shape
     DECAY, ERASE = gate_form(G), gate_form(b)
+    # per-head or no decay with a per-head erase gate: (I + T)⁻¹ in the intra kernel's registers
+    reg_solve = bool(TUNING["reg_solve"]) and DECAY < 2 and ERASE == 1
     M = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "M"), device=q.device)
     # A: also the scratch of the in-place (I + T)⁻¹ solve
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
+    # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
+    BK = min(TUNING["intra_bk" if DECAY == 2 else "intra_bk_head"], _pow2(K))
+    if reg_solve:  # the blocks' products, summed over K blocks, spilled wider (local sm_90 compile)
+        BK = min(BK, 32)
     chunk_intra_kernel[(NT, HV)](
         q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
         cu, chunk_indices, scale,
-        # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
-        H=H, HV=HV, K=K, BT=CHUNK, BK=min(TUNING["intra_bk" if DECAY == 2 else "intra_bk_head"], _pow2(K)),
+        H=H, HV=HV, K=K, BT=CHUNK, BK=BK,
         DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
         LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=float(TUNING["anchor_range"]),
-        NATIVE=not INTERPRET,
+        NATIVE=not INTERPRET, REG_SOLVE=reg_solve,
     )
-    if ERASE and TUNING["split_solve"]:
+    if ERASE and TUNING["split_solve"] and not reg_solve:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
                                      num_warps=TUNING["solve_warps"])
     return M, A
