@@ -231,8 +231,8 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
 
 
 @triton.jit
-def block_products(k, row0, eos, i_h, o_k, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
-                   NATIVE: tl.constexpr, PREC: tl.constexpr):
+def block_products(k, row0, eos, i_h, o_k, H: tl.constexpr, K: tl.constexpr, NATIVE: tl.constexpr,
+                   PREC: tl.constexpr):
     """One K block's share of K Kᵀ ``[64, 64]`` by 16×16 blocks: the four diagonal blocks as one
     ``[4, 16, 16]`` batched product, and the six below them."""
     o_b = tl.arange(0, 4)
@@ -380,8 +380,7 @@ def chunk_intra_kernel(
                 b_q, b_k = b_q.to(tl.float32), b_k.to(tl.float32)
             b_M += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
             if ERASE > 0 and REG_SOLVE:
-                d_D, d10, d20, d21, d30, d31, d32 = block_products(k, row0, eos, i_h, o_k, H, K, BK, NATIVE,
-                                                                   PREC)
+                d_D, d10, d20, d21, d30, d31, d32 = block_products(k, row0, eos, i_h, o_k, H, K, NATIVE, PREC)
                 b_D += d_D
                 T10 += d10
                 T20 += d20
