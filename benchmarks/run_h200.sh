@@ -271,8 +271,10 @@ next8)
     # next session (kernels_notes Next item 0000), call 1 of 2: the bf16 check of the ops cut at
     # 2f4d324 (≥ 60 s per op when kernels compile cold); the intra kernel's register solve
     # (reg_solve, built untimed): its bf16 check, then gdn's speed with it
-    timeout 200 $K check --ops ssd linear_attn gla
-    timeout 130 $K check --ops gdn delta_rule --tuning reg_solve=True --tag h200-reg-solve
+    # one launch config per kernel (GATEDELTA_TRITON_ONE_CONFIG): a correctness run needs no tuning
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 150 $K check --ops ssd linear_attn gla
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn delta_rule --tuning reg_solve=True \
+        --tag h200-reg-solve
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys reg_solve --out $OUT/tune_gdn_2k_reg_solve.json ;;
 next8b)
     # call 2 of 2: gdn2 / kda with the output kernel at 2k (their state + output kernel 0.72 ms vs

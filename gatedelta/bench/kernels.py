@@ -16,6 +16,8 @@ Steps (positional, run in the order given, each writing ``kernels_<step>_<tag>.j
   CUDA graph, as state traffic (fp32 state read + written).
 * ``check``: every op of DESIGN §1 in ``--ops`` (forward + backward, GVA, varlen, decode) in bf16
   against the float64 reference — a smoke test of each compile-time flag combination on this GPU.
+  On a cold GPU most of its time is compiling every autotuning candidate; with
+  ``GATEDELTA_TRITON_ONE_CONFIG=1`` in the environment each kernel compiles its first one only.
 * ``profile``: CUDA time per kernel of one forward + backward of each of ``--ops``.
   ``fwd-profile``: of one forward, ours and (when installed) FLA's.
 

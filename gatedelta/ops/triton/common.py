@@ -171,6 +171,7 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # The intermediates TUNING["scratch_bf16"] may list.
 SCRATCH = ("W", "U", "KD", "QG", "EG", "h", "R", "dh", "dY", "M", "A")
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+ONE_CONFIG = os.environ.get("GATEDELTA_TRITON_ONE_CONFIG") == "1"
 
 
 def wide_state_prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
@@ -188,9 +189,12 @@ def launch_configs(warps: tuple[int, ...], stages: tuple[int, ...]) -> list[trit
     Every chunk kernel only stores (no accumulation into its outputs), so re-running it while
     tuning is harmless. A 128-register cap (``maxnreg``: two 8-warp programs per SM instead of one)
     was among the intra and gradient kernels' candidates and never won on the H200 (2026-11-29).
+    With ``GATEDELTA_TRITON_ONE_CONFIG=1`` (set before import) only the first candidate: a
+    correctness run on a cold GPU (``gatedelta bench kernels check``) then compiles each kernel
+    once per shape instead of once per candidate.
     """
-    if INTERPRET:
-        return [triton.Config({}, num_warps=4, num_stages=1)]
+    if INTERPRET or ONE_CONFIG:
+        return [triton.Config({}, num_warps=warps[0], num_stages=stages[0])]
     return [triton.Config({}, num_warps=w, num_stages=s) for w in warps for s in stages]
 
 
