@@ -275,7 +275,9 @@ next8)
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 150 $K check --ops ssd linear_attn gla
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn delta_rule --tuning reg_solve=True \
         --tag h200-reg-solve
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys reg_solve --out $OUT/tune_gdn_2k_reg_solve.json ;;
+    timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys reg_solve --out $OUT/tune_gdn_2k_reg_solve.json
+    timeout 120 python3 benchmarks/tune_kernels.py --op gdn --set reg_solve=True --keys intra_bk_head \
+        --out $OUT/tune_gdn_2k_reg_solve_bk.json ;;
 next8b)
     # call 2 of 2: gdn2 / kda with the output kernel at 2k (their state + output kernel 0.72 ms vs
     # FLA's state + output 0.49; cut at 31d4986); the forward per kernel beside FLA's at 2k; ours

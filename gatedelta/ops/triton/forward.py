@@ -772,8 +772,6 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
     # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
     BK = min(TUNING["intra_bk" if DECAY == 2 else "intra_bk_head"], _pow2(K))
-    if reg_solve:  # the blocks' products, summed over K blocks, spilled wider (local sm_90 compile)
-        BK = min(BK, 32)
     chunk_intra_kernel[(NT, HV)](
         q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
         cu, chunk_indices, scale,
