@@ -354,7 +354,7 @@ def chunk_intra_kernel(
     b_T = tl.zeros([BT, BT], dtype=tl.float32)
     row0 = bos + i_c * BT
     if REG_SOLVE:
-        tl.static_assert(BT == 64)
+        tl.static_assert(BT == 64 and DECAY < 2 and ERASE == 1)
         b_D = tl.zeros([4, 16, 16], dtype=tl.float32)
         T10 = tl.zeros([16, 16], dtype=tl.float32)
         T20, T21, T30, T31, T32 = T10, T10, T10, T10, T10
@@ -366,8 +366,8 @@ def chunk_intra_kernel(
             b_q = tl.load(p_q, mask=m_tk, other=0).to(tl.float32)
             b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
             b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
-            b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, bos + i_c * BT, eos, i_hv, o_t, o_k, o_k < K,
-                                       HV, K, BT, ERASE > 0, PREC, LOW, RANGE)
+            b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, row0, eos, i_hv, o_t, o_k, o_k < K, HV, K, BT,
+                                       ERASE > 0, PREC, LOW, RANGE)
             b_M += b_Mk
             b_T += b_Tk
         elif ERASE < 2:
@@ -416,7 +416,7 @@ def chunk_intra_kernel(
         tl.store(A + p_tt, tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0), mask=m_tt)
         if not SPLIT_SOLVE:
             tl.debug_barrier()
-            solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC_INV)
+            solve_unit_lower(A, row0, eos, i_hv, HV, BT, PREC_INV)
 
 
 @triton.jit
