@@ -116,10 +116,11 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # batched product) and inverts I + T from them in its registers, instead of storing T for
 # chunk_solve_kernel (0.126 ms of gdn's 0.98 ms forward at 2k; FLA's K Kᵀ + solve kernel takes
 # 0.190 ms for both). Interpreter: output error equal to the split path's (keys correlated at
-# 0.95, erase gates up to 2: 8.8e-7 vs 1.06e-6). A local sm_90 compile (Triton 3.9, 4 warps)
-# spills 760 B per thread at 64-wide K blocks (intra_bk_head) and none at 32. That compiler is no
-# guide to the GPU's: it spills 152 B for the native intra kernel without reg_solve, which Triton
-# 3.6 on the H200 compiles in 135 registers. So both widths are for the GPU to time.
+# 0.95, erase gates up to 2, K = 48, T = 150: gdn 1.07e-6 vs 1.06e-6, DeltaNet 1.91e-6 vs
+# 2.68e-6). A local sm_90 compile (Triton 3.9, 4 warps) spills 760 B per thread at 64-wide K
+# blocks (intra_bk_head) and none at 32. That compiler is no guide to the GPU's: it spills 152 B
+# for the native intra kernel without reg_solve, which Triton 3.6 on the H200 compiles in 135
+# registers. So both widths are for the GPU to time.
 # grad_bv: the gradient kernel's V block. 32 vs 64 (H200, each timed beside the defaults in one
 # call, a455d83 / 9f2df37), f+b ms: gdn2 8.47 vs 8.56 at 2k, 12.05 vs 12.17 at 32k; kda 8.01 vs
 # 8.27, 11.62 vs 11.86; gdn 4.52 vs 4.69, 8.23 vs 8.38. Forward unchanged.

@@ -268,18 +268,23 @@ def rows16(k, row0, eos, i_h, o_k, m_k, bi, H: tl.constexpr, K: tl.constexpr, NA
 
 
 @triton.jit
-def gate_block(b, G, row0, eos, i_hv, bi, bj, HV: tl.constexpr, DECAY: tl.constexpr):
-    """The factors of T's block (bi, bj) ``[16, 16]``: the erase gate of its rows times, with a
-    per-head decay, ``exp(min(G_r − G_c, 0))``."""
-    o_i = tl.arange(0, 16)
-    r, c = row0 + 16 * bi + o_i, row0 + 16 * bj + o_i
-    f = tl.load(b + r * HV + i_hv, mask=r < eos, other=0).to(tl.float32)[:, None]
-    f += tl.zeros([16, 16], tl.float32)
+def gate_factors(b, G, r, c, eos, i_hv, HV: tl.constexpr, DECAY: tl.constexpr):
+    """T's factors at rows r and columns c (packed row indices, broadcastable shapes): the rows'
+    erase gate times, with a per-head decay, ``exp(min(G_r − G_c, 0))``."""
+    f = tl.load(b + r * HV + i_hv, mask=r < eos, other=0).to(tl.float32)
     if DECAY == 1:
         g_r = tl.load(G + r * HV + i_hv, mask=r < eos, other=0)
         g_c = tl.load(G + c * HV + i_hv, mask=c < eos, other=0)
-        f *= tl.exp(tl.minimum(g_r[:, None] - g_c[None, :], 0.0))
+        f = f * tl.exp(tl.minimum(g_r - g_c, 0.0))
     return f
+
+
+@triton.jit
+def gate_block(b, G, row0, eos, i_hv, bi, bj, HV: tl.constexpr, DECAY: tl.constexpr):
+    """:func:`gate_factors` of T's 16×16 block (bi, bj)."""
+    o_i = tl.arange(0, 16)
+    r, c = row0 + 16 * bi + o_i, row0 + 16 * bj + o_i
+    return gate_factors(b, G, r[:, None], c[None, :], eos, i_hv, HV, DECAY)
 
 
 @triton.jit
@@ -292,11 +297,7 @@ def solve_blocks(A, b, G, b_D, T10, T20, T21, T30, T31, T32, row0, eos, i_hv, HV
     o_i = tl.arange(0, 16)
     rows = row0 + (o_b * 16)[:, None, None] + o_i[None, :, None]  # [4, 16, 1]
     cols = row0 + (o_b * 16)[:, None, None] + o_i[None, None, :]  # [4, 1, 16]
-    f = tl.load(b + rows * HV + i_hv, mask=rows < eos, other=0).to(tl.float32)
-    if DECAY == 1:
-        g_r = tl.load(G + rows * HV + i_hv, mask=rows < eos, other=0)
-        g_c = tl.load(G + cols * HV + i_hv, mask=cols < eos, other=0)
-        f = f * tl.exp(tl.minimum(g_r - g_c, 0.0))
+    f = gate_factors(b, G, rows, cols, eos, i_hv, HV, DECAY)
     b_Ai = unit_lower_inverse_16(tl.where(o_i[None, :, None] > o_i[None, None, :], b_D * f, 0.0))
     p_d = A + (rows * HV + i_hv) * BT + (o_b * 16)[:, None, None] + o_i[None, None, :]
     tl.store(p_d, b_Ai, mask=rows < eos)
