@@ -28,6 +28,7 @@
 #   bash benchmarks/run_h200.sh final5   # pre_gated_q, solve_maxnreg; FLA and ours at 2k, ours at 32k
 #   bash benchmarks/run_h200.sh check6   # bf16 check of kda, ssd, linear_attn, gla; per-kernel profile
 #   bash benchmarks/run_h200.sh next8    # next session: bf16 checks (ssd, linear_attn, gla; reg_solve), reg_solve speed
+#   bash benchmarks/run_h200.sh next8t   # next session: reg_solve speed for gdn (after next8's checks)
 #   bash benchmarks/run_h200.sh next8b   # next session: fuse_output for gdn2 / kda at 2k, per-kernel profiles
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
@@ -275,6 +276,10 @@ next8)
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 150 $K check --ops ssd linear_attn gla
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn delta_rule --tuning reg_solve=True \
         --tag h200-reg-solve
+    # the split solve kernel's refactor (shared substitution and merge helpers) at the defaults
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 120 $K check --ops gdn2 kda gdn --tag h200-defaults ;;
+next8t)
+    # call 1b: gdn's speed with the register solve, then its K block with it
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys reg_solve --out $OUT/tune_gdn_2k_reg_solve.json
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn --set reg_solve=True --keys intra_bk_head \
         --out $OUT/tune_gdn_2k_reg_solve_bk.json ;;
