@@ -279,7 +279,10 @@ next8)
     # the split solve kernel's refactor (shared substitution and merge helpers) at the defaults
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 120 $K check --ops gdn2 kda gdn --tag h200-defaults ;;
 next8t)
-    # call 1b: gdn's speed with the register solve, then its K block with it
+    # call 1b: the register solve's bf16 check (Triton 3.6's SLP vectorizer crashed on its batched
+    # [4, 16, 16] product in next8), gdn's speed with it, then its K block with it
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn delta_rule --tuning reg_solve=True \
+        --tag h200-reg-solve
     timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys reg_solve --out $OUT/tune_gdn_2k_reg_solve.json
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn --set reg_solve=True --keys intra_bk_head \
         --out $OUT/tune_gdn_2k_reg_solve_bk.json ;;

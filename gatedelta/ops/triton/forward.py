@@ -233,27 +233,26 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
 @triton.jit
 def block_products(k, row0, eos, i_h, o_k, H: tl.constexpr, K: tl.constexpr, NATIVE: tl.constexpr,
                    PREC: tl.constexpr):
-    """One K block's share of K Kᵀ ``[64, 64]`` by 16×16 blocks: the four diagonal blocks as one
-    ``[4, 16, 16]`` batched product, and the six below them."""
-    o_b = tl.arange(0, 4)
+    """One K block's share of K Kᵀ ``[64, 64]`` by 16×16 blocks, each its own product of 16-row
+    slices of k: the four diagonal blocks, then the six below them. (One batched ``[4, 16, 16]``
+    product for the diagonal blocks crashes Triton 3.6's LLVM SLP vectorizer once the loads are
+    vectorized, as they are on the GPU.)"""
     m_k = o_k < K
-    rows = row0 + (o_b * 16)[:, None, None] + tl.arange(0, 16)[None, :, None]  # [4, 16, 1]
-    b_k3 = tl.load(k + (rows * H + i_h) * K + o_k[None, None, :], mask=(rows < eos) & m_k[None, None, :],
-                   other=0)
-    if not NATIVE:
-        b_k3 = b_k3.to(tl.float32)
-    b_D = tl.dot(b_k3, tl.permute(b_k3, (0, 2, 1)), input_precision=PREC)
     k0 = rows16(k, row0, eos, i_h, o_k, m_k, 0, H, K, NATIVE)
     k1 = rows16(k, row0, eos, i_h, o_k, m_k, 1, H, K, NATIVE)
     k2 = rows16(k, row0, eos, i_h, o_k, m_k, 2, H, K, NATIVE)
     k3 = rows16(k, row0, eos, i_h, o_k, m_k, 3, H, K, NATIVE)
+    T00 = tl.dot(k0, tl.trans(k0), input_precision=PREC)
+    T11 = tl.dot(k1, tl.trans(k1), input_precision=PREC)
+    T22 = tl.dot(k2, tl.trans(k2), input_precision=PREC)
+    T33 = tl.dot(k3, tl.trans(k3), input_precision=PREC)
     T10 = tl.dot(k1, tl.trans(k0), input_precision=PREC)
     T20 = tl.dot(k2, tl.trans(k0), input_precision=PREC)
     T21 = tl.dot(k2, tl.trans(k1), input_precision=PREC)
     T30 = tl.dot(k3, tl.trans(k0), input_precision=PREC)
     T31 = tl.dot(k3, tl.trans(k1), input_precision=PREC)
     T32 = tl.dot(k3, tl.trans(k2), input_precision=PREC)
-    return b_D, T10, T20, T21, T30, T31, T32
+    return T00, T11, T22, T33, T10, T20, T21, T30, T31, T32
 
 
 @triton.jit
@@ -288,13 +287,16 @@ def gate_block(b, G, row0, eos, i_hv, bi, bj, HV: tl.constexpr, DECAY: tl.conste
 
 
 @triton.jit
-def solve_blocks(A, b, G, b_D, T10, T20, T21, T30, T31, T32, row0, eos, i_hv, HV: tl.constexpr,
-                 BT: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
+def solve_blocks(A, b, G, T00, T11, T22, T33, T10, T20, T21, T30, T31, T32, row0, eos, i_hv,
+                 HV: tl.constexpr, BT: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
     """Store ``A = (I + T)⁻¹`` on and below the diagonal blocks, from K Kᵀ's blocks in registers
     (:func:`block_products`): gated into T, the diagonal blocks inverted by substitution
     (:func:`unit_lower_inverse_16`), the rest merged (:func:`merge_blocks`)."""
     o_b = tl.arange(0, 4)
     o_i = tl.arange(0, 16)
+    ob = o_b[:, None, None]
+    b_D = tl.where(ob == 0, T00[None, :, :], tl.where(ob == 1, T11[None, :, :],
+                   tl.where(ob == 2, T22[None, :, :], T33[None, :, :])))  # [4, 16, 16]
     rows = row0 + (o_b * 16)[:, None, None] + o_i[None, :, None]  # [4, 16, 1]
     cols = row0 + (o_b * 16)[:, None, None] + o_i[None, None, :]  # [4, 1, 16]
     f = gate_factors(b, G, rows, cols, eos, i_hv, HV, DECAY)
@@ -356,9 +358,8 @@ def chunk_intra_kernel(
     row0 = bos + i_c * BT
     if REG_SOLVE:
         tl.static_assert(BT == 64 and DECAY < 2 and ERASE == 1)
-        b_D = tl.zeros([4, 16, 16], dtype=tl.float32)
-        T10 = tl.zeros([16, 16], dtype=tl.float32)
-        T20, T21, T30, T31, T32 = T10, T10, T10, T10, T10
+        T00 = tl.zeros([16, 16], dtype=tl.float32)
+        T11, T22, T33, T10, T20, T21, T30, T31, T32 = T00, T00, T00, T00, T00, T00, T00, T00, T00
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
@@ -381,8 +382,12 @@ def chunk_intra_kernel(
                 b_q, b_k = b_q.to(tl.float32), b_k.to(tl.float32)
             b_M += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
             if ERASE > 0 and REG_SOLVE:
-                d_D, d10, d20, d21, d30, d31, d32 = block_products(k, row0, eos, i_h, o_k, H, K, NATIVE, PREC)
-                b_D += d_D
+                d00, d11, d22, d33, d10, d20, d21, d30, d31, d32 = block_products(
+                    k, row0, eos, i_h, o_k, H, K, NATIVE, PREC)
+                T00 += d00
+                T11 += d11
+                T22 += d22
+                T33 += d33
                 T10 += d10
                 T20 += d20
                 T21 += d21
@@ -410,7 +415,8 @@ def chunk_intra_kernel(
         # zeros above the diagonal blocks, then the blocks on and below it
         tl.store(A + p_tt, tl.zeros([BT, BT], dtype=A.dtype.element_ty),
                  mask=m_tt & (o_t[:, None] // 16 < o_t[None, :] // 16))
-        solve_blocks(A, b, G, b_D, T10, T20, T21, T30, T31, T32, row0, eos, i_hv, HV, BT, DECAY, PREC_INV)
+        solve_blocks(A, b, G, T00, T11, T22, T33, T10, T20, T21, T30, T31, T32, row0, eos, i_hv, HV, BT,
+                     DECAY, PREC_INV)
     elif ERASE > 0:
         # A = (I + T)⁻¹ through the A buffer (block rows of 16 need 16 rows' masks per block),
         # here or (SPLIT_SOLVE) by chunk_solve_kernel
