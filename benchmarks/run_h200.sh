@@ -27,8 +27,6 @@
 #   bash benchmarks/run_h200.sh native   # the intra kernel's native 16-bit products (per-head decay)
 #   bash benchmarks/run_h200.sh final5   # pre_gated_q, solve_maxnreg; FLA and ours at 2k, ours at 32k
 #   bash benchmarks/run_h200.sh check6   # bf16 check of kda, ssd, linear_attn, gla; per-kernel profile
-#   bash benchmarks/run_h200.sh next8    # next session: bf16 checks (ssd, linear_attn, gla; reg_solve), reg_solve speed
-#   bash benchmarks/run_h200.sh next8t   # next session: reg_solve speed for gdn (after next8's checks)
 #   bash benchmarks/run_h200.sh next8b   # next session: fuse_output for gdn2 / kda at 2k, per-kernel profiles
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
@@ -37,7 +35,8 @@
 # Phases for switches measured and removed since (next, next32k, stack, scratch, scratch32k,
 # bf16b) are in the git history (e.g. 91ffde9); anchor2 (two launches for the pair paths) at 068b911.
 # cumsum, transition, transition2 (fuse_cumsum and transition_seq, measured and removed) at 695a83d;
-# ak (pre_ak, measured and removed) at f519b21.
+# ak (pre_ak, measured and removed) at f519b21; next8, next8t (reg_solve: bf16 checks and speed,
+# measured and removed) at a3d3a32.
 export PYTHONPATH=$PWD:/tmp/site PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
 # Triton's autotuning results persist from call to call (TRITON_CACHE_AUTOTUNING: one
@@ -268,24 +267,6 @@ check6)
     # checked on the GPU since, and where the forward + backward time goes per kernel at 2k
     timeout 120 $K check --ops kda ssd linear_attn gla
     timeout 80 $K profile --ops gdn2 kda gdn --T 2048 --tag h200-2f4d324 ;;
-next8)
-    # next session (kernels_notes Next item 0000), call 1 of 2: the bf16 check of the ops cut at
-    # 2f4d324 (≥ 60 s per op when kernels compile cold); the intra kernel's register solve
-    # (reg_solve, built untimed): its bf16 check, then gdn's speed with it
-    # one launch config per kernel (GATEDELTA_TRITON_ONE_CONFIG): a correctness run needs no tuning
-    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 150 $K check --ops ssd linear_attn gla
-    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn delta_rule --tuning reg_solve=True \
-        --tag h200-reg-solve
-    # the split solve kernel's refactor (shared substitution and merge helpers) at the defaults
-    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 120 $K check --ops gdn2 kda gdn --tag h200-defaults ;;
-next8t)
-    # call 1b: the register solve's bf16 check (Triton 3.6's SLP vectorizer crashed on its batched
-    # [4, 16, 16] product in next8), gdn's speed with it, then its K block with it
-    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn delta_rule --tuning reg_solve=True \
-        --tag h200-reg-solve
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn --keys reg_solve --out $OUT/tune_gdn_2k_reg_solve.json
-    timeout 120 python3 benchmarks/tune_kernels.py --op gdn --set reg_solve=True --keys intra_bk_head \
-        --out $OUT/tune_gdn_2k_reg_solve_bk.json ;;
 next8b)
     # call 2 of 2: gdn2 / kda with the output kernel at 2k (their state + output kernel 0.72 ms vs
     # FLA's state + output 0.49; cut at 31d4986); the forward per kernel beside FLA's at 2k; ours

@@ -75,9 +75,7 @@ def test_forward_backward_every_op(op):
 # decayed keys of the listed decay forms for the sequential kernels (else they form them; for a
 # form in fuse_wu too, the W/U kernel writes only those); fuse_output has the
 # forward's state kernel form the output (else chunk_output_kernel does, from h and R), and
-# pre_gated_q has it read γ ⊙ q from the W/U kernel under per-channel decay (else it forms it);
-# reg_solve (per-head or no decay, per-head erase gate) has the intra kernel invert I + T by 16×16
-# blocks in its registers (else through the A buffer).
+# pre_gated_q has it read γ ⊙ q from the W/U kernel under per-channel decay (else it forms it).
 # pair_bf16 and scratch_bf16 only act on 16-bit inputs (below).
 def _flipped(name: str, value: object) -> object:
     if name in ("fuse_wu", "pre_decayed_keys"):
@@ -85,14 +83,13 @@ def _flipped(name: str, value: object) -> object:
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "pre_gated_q", "reg_solve")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "pre_gated_q")
 
 
-@pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES if name != "reg_solve"]
+@pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
                          + [("gdn", SWITCHES), ("gdn", ("pre_decayed_keys",)), ("gdn", ("fuse_wu",)),
                             ("delta_rule", SWITCHES),
                             ("kda", ("pre_decayed_keys",)), ("kda", ("pre_gated_q",)),
-                            ("gdn", ("reg_solve",)), ("delta_rule", ("reg_solve",)),
                             ("gla", ("pre_decayed_keys", "fuse_output")),
                             ("linear_attn", ("fuse_output",)), ("ssd", ("fuse_output",))])
 def test_alternative_kernel_paths(op, flip, monkeypatch):
@@ -289,8 +286,8 @@ def test_head_dims_not_powers_of_two():
     _compare("gdn2", args, s0)
 
 
-@pytest.mark.parametrize("op, reg_solve", [("gdn2", False), ("gdn", False), ("gdn", True)])
-def test_narrow_blocks_loop_over_part_masked_tiles(op, reg_solve, monkeypatch):
+@pytest.mark.parametrize("op", ["gdn2", "gdn"])
+def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
     # The GPU widths (32-wide V blocks in the gradient kernel, 32- or 64-wide K blocks in the intra and
     # gradient kernels) cover the small test dims in one tile; 16-wide blocks make every K / V loop
     # run several times, the last tile part-masked (K = 40, V = 40: three blocks of 16).
@@ -298,7 +295,6 @@ def test_narrow_blocks_loop_over_part_masked_tiles(op, reg_solve, monkeypatch):
 
     for name in ("grad_bv", "grad_bk", "grad_bk_head", "intra_bk", "intra_bk_head"):
         monkeypatch.setitem(common.TUNING, name, 16)
-    monkeypatch.setitem(common.TUNING, "reg_solve", reg_solve)  # its 16×16 blocks summed over K blocks
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=2, K=40, V=40, dtype=torch.float32)
     _compare(op, args, s0)
 
@@ -364,16 +360,15 @@ def test_extreme_gates_are_finite_and_exact(value, flip, monkeypatch):
     _compare("gdn2", (q, k, v, g, b, w), s0, tol=TOL_EXTREME)
 
 
-@pytest.mark.parametrize("pre, reg_solve", [((1, 2), False), ((), False), ((1, 2), True)])
-def test_per_head_decay_varlen_with_resets(pre, reg_solve, monkeypatch):
+@pytest.mark.parametrize("pre", [(1, 2), ()])
+def test_per_head_decay_varlen_with_resets(pre, monkeypatch):
     # gdn's backward takes its decayed keys, γ ⊙ q and Ē from the W/U kernel (pre_decayed_keys has
-    # 1) or forms them in the sequential kernel; its (I + T)⁻¹ comes through the A buffer or from
-    # the intra kernel's registers (reg_solve): across sequence boundaries that fall inside
-    # chunks (a 16-row block cut by one, too), with hard resets (g = −inf) and zero erase gates
+    # 1) or forms them in the sequential kernel: across sequence boundaries that fall inside
+    # chunks (a 16-row block of the solve cut by one, too), with hard resets (g = −inf) and zero
+    # erase gates
     from gatedelta.ops.triton import common
 
     monkeypatch.setitem(common.TUNING, "pre_decayed_keys", pre)
-    monkeypatch.setitem(common.TUNING, "reg_solve", reg_solve)
     args, s0 = make_inputs("gdn", B=1, T=170, H=1, G=2, K=16, V=16, dtype=torch.float32)
     q, k, v, g, b = args
     g, b = g.clone(), b.clone()

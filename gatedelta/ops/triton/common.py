@@ -93,8 +93,7 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
           "grad_bv": 32, "fuse_wu": (0, 1), "state_bv_min": 16, "split_solve": True, "pair_bf16": False,
           "pre_decayed_keys": (1, 2), "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"),
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
-          "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True,
-          "reg_solve": False}
+          "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True}
 # grad_bk / grad_bk_head: the gradient kernel's K block for per-channel decay (its pair split keeps
 # ~8 [BT, BK] fp32 tiles live) and for per-head or no decay (no pair split; each K block re-forms
 # dM and dT, so fewer, wider blocks pay). H200 (f8dedb0): gdn f+b at 2k 4.98 ms at 32, 4.69 at 64,
@@ -111,16 +110,10 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # Measured and removed the same night: a register cap on the one-warp solve kernel (more programs
 # resident per SM for its latency-bound substitution): gdn2 forward 2.302 ms without, 2.297 at 168
 # registers, 2.312 at 128 (45b8f6c).
-# reg_solve (off; built 2026-11-30, not yet timed on a GPU): for per-head or no decay with a
-# per-head erase gate, the intra kernel forms K Kᵀ by 16×16 blocks (the diagonal ones as one
-# batched product) and inverts I + T from them in its registers, instead of storing T for
-# chunk_solve_kernel (0.126 ms of gdn's 0.98 ms forward at 2k; FLA's K Kᵀ + solve kernel takes
-# 0.190 ms for both). Interpreter: output error equal to the split path's (keys correlated at
-# 0.95, erase gates up to 2, K = 48, T = 150: gdn 1.07e-6 vs 1.06e-6, DeltaNet 1.91e-6 vs
-# 2.68e-6). A local sm_90 compile (Triton 3.9, 4 warps) spills 760 B per thread at 64-wide K
-# blocks (intra_bk_head) and none at 32. That compiler is no guide to the GPU's: it spills 152 B
-# for the native intra kernel without reg_solve, which Triton 3.6 on the H200 compiles in 135
-# registers. So both widths are for the GPU to time.
+# Measured and removed (2026-11-30, a3d3a32): reg_solve, the solve of I + T for per-head or no
+# decay in the intra kernel's registers by 16×16 blocks of K Kᵀ (as FLA's K Kᵀ + solve kernel does):
+# gdn forward 1.411 vs 0.975 ms at 2k (4 warps, 248 registers: one program per SM cannot hide the
+# substitution's serial steps the way many one-warp solve programs do).
 # grad_bv: the gradient kernel's V block. 32 vs 64 (H200, each timed beside the defaults in one
 # call, a455d83 / 9f2df37), f+b ms: gdn2 8.47 vs 8.56 at 2k, 12.05 vs 12.17 at 32k; kda 8.01 vs
 # 8.27, 11.62 vs 11.86; gdn 4.52 vs 4.69, 8.23 vs 8.38. Forward unchanged.

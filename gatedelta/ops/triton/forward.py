@@ -230,109 +230,13 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
         tl.store(G + o_row * HV + i_hv, b_G1, mask=m_t)
 
 
-@triton.jit
-def block_products(k, row0, eos, i_h, o_k, H: tl.constexpr, K: tl.constexpr, NATIVE: tl.constexpr,
-                   PREC: tl.constexpr):
-    """One K block's share of K Kᵀ ``[64, 64]`` by 16×16 blocks, each its own product of 16-row
-    slices of k: the four diagonal blocks, then the six below them. (One batched ``[4, 16, 16]``
-    product for the diagonal blocks crashes Triton 3.6's LLVM SLP vectorizer once the loads are
-    vectorized, as they are on the GPU.)"""
-    m_k = o_k < K
-    k0 = rows16(k, row0, eos, i_h, o_k, m_k, 0, H, K, NATIVE)
-    k1 = rows16(k, row0, eos, i_h, o_k, m_k, 1, H, K, NATIVE)
-    k2 = rows16(k, row0, eos, i_h, o_k, m_k, 2, H, K, NATIVE)
-    k3 = rows16(k, row0, eos, i_h, o_k, m_k, 3, H, K, NATIVE)
-    T00 = tl.dot(k0, tl.trans(k0), input_precision=PREC)
-    T11 = tl.dot(k1, tl.trans(k1), input_precision=PREC)
-    T22 = tl.dot(k2, tl.trans(k2), input_precision=PREC)
-    T33 = tl.dot(k3, tl.trans(k3), input_precision=PREC)
-    T10 = tl.dot(k1, tl.trans(k0), input_precision=PREC)
-    T20 = tl.dot(k2, tl.trans(k0), input_precision=PREC)
-    T21 = tl.dot(k2, tl.trans(k1), input_precision=PREC)
-    T30 = tl.dot(k3, tl.trans(k0), input_precision=PREC)
-    T31 = tl.dot(k3, tl.trans(k1), input_precision=PREC)
-    T32 = tl.dot(k3, tl.trans(k2), input_precision=PREC)
-    return T00, T11, T22, T33, T10, T20, T21, T30, T31, T32
-
-
-@triton.jit
-def rows16(k, row0, eos, i_h, o_k, m_k, bi, H: tl.constexpr, K: tl.constexpr, NATIVE: tl.constexpr):
-    """Rows ``row0 + 16·bi …`` of k, one K block ``[16, BK]``."""
-    r = row0 + 16 * bi + tl.arange(0, 16)
-    x = tl.load(k + (r[:, None] * H + i_h) * K + o_k[None, :], mask=(r < eos)[:, None] & m_k[None, :],
-                other=0)
-    if not NATIVE:
-        x = x.to(tl.float32)
-    return x
-
-
-@triton.jit
-def gate_factors(b, G, r, c, eos, i_hv, HV: tl.constexpr, DECAY: tl.constexpr):
-    """T's factors at rows r and columns c (packed row indices, broadcastable shapes): the rows'
-    erase gate times, with a per-head decay, ``exp(min(G_r − G_c, 0))``."""
-    f = tl.load(b + r * HV + i_hv, mask=r < eos, other=0).to(tl.float32)
-    if DECAY == 1:
-        g_r = tl.load(G + r * HV + i_hv, mask=r < eos, other=0)
-        g_c = tl.load(G + c * HV + i_hv, mask=c < eos, other=0)
-        f = f * tl.exp(tl.minimum(g_r - g_c, 0.0))
-    return f
-
-
-@triton.jit
-def gate_block(b, G, row0, eos, i_hv, bi, bj, HV: tl.constexpr, DECAY: tl.constexpr):
-    """:func:`gate_factors` of T's 16×16 block (bi, bj)."""
-    o_i = tl.arange(0, 16)
-    r, c = row0 + 16 * bi + o_i, row0 + 16 * bj + o_i
-    return gate_factors(b, G, r[:, None], c[None, :], eos, i_hv, HV, DECAY)
-
-
-@triton.jit
-def solve_blocks(A, b, G, T00, T11, T22, T33, T10, T20, T21, T30, T31, T32, row0, eos, i_hv,
-                 HV: tl.constexpr, BT: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
-    """Store ``A = (I + T)⁻¹`` on and below the diagonal blocks, from K Kᵀ's blocks in registers
-    (:func:`block_products`): gated into T, the diagonal blocks inverted by substitution
-    (:func:`unit_lower_inverse_16`), the rest merged (:func:`merge_blocks`)."""
-    o_b = tl.arange(0, 4)
-    o_i = tl.arange(0, 16)
-    ob = o_b[:, None, None]
-    b_D = tl.where(ob == 0, T00[None, :, :], tl.where(ob == 1, T11[None, :, :],
-                   tl.where(ob == 2, T22[None, :, :], T33[None, :, :])))  # [4, 16, 16]
-    rows = row0 + (o_b * 16)[:, None, None] + o_i[None, :, None]  # [4, 16, 1]
-    cols = row0 + (o_b * 16)[:, None, None] + o_i[None, None, :]  # [4, 1, 16]
-    f = gate_factors(b, G, rows, cols, eos, i_hv, HV, DECAY)
-    b_Ai = unit_lower_inverse_16(tl.where(o_i[None, :, None] > o_i[None, None, :], b_D * f, 0.0))
-    p_d = A + (rows * HV + i_hv) * BT + (o_b * 16)[:, None, None] + o_i[None, None, :]
-    tl.store(p_d, b_Ai, mask=rows < eos)
-    A00 = tl.sum(tl.where(o_b[:, None, None] == 0, b_Ai, 0.0), 0)
-    A11 = tl.sum(tl.where(o_b[:, None, None] == 1, b_Ai, 0.0), 0)
-    A22 = tl.sum(tl.where(o_b[:, None, None] == 2, b_Ai, 0.0), 0)
-    A33 = tl.sum(tl.where(o_b[:, None, None] == 3, b_Ai, 0.0), 0)
-    T10 *= gate_block(b, G, row0, eos, i_hv, 1, 0, HV, DECAY)
-    T20 *= gate_block(b, G, row0, eos, i_hv, 2, 0, HV, DECAY)
-    T21 *= gate_block(b, G, row0, eos, i_hv, 2, 1, HV, DECAY)
-    T30 *= gate_block(b, G, row0, eos, i_hv, 3, 0, HV, DECAY)
-    T31 *= gate_block(b, G, row0, eos, i_hv, 3, 1, HV, DECAY)
-    T32 *= gate_block(b, G, row0, eos, i_hv, 3, 2, HV, DECAY)
-    A10, A20, A21, A30, A31, A32 = merge_blocks(A00, A11, A22, A33, T10, T20, T21, T30, T31, T32, PREC)
-    r1, r2, r3 = row0 + 16 + o_i, row0 + 32 + o_i, row0 + 48 + o_i
-    p1 = A + (r1[:, None] * HV + i_hv) * BT + o_i[None, :]
-    p2 = A + (r2[:, None] * HV + i_hv) * BT + o_i[None, :]
-    p3 = A + (r3[:, None] * HV + i_hv) * BT + o_i[None, :]
-    tl.store(p1, A10, mask=(r1 < eos)[:, None])
-    tl.store(p2, A20, mask=(r2 < eos)[:, None])
-    tl.store(p2 + 16, A21, mask=(r2 < eos)[:, None])
-    tl.store(p3, A30, mask=(r3 < eos)[:, None])
-    tl.store(p3 + 16, A31, mask=(r3 < eos)[:, None])
-    tl.store(p3 + 32, A32, mask=(r3 < eos)[:, None])
-
-
 @triton.autotune(
     # With the dyadic split alone 4 warps spilled ~250 B and lost (H200 sweep, tune_gdn2_h200.json);
     # since most tiles take the midpoint path, the autotuner picks 4 warps again at gdn2's 2k and
     # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
     # stack were timed on the H200 and lost (2026-11-29).
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE", "REG_SOLVE"],
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE"],
 )
 @triton.jit
 def chunk_intra_kernel(
@@ -340,14 +244,11 @@ def chunk_intra_kernel(
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
     LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
-    REG_SOLVE: tl.constexpr,
 ):
     """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
     erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk). NATIVE (not under
     the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9): per-head or no decay and no
-    per-channel erase gate multiply the inputs as they are, not converted to fp32 first. REG_SOLVE
-    (per-head or no decay, a per-head erase gate): T by 16×16 blocks and A = (I + T)⁻¹ from them
-    in registers (:func:`block_products`, :func:`solve_blocks`), instead of through the A buffer."""
+    per-channel erase gate multiply the inputs as they are, not converted to fp32 first."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
@@ -356,10 +257,6 @@ def chunk_intra_kernel(
     b_M = tl.zeros([BT, BT], dtype=tl.float32)
     b_T = tl.zeros([BT, BT], dtype=tl.float32)
     row0 = bos + i_c * BT
-    if REG_SOLVE:
-        tl.static_assert(BT == 64 and DECAY < 2 and ERASE == 1)
-        T00 = tl.zeros([16, 16], dtype=tl.float32)
-        T11, T22, T33, T10, T20, T21, T30, T31, T32 = T00, T00, T00, T00, T00, T00, T00, T00, T00
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
@@ -381,20 +278,7 @@ def chunk_intra_kernel(
             if not NATIVE:
                 b_q, b_k = b_q.to(tl.float32), b_k.to(tl.float32)
             b_M += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-            if ERASE > 0 and REG_SOLVE:
-                d00, d11, d22, d33, d10, d20, d21, d30, d31, d32 = block_products(
-                    k, row0, eos, i_h, o_k, H, K, NATIVE, PREC)
-                T00 += d00
-                T11 += d11
-                T22 += d22
-                T33 += d33
-                T10 += d10
-                T20 += d20
-                T21 += d21
-                T30 += d30
-                T31 += d31
-                T32 += d32
-            elif ERASE > 0:
+            if ERASE > 0:
                 b_T += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
         else:
             b_q = tl.load(p_q, mask=m_tk, other=0).to(tl.float32)
@@ -411,13 +295,7 @@ def chunk_intra_kernel(
     b_M = tl.where(o_t[:, None] >= o_t[None, :], b_M * scale, 0.0)
     p_tt = (o_row[:, None] * HV + i_hv) * BT + o_t[None, :]
     tl.store(M + p_tt, b_M, mask=m_tt)
-    if ERASE > 0 and REG_SOLVE:
-        # zeros above the diagonal blocks, then the blocks on and below it
-        tl.store(A + p_tt, tl.zeros([BT, BT], dtype=A.dtype.element_ty),
-                 mask=m_tt & (o_t[:, None] // 16 < o_t[None, :] // 16))
-        solve_blocks(A, b, G, T00, T11, T22, T33, T10, T20, T21, T30, T31, T32, row0, eos, i_hv, HV, BT,
-                     DECAY, PREC_INV)
-    elif ERASE > 0:
+    if ERASE > 0:
         # A = (I + T)⁻¹ through the A buffer (block rows of 16 need 16 rows' masks per block),
         # here or (SPLIT_SOLVE) by chunk_solve_kernel
         tl.store(A + p_tt, tl.where(o_t[:, None] > o_t[None, :], b_T, 0.0), mask=m_tt)
@@ -773,7 +651,6 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     Ttot, H, K = q.shape
     DECAY, ERASE = gate_form(G), gate_form(b)
     # per-head or no decay with a per-head erase gate: (I + T)⁻¹ in the intra kernel's registers
-    reg_solve = bool(TUNING["reg_solve"]) and DECAY < 2 and ERASE == 1
     M = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "M"), device=q.device)
     # A: also the scratch of the in-place (I + T)⁻¹ solve
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
@@ -785,9 +662,9 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
         H=H, HV=HV, K=K, BT=CHUNK, BK=BK,
         DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
         LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=float(TUNING["anchor_range"]),
-        NATIVE=not INTERPRET, REG_SOLVE=reg_solve,
+        NATIVE=not INTERPRET,
     )
-    if ERASE and TUNING["split_solve"] and not reg_solve:
+    if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
                                      num_warps=TUNING["solve_warps"])
     return M, A
