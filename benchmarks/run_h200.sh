@@ -272,10 +272,11 @@ next8b)
     # FLA's state + output 0.49; cut at 31d4986); the forward per kernel beside FLA's at 2k; ours
     # per kernel at 32k
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
-    timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_output --out $OUT/tune_gdn2_2k_fuse_output.json
-    timeout 150 python3 benchmarks/tune_kernels.py --op kda --keys fuse_output --out $OUT/tune_kda_2k_fuse_output.json
+    timeout 190 python3 benchmarks/tune_kernels.py --op gdn2 --keys fuse_output state_bv_max \
+        --out $OUT/tune_gdn2_2k_fuse_output.json
+    timeout 120 python3 benchmarks/tune_kernels.py --op kda --keys fuse_output --out $OUT/tune_kda_2k_fuse_output.json
     timeout 90 $K fwd-profile --ops gdn gdn2 kda --T 2048
-    timeout 90 $K profile --ops gdn2 kda gdn --T 32768 --tag h200-32k ;;
+    timeout 80 $K profile --ops gdn2 kda gdn --T 32768 --tag h200-32k ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
