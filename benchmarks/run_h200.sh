@@ -27,7 +27,8 @@
 #   bash benchmarks/run_h200.sh native   # the intra kernel's native 16-bit products (per-head decay)
 #   bash benchmarks/run_h200.sh final5   # pre_gated_q, solve_maxnreg; FLA and ours at 2k, ours at 32k
 #   bash benchmarks/run_h200.sh check6   # bf16 check of kda, ssd, linear_attn, gla; per-kernel profile
-#   bash benchmarks/run_h200.sh next8b   # next session: fuse_output for gdn2 / kda at 2k, per-kernel profiles
+#   bash benchmarks/run_h200.sh next8b   # fuse_output for gdn2 / kda at 2k, per-kernel profiles
+#   bash benchmarks/run_h200.sh decode9  # the decode kernel's blocks beside FLA's; bf16 check
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -277,6 +278,13 @@ next8b)
     timeout 120 python3 benchmarks/tune_kernels.py --op kda --keys fuse_output --out $OUT/tune_kda_2k_fuse_output.json
     timeout 90 $K fwd-profile --ops gdn gdn2 kda --T 2048
     timeout 80 $K profile --ops gdn2 kda gdn --T 32768 --tag h200-32k ;;
+decode9)
+    # the decode kernel's value block × warps beside FLA's fused_recurrent_gdn2 (CUDA graph and
+    # eager; eager without autograd now skips the custom op), then the bf16 check (its decode
+    # steps go through the direct path)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 150 $K decode --decode-sweep
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 120 $K check --ops gdn2 gdn linear_attn --tag h200-decode ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json

@@ -301,7 +301,7 @@ def speed(out: dict, fla, Ts=(2048, 8192, 32768), who=("ours", "fla", "sdpa"),
         torch.cuda.empty_cache()
 
 
-def decode(out: dict, fla) -> None:
+def decode(out: dict, fla, sweep: bool = False) -> None:
     """One-token gdn2 step at B = 64, H = 16, K = V = 128 with a fp32 state (read + written)."""
     import triton.testing
 
@@ -325,6 +325,23 @@ def decode(out: dict, fla) -> None:
         res[f"{name}_us"], res[f"{name}_us_graph"] = us, us_graph
         res[f"{name}_state_TBps_graph"] = state_bytes / (us_graph * 1e-6) / 1e12
         res[f"{name}_state_TBps"] = state_bytes / (us * 1e-6) / 1e12
+    if sweep:
+        from gatedelta.ops.triton.common import TUNING
+
+        # the kernel's value block and warps (CUDA graph: the step's device time alone)
+        saved = dict(TUNING)
+        try:
+            for bv in (8, 16, 32, 64):
+                for warps in (1, 2, 4, 8):
+                    TUNING.update(decode_bv=bv, decode_warps=warps)
+                    with torch.no_grad():
+                        us = triton.testing.do_bench_cudagraph(ours, rep=100, return_mode="median") * 1e3
+                    res[f"ours_bv{bv}_w{warps}_us_graph"] = us
+                    print(f"decode bv={bv} warps={warps}: {us:.1f} us, "
+                          f"{state_bytes / (us * 1e-6) / 1e12:.2f} TB/s", flush=True)
+        finally:
+            TUNING.clear()
+            TUNING.update(saved)
     print("decode " + json.dumps(res), flush=True)
     out["decode"] = res
     SAVE()
@@ -460,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="h100", help="file name suffix: kernels_<step>_<tag>.json")
     p.add_argument("--ops", nargs="*", default=["gdn2", "kda", "gdn", "sdpa"], help="ops for speed / check")
     p.add_argument("--no-ceilings", action="store_true", help="skip the matmul / copy ceilings")
+    p.add_argument("--decode-sweep", action="store_true",
+                   help="decode: also time the kernel at each value block × warps (decode_bv, decode_warps)")
     p.add_argument("--tuning", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override gatedelta.ops.triton.common.TUNING entries, e.g. pair_bf16=True")
     a = p.parse_args(argv)
@@ -476,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = {
         "accuracy": lambda o: accuracy(o, fla, who=("ours",)),
         "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa"), op_names=tuple(a.ops)),
-        "decode": lambda o: decode(o, fla),
+        "decode": lambda o: decode(o, fla, sweep=a.decode_sweep),
         "check": lambda o: check(o, op_names=tuple(a.ops)),
         "profile": lambda o: profile(o, tuple(a.T), tuple(a.ops)),
         "fwd-profile": lambda o: profile(o, tuple(a.T), tuple(a.ops), fla, forward_only=True),

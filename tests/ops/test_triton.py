@@ -460,6 +460,33 @@ def test_decode_kernel_every_form_and_varlen():
         assert rel_err(o.view_as(o_ref), o_ref) < TOL and rel_err(s, s_ref) < TOL, op
 
 
+@pytest.mark.parametrize("bv, warps", [(32, 4), (8, 1)])
+def test_decode_outside_autograd_calls_the_kernel_directly(bv, warps, monkeypatch):
+    # Without autograd (no_grad, or no input needing a gradient) a decode step skips the custom
+    # op and launches the kernel itself: same results as through the op, which an input needing a
+    # gradient still takes. Equal-length sequences (no cu_seqlens: offsets formed in the kernel),
+    # K and V not powers of two, narrow value blocks (8 wide: V = 24 in three programs).
+    from gatedelta.ops.triton import common, op
+
+    monkeypatch.setitem(common.TUNING, "decode_bv", bv)
+    monkeypatch.setitem(common.TUNING, "decode_warps", warps)
+    args, s0 = make_inputs("gdn2", B=3, T=2, H=1, G=2, K=40, V=24, dtype=torch.float32)
+    args, s0 = _dev(args), s0.to(DEV)
+    o_ref, s_ref = ops.gdn2(*to64(args), initial_state=s0.double(), output_final_state=True,
+                            backend="reference")
+    through_op = op.recurrence_fwd
+    calls = []
+    monkeypatch.setattr(op, "recurrence_fwd", lambda *a: calls.append(1) or through_op(*a))
+    with torch.no_grad():
+        o, s = ops.gdn2(*args, initial_state=s0, output_final_state=True, backend="triton")
+    assert not calls
+    assert rel_err(o, o_ref) < TOL and rel_err(s, s_ref) < TOL
+    leaf = args[0].clone().requires_grad_()
+    o_op, s_op = ops.gdn2(leaf, *args[1:], initial_state=s0, output_final_state=True, backend="triton")
+    assert calls
+    assert torch.equal(o_op.detach(), o) and torch.equal(s_op.detach(), s)
+
+
 @pytest.mark.parametrize("kind", ["random", "ones"])
 def test_solve_kernel_inverts_each_chunk_in_place(kind):
     # (I + T)⁻¹ of every chunk straight from the solve kernel, against a float64 triangular solve:

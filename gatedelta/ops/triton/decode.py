@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import empty, gate_form
+from .common import TUNING, empty, gate_form
 
 # recurrence() takes this path for sequences no longer than this when a state is given.
 MAX_DECODE_TOKENS = 4
@@ -19,21 +19,27 @@ MAX_DECODE_TOKENS = 4
 
 @triton.jit
 def recurrent_step_kernel(
-    q, k, v, g, b, w, h0, o, ht, cu_seqlens, scale,
+    q, k, v, g, b, w, h0, o, ht, cu_seqlens, scale, T,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, USE_H0: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):
     """One program per (value block, sequence·head). State block ``[BK ≥ K, BV]`` fp32.
 
     q, k ``[Ttot, H, K]``, v ``[Ttot, HV, V]``, gates packed likewise; o ``[Ttot, HV, V]``;
-    h0, ht ``[N, HV, K, V]``.
+    h0, ht ``[N, HV, K, V]``. Sequences of T tokens each, or (VARLEN) bounded by cu_seqlens.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
     i_h = i_hv // (HV // H)
-    bos = tl.load(cu_seqlens + i_n).to(tl.int64)
-    eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    if VARLEN:
+        bos = tl.load(cu_seqlens + i_n).to(tl.int64)
+        eos = tl.load(cu_seqlens + i_n + 1).to(tl.int64)
+    else:
+        # no offsets tensor to build on the host side: one launch, not three, per decode step
+        bos = i_n.to(tl.int64) * T
+        eos = bos + T
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -77,21 +83,24 @@ def recurrent_step(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     :func:`gatedelta.ops.triton.forward.chunk_forward`."""
     Ttot, H, K = q.shape
     HV, V = v.shape[1], v.shape[2]
-    if cu_seqlens is None:
-        cu = torch.arange(0, B + 1, device=q.device, dtype=torch.int32) * T
-    else:
-        cu = cu_seqlens.to(torch.int32)
-    N = cu.numel() - 1
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     o = empty((Ttot, HV, V), dtype=v.dtype, device=v.device)
     ht = empty((N, HV, K, V), dtype=torch.float32, device=v.device)
     BK = max(16, triton.next_power_of_2(K))
-    # A [BK, BV] fp32 block per program: small enough to stay in registers, and ≥ 1k programs at
-    # decode batch sizes so every SM streams state.
-    BV = min(max(16, triton.next_power_of_2(V)), 32 if K <= 128 else 16)
+    BV, warps = decode_blocks(K, V)
     recurrent_step_kernel[(triton.cdiv(V, BV), N * HV)](
         q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
-        ht if h0 is None else h0, o, ht, cu, scale,
+        ht if h0 is None else h0, o, ht, cu_seqlens, scale, T,
         H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, DECAY=gate_form(g), ERASE=gate_form(b), WRITE=gate_form(w),
-        USE_H0=h0 is not None, num_warps=4,
+        USE_H0=h0 is not None, VARLEN=cu_seqlens is not None, num_warps=warps,
     )
     return o, ht
+
+
+def decode_blocks(K: int, V: int) -> tuple[int, int]:
+    """Value block and warps of the decode kernel: ``TUNING["decode_bv"]`` and
+    ``TUNING["decode_warps"]``, the block narrowed for wide keys so the ``[K, BV]`` fp32 state block
+    stays in registers (at most 4,096 values), and never wider than V."""
+    BK = max(16, triton.next_power_of_2(K))
+    BV = min(int(TUNING["decode_bv"]), max(8, 4096 // BK), max(8, triton.next_power_of_2(V)))
+    return BV, int(TUNING["decode_warps"])

@@ -34,7 +34,9 @@ def _num_sequences(q: Tensor, cu_seqlens: Tensor | None) -> int:
     return q.shape[0] if cu_seqlens is None else cu_seqlens.shape[0] - 1
 
 
-def _use_decode(T: int, initial_state: Tensor | None, cu_seqlens: Tensor | None) -> bool:
+def use_decode(T: int, initial_state: Tensor | None, cu_seqlens: Tensor | None) -> bool:
+    """Whether the forward takes the decode kernel: a state is given and every sequence has at
+    most ``MAX_DECODE_TOKENS`` tokens."""
     if initial_state is None:
         return False
     if cu_seqlens is None:
@@ -42,16 +44,23 @@ def _use_decode(T: int, initial_state: Tensor | None, cu_seqlens: Tensor | None)
     return int((cu_seqlens[1:] - cu_seqlens[:-1]).max()) <= MAX_DECODE_TOKENS
 
 
+def packed_args(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, w: Tensor | None,
+                scale: float, initial_state: Tensor | None, cu_seqlens: Tensor | None) -> tuple:
+    """The kernels' arguments: inputs packed to ``[B·T, ...]``, then scale, the state, cu_seqlens,
+    B and T."""
+    B, T = q.shape[:2]
+    return (_packed(q), _packed(k), _packed(v), _packed(g), _packed(b), _packed(w), scale,
+            None if initial_state is None else initial_state.contiguous(), cu_seqlens, B, T)
+
+
 @torch.library.custom_op("gatedelta::recurrence_fwd", mutates_args=())
 def recurrence_fwd(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, w: Tensor | None,
     scale: float, initial_state: Tensor | None, cu_seqlens: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    B, T = q.shape[:2]
-    args = (_packed(q), _packed(k), _packed(v), _packed(g), _packed(b), _packed(w), scale,
-            None if initial_state is None else initial_state.contiguous(), cu_seqlens, B, T)
+    args = packed_args(q, k, v, g, b, w, scale, initial_state, cu_seqlens)
     M = A = None
-    if _use_decode(T, initial_state, cu_seqlens):
+    if use_decode(q.shape[1], initial_state, cu_seqlens):
         o, ht = recurrent_step(*args)  # no chunk matrices: the backward recomputes them
     else:
         o, ht, M, A = chunk_forward(*args)
@@ -83,7 +92,7 @@ def recurrence_bwd(
 ) -> list[Tensor]:
     B, T = q.shape[:2]
     # The forward took the decode kernel (same decision, same inputs): it left no chunk matrices.
-    keep = not _use_decode(T, initial_state, cu_seqlens)
+    keep = not use_decode(T, initial_state, cu_seqlens)
     grads = chunk_backward(
         _packed(q), _packed(k), _packed(v), _packed(g), _packed(b), _packed(w), scale,
         None if initial_state is None else initial_state.contiguous(), cu_seqlens, B, T,
