@@ -58,18 +58,19 @@ def _run(r: Recurrence, qk_l2norm: bool, backend: str | None) -> tuple[Tensor, T
             )
     if qk_l2norm:
         r.q, r.k = l2norm(r.q), l2norm(r.k)
-    # The backends choose their own precision (fp32 states, fp32 or better products); autocast
-    # would otherwise run the chunked path's matmuls and triangular solve in bf16.
-    with torch.autocast(r.q.device.type, enabled=False):
-        if name == "reference":
-            return reference.recurrence(r)
-        if name == "torch":
-            from . import chunked
-
-            return chunked.recurrence(r)
+    if name == "triton":
+        # its kernels choose their own precision; autocast does not reach them
         from . import triton as triton_backend
 
         return triton_backend.recurrence(r)
+    # The torch backends choose their own precision (fp32 states, fp32 or better products);
+    # autocast would otherwise run the chunked path's matmuls and triangular solve in bf16.
+    with torch.autocast(r.q.device.type, enabled=False):
+        if name == "reference":
+            return reference.recurrence(r)
+        from . import chunked
+
+        return chunked.recurrence(r)
 
 
 def recurrence(

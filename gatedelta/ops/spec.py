@@ -104,17 +104,16 @@ def _check_gate(
     device: torch.device,
 ) -> torch.Tensor:
     x = _check_tensor(name, x)
-    forms = []
-    if allow_head:
-        forms.append(f"[B, T, HV or H] = [{B}, {T}, {HV} or {H}]")
-    if allow_channel:
-        forms.append(f"[B, T, HV or H, {channel_name}] = [{B}, {T}, {HV} or {H}, {channels}]")
-    expected = " or ".join(forms)
     ok_rank = (x.ndim == 3 and allow_head) or (x.ndim == 4 and allow_channel)
-    if not ok_rank or tuple(x.shape[:2]) != (B, T) or x.shape[2] not in (H, HV):
-        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected {expected}")
-    if x.ndim == 4 and x.shape[3] != channels:
-        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected {expected}")
+    if (not ok_rank or tuple(x.shape[:2]) != (B, T) or x.shape[2] not in (H, HV)
+            or (x.ndim == 4 and x.shape[3] != channels)):
+        # the message is built only here: validation runs on every decode step
+        forms = []
+        if allow_head:
+            forms.append(f"[B, T, HV or H] = [{B}, {T}, {HV} or {H}]")
+        if allow_channel:
+            forms.append(f"[B, T, HV or H, {channel_name}] = [{B}, {T}, {HV} or {H}, {channels}]")
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected {' or '.join(forms)}")
     if x.device != device:
         raise ValueError(f"{name} is on {x.device} but q is on {device}")
     return _expand_heads(name, x, H, HV)
