@@ -29,6 +29,7 @@
 #   bash benchmarks/run_h200.sh check6   # bf16 check of kda, ssd, linear_attn, gla; per-kernel profile
 #   bash benchmarks/run_h200.sh next8b   # fuse_output for gdn2 / kda at 2k, per-kernel profiles
 #   bash benchmarks/run_h200.sh decode9  # the decode kernel's blocks beside FLA's; bf16 check
+#   bash benchmarks/run_h200.sh final9   # eighth session's defaults: decode, FLA and ours at 2k, ours at 32k
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -285,6 +286,13 @@ decode9)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     timeout 150 $K decode --decode-sweep
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 120 $K check --ops gdn2 gdn linear_attn --tag h200-decode ;;
+final9)
+    # the eighth session's defaults: decode beside FLA (eager and CUDA graph), FLA then ours at 2k,
+    # ours at 32k, in one call
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 60 $K decode
+    timeout 200 $K fla-speed --ops gdn2 kda gdn --T 2048
+    timeout 200 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768 ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
