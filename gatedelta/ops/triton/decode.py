@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from .common import TUNING, empty, gate_form
+from .forward import _pow2
 
 # recurrence() takes this path for sequences no longer than this when a state is given.
 MAX_DECODE_TOKENS = 4
@@ -86,8 +87,7 @@ def recurrent_step(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     o = empty((Ttot, HV, V), dtype=v.dtype, device=v.device)
     ht = empty((N, HV, K, V), dtype=torch.float32, device=v.device)
-    BK = max(16, _pow2(K))
-    BV, warps = decode_blocks(K, V)
+    BK, BV, warps = decode_blocks(K, V)
     recurrent_step_kernel[((V + BV - 1) // BV, N * HV)](
         q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
         ht if h0 is None else h0, o, ht, cu_seqlens, scale, T,
@@ -97,16 +97,10 @@ def recurrent_step(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     return o, ht
 
 
-def decode_blocks(K: int, V: int) -> tuple[int, int]:
-    """Value block and warps of the decode kernel: ``TUNING["decode_bv"]`` and
-    ``TUNING["decode_warps"]``, the block narrowed for wide keys so the ``[K, BV]`` fp32 state block
-    stays in registers (at most 4,096 values), and never wider than V."""
-    BK = max(16, _pow2(K))
-    BV = min(int(TUNING["decode_bv"]), max(8, 4096 // BK), max(8, _pow2(V)))
-    return BV, int(TUNING["decode_warps"])
-
-
-def _pow2(n: int) -> int:
-    """The smallest power of two ≥ n (plain Python: Triton's helper is a JIT function, slower to
-    call from the host on every decode step)."""
-    return 1 << (n - 1).bit_length()
+def decode_blocks(K: int, V: int) -> tuple[int, int, int]:
+    """Key block, value block and warps of the decode kernel: the value block and warps from
+    ``TUNING["decode_bv"]`` and ``TUNING["decode_warps"]``, the block narrowed for wide keys so the
+    ``[BK, BV]`` fp32 state block stays in registers (at most 4,096 values), and never wider than V."""
+    BK = _pow2(K)
+    BV = min(int(TUNING["decode_bv"]), max(8, 4096 // BK), _pow2(V, 8))
+    return BK, BV, int(TUNING["decode_warps"])

@@ -609,7 +609,9 @@ def chunk_output_kernel(
 
 
 def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, triton.next_power_of_2(n))
+    """The smallest power of two ≥ n and ≥ lo (plain Python: Triton's helper is a JIT function,
+    slower to call from the host, which the decode step does on every token)."""
+    return max(lo, 1 << (n - 1).bit_length())
 
 
 def state_slot(K: int, knob: str = "state_bk") -> int:
