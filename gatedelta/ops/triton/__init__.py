@@ -29,16 +29,17 @@ def recurrence(r: Recurrence) -> tuple[torch.Tensor, torch.Tensor | None]:
             "backend='triton' computes in float32 and takes bf16/fp16/fp32 inputs, got float64; "
             "use backend='torch' or backend='reference' for float64"
         )
-    from .op import packed_args, recurrence_fwd, use_decode
+    from .op import recurrence_fwd, use_decode
 
     inputs = (r.q, r.k, r.v, r.g, r.b, r.w, r.scale, r.initial_state, r.cu_seqlens)
     if _plain_inference(inputs) and use_decode(r.q.shape[1], r.initial_state, r.cu_seqlens):
         # Decoding outside autograd and torch.compile: the kernel directly. The custom op's
         # dispatch (autograd and fake-tensor plumbing) costs more host time than the step itself.
+        # The kernel indexes rows of contiguous memory, so [B, T, ...] inputs need no packing.
         from .decode import recurrent_step
 
-        o, final = recurrent_step(*packed_args(*inputs))
-        o = o.view(r.v.shape)
+        x = [None if t is None else t.contiguous() for t in (r.q, r.k, r.v, r.g, r.b, r.w, r.initial_state)]
+        o, final = recurrent_step(*x[:6], r.scale, x[6], r.cu_seqlens, *r.q.shape[:2])
     else:
         o, final, _, _ = recurrence_fwd(*inputs)
     return o, (final if r.output_final_state else None)
@@ -48,8 +49,9 @@ def _plain_inference(inputs: tuple) -> bool:
     """No gradient will be asked of this call and no graph is being traced."""
     if torch.compiler.is_compiling():
         return False
-    tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
-    return not (torch.is_grad_enabled() and any(x.requires_grad for x in tensors))
+    if not torch.is_grad_enabled():
+        return True
+    return not any(isinstance(x, torch.Tensor) and x.requires_grad for x in inputs)
 
 
 __all__ = ["recurrence"]

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import TUNING, empty, gate_form
+from .common import TUNING, empty
 from .forward import _pow2
 
 # recurrence() takes this path for sequences no longer than this when a state is given.
@@ -80,21 +80,30 @@ def recurrent_step_kernel(
 
 
 def recurrent_step(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int):
-    """Token-by-token forward on packed inputs (for decode). Same arguments and returns as
-    :func:`gatedelta.ops.triton.forward.chunk_forward`."""
-    Ttot, H, K = q.shape
-    HV, V = v.shape[1], v.shape[2]
+    """Token-by-token forward (for decode). Same arguments and returns as
+    :func:`gatedelta.ops.triton.forward.chunk_forward`, except that the inputs may also come
+    unpacked (``[B, T, ...]``, contiguous): o then comes back as v's shape."""
+    H, K = q.shape[-2:]
+    HV, V = v.shape[-2:]
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    o = empty((Ttot, HV, V), dtype=v.dtype, device=v.device)
+    o = empty(v.shape, dtype=v.dtype, device=v.device)
     ht = empty((N, HV, K, V), dtype=torch.float32, device=v.device)
     BK, BV, warps = decode_blocks(K, V)
     recurrent_step_kernel[((V + BV - 1) // BV, N * HV)](
         q, k, v, q if g is None else g, q if b is None else b, q if w is None else w,
         ht if h0 is None else h0, o, ht, cu_seqlens, scale, T,
-        H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, DECAY=gate_form(g), ERASE=gate_form(b), WRITE=gate_form(w),
+        H=H, HV=HV, K=K, V=V, BK=BK, BV=BV, DECAY=_form(g, q), ERASE=_form(b, q), WRITE=_form(w, q),
         USE_H0=h0 is not None, VARLEN=cu_seqlens is not None, num_warps=warps,
     )
     return o, ht
+
+
+def _form(x, q) -> int:
+    """:func:`.common.gate_form` for packed (``[Ttot, ...]``) or unpacked (``[B, T, ...]``) inputs: a gate
+    per head has one dim fewer than q."""
+    if x is None:
+        return 0
+    return 1 if x.ndim == q.ndim - 1 else 2
 
 
 def decode_blocks(K: int, V: int) -> tuple[int, int, int]:
