@@ -563,6 +563,21 @@ def test_torch_compile_fullgraph_and_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
+def test_torch_compile_traces_a_decode_step_without_autograd():
+    # Under no_grad an eager decode step launches the kernel directly; traced, it must stay the
+    # custom op (a kernel launch on fake tensors would break the graph).
+    args, s0 = make_inputs("gdn", B=2, T=1, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    args, s0 = _dev(args), s0.to(DEV)
+
+    def step(q, k, v, g, beta, s0):
+        return ops.gdn(q, k, v, g, beta, initial_state=s0, output_final_state=True, backend="triton")
+
+    with torch.no_grad():
+        o, s = torch.compile(step, fullgraph=True, backend="aot_eager")(*args, s0)
+        o_eager, s_eager = step(*args, s0)
+    assert torch.equal(o, o_eager) and torch.equal(s, s_eager)
+
+
 def test_state_carry_and_kda_identity():
     """f(x₁‖x₂) == f(x₂, init = f(x₁).state) across a split inside a chunk; gdn2(b = w = β) == kda."""
     args, s0 = make_inputs("kda", B=1, T=100, H=1, G=2, K=16, V=16, dtype=torch.float32)
