@@ -30,6 +30,7 @@
 #   bash benchmarks/run_h200.sh next8b   # fuse_output for gdn2 / kda at 2k, per-kernel profiles
 #   bash benchmarks/run_h200.sh decode9  # the decode kernel's blocks beside FLA's; bf16 check
 #   bash benchmarks/run_h200.sh final9   # eighth session's defaults: decode, FLA and ours at 2k, ours at 32k
+#   bash benchmarks/run_h200.sh final9b  # decode's last changes checked; ours at 8k; FLA at 8k and 32k
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -293,6 +294,16 @@ final9)
     timeout 60 $K decode
     timeout 200 $K fla-speed --ops gdn2 kda gdn --T 2048
     timeout 200 $K speed --ops gdn2 kda gdn sdpa --T 2048 32768 ;;
+final9b)
+    # the decode path's last changes (unpacked inputs): bf16 check of kda (per-head beta) and gdn,
+    # host time and CUDA-graph time beside FLA; ours at 8k; FLA at 8k and 32k (its autotuning
+    # results carried in .tcache where its keys omit T), last since its tuning may run long
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 90 $K check --ops kda gdn --tag h200-final9b
+    timeout 60 python3 benchmarks/decode_host.py 2>&1 | grep -E "host time|no FLA" | tee $OUT/decode_host.txt
+    timeout 60 $K decode
+    timeout 90 $K speed --ops gdn2 kda gdn sdpa --T 8192 --tag h200-8k
+    timeout 270 $K fla-speed --ops gdn2 kda gdn --T 8192 32768 ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
