@@ -31,6 +31,7 @@
 #   bash benchmarks/run_h200.sh decode9  # the decode kernel's blocks beside FLA's; bf16 check
 #   bash benchmarks/run_h200.sh final9   # eighth session's defaults: decode, FLA and ours at 2k, ours at 32k
 #   bash benchmarks/run_h200.sh final9b  # decode's last changes checked; ours at 8k; FLA at 8k and 32k
+#   bash benchmarks/run_h200.sh gdnlong  # gdn's W, U kernel at 8k / 32k (fuse_wu without form 1)
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -304,6 +305,13 @@ final9b)
     timeout 60 $K decode
     timeout 90 $K speed --ops gdn2 kda gdn sdpa --T 8192 --tag h200-8k
     timeout 270 $K fla-speed --ops gdn2 kda gdn --T 8192 32768 ;;
+gdnlong)
+    # gdn's forward at long T (0.67x FLA's at 8k): the W, U kernel instead of forming W and U in
+    # every sequential step (fuse_wu without form 1), at 8k and 32k
+    timeout 130 python3 benchmarks/tune_kernels.py --op gdn --T 8192 --keys fuse_wu --values "[(0,)]" \
+        --out $OUT/tune_h200_gdn_8k_fuse_wu.json
+    timeout 130 python3 benchmarks/tune_kernels.py --op gdn --T 32768 --keys fuse_wu --values "[(0,)]" \
+        --out $OUT/tune_h200_gdn_32k_fuse_wu.json ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
