@@ -32,6 +32,7 @@
 #   bash benchmarks/run_h200.sh final9   # eighth session's defaults: decode, FLA and ours at 2k, ours at 32k
 #   bash benchmarks/run_h200.sh final9b  # decode's last changes checked; ours at 8k; FLA at 8k and 32k
 #   bash benchmarks/run_h200.sh gdnlong  # gdn's W, U kernel at 8k / 32k (fuse_wu without form 1)
+#   bash benchmarks/run_h200.sh gdnlong2 # gdn at 8k: fuse_output off, with and without the W, U kernel
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -312,6 +313,13 @@ gdnlong)
         --out $OUT/tune_h200_gdn_8k_fuse_wu.json
     timeout 130 python3 benchmarks/tune_kernels.py --op gdn --T 32768 --keys fuse_wu --values "[(0,)]" \
         --out $OUT/tune_h200_gdn_32k_fuse_wu.json ;;
+gdnlong2)
+    # gdn at 8k with the output in its own chunk-parallel kernel (fuse_output off), alone and with
+    # the W, U kernel too (FLA's split of the work)
+    timeout 90 python3 benchmarks/tune_kernels.py --op gdn --T 8192 --keys fuse_output \
+        --out $OUT/tune_h200_gdn_8k_fuse_output.json
+    timeout 90 python3 benchmarks/tune_kernels.py --op gdn --T 8192 --set "fuse_wu=(0,)" --keys fuse_output \
+        --out $OUT/tune_h200_gdn_8k_fuse_output_wu.json ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
