@@ -245,7 +245,7 @@ def check_cu_seqlens(cu_seqlens: object, x: torch.Tensor, *, name: str) -> torch
     B, T = x.shape[0], x.shape[1]
     if B != 1:
         raise ValueError(f"cu_seqlens packs sequences into batch 1, but {name} has B={B} ({name} {_fmt(x)})")
-    cu_host = [0, T] if _compiling() else cu_seqlens.tolist()
+    cu_host = [0, T] if _compiling() or _capturing(cu_seqlens) else cu_seqlens.tolist()
     if cu_host[0] != 0 or cu_host[-1] != T:
         raise ValueError(f"cu_seqlens must start at 0 and end at T={T}, got {cu_host[0]} ... {cu_host[-1]}")
     if any(a > b_ for a, b_ in zip(cu_host[:-1], cu_host[1:])):
@@ -267,6 +267,11 @@ def check_scale(scale: object, *, default: float) -> float:
 def _compiling() -> bool:
     """Value checks read tensor data; under torch.compile tracing there is none to read."""
     return torch.compiler.is_compiling()
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """Reading a CUDA tensor on the host syncs the device, which CUDA graph capture forbids."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:

@@ -487,6 +487,35 @@ def test_decode_outside_autograd_calls_the_kernel_directly(bv, warps, monkeypatc
     assert torch.equal(o_op.detach(), o) and torch.equal(s_op.detach(), s)
 
 
+def test_packed_decode_with_uneven_lengths(monkeypatch):
+    # Packed sequences of 6, 1 and 1 tokens with a state: 8 ≤ 4 per sequence on average, so the
+    # decode kernel runs (chosen without reading cu_seqlens: no device sync), one sequence longer
+    # than 4 tokens walked token by token. Output, state and gradients (the backward recomputes
+    # the chunk matrices the decode kernel never formed) against the reference.
+    from gatedelta.ops.triton import op
+
+    calls = []  # inputs needing gradients: the custom op's path
+    step = op.recurrent_step
+    monkeypatch.setattr(op, "recurrent_step", lambda *a: calls.append(1) or step(*a))
+    args, _ = make_inputs("kda", B=1, T=8, H=1, G=2, K=16, V=16, dtype=torch.float32)
+    args = _dev(args)
+    cu = torch.tensor([0, 6, 7, 8], dtype=torch.int32, device=DEV)
+    s0 = torch.randn(3, 2, 16, 16, device=DEV)
+    leaves = [a.clone().requires_grad_() for a in (*args, s0)]
+    o, s = ops.kda(*leaves[:-1], initial_state=leaves[-1], output_final_state=True, cu_seqlens=cu,
+                   backend="triton")
+    assert calls
+    ref = [a.detach().double().requires_grad_() for a in leaves]
+    o_ref, s_ref = ops.kda(*ref[:-1], initial_state=ref[-1], output_final_state=True, cu_seqlens=cu,
+                           backend="reference")
+    assert rel_err(o, o_ref) < TOL and rel_err(s, s_ref) < TOL
+    do, ds = torch.randn_like(o_ref), torch.randn_like(s_ref)
+    torch.autograd.backward((o, s), (do.float(), ds.float()))
+    torch.autograd.backward((o_ref, s_ref), (do, ds))
+    for a, r in zip(leaves, ref):
+        assert rel_err(a.grad, r.grad) < TOL
+
+
 @pytest.mark.parametrize("kind", ["random", "ones"])
 def test_solve_kernel_inverts_each_chunk_in_place(kind):
     # (I + T)⁻¹ of every chunk straight from the solve kernel, against a float64 triangular solve:

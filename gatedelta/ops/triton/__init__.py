@@ -22,7 +22,8 @@ def recurrence(r: Recurrence) -> tuple[torch.Tensor, torch.Tensor | None]:
 
     Returns ``o [B, T, HV, V]`` in ``v``'s dtype and the final state ``[N, HV, K, V]`` fp32 if
     ``r.output_final_state`` else ``None``. Differentiable in q, k, v, g, b, w and the initial
-    state; short inputs (≤ 4 tokens per sequence) with a state take the decode kernel.
+    state; short inputs (≤ 4 tokens per sequence, on average when packed) with a state take the
+    decode kernel.
     """
     if r.v.dtype == torch.float64:
         raise TypeError(
