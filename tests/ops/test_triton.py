@@ -487,6 +487,20 @@ def test_decode_outside_autograd_calls_the_kernel_directly(bv, warps, monkeypatc
     assert torch.equal(o_op.detach(), o) and torch.equal(s_op.detach(), s)
 
 
+def test_launches_run_on_the_inputs_gpu():
+    # Triton launches on the current device; on_device makes the inputs' GPU current (a model on
+    # cuda:1 while cuda:0 is current). Checked without a GPU: the guard it returns for a CUDA
+    # tensor names that tensor's device, and CPU tensors get none.
+    import contextlib
+    from types import SimpleNamespace
+
+    from gatedelta.ops.triton.common import on_device
+
+    guard = on_device(SimpleNamespace(is_cuda=True, device=torch.device("cuda", 1)))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    assert isinstance(on_device(torch.zeros(1)), contextlib.nullcontext)
+
+
 def test_packed_decode_with_uneven_lengths(monkeypatch):
     # Packed sequences of 6, 1 and 1 tokens with a state: 8 ≤ 4 per sequence on average, so the
     # decode kernel runs (chosen without reading cu_seqlens: no device sync), one sequence longer

@@ -37,10 +37,12 @@ def recurrence(r: Recurrence) -> tuple[torch.Tensor, torch.Tensor | None]:
         # Decoding outside autograd and torch.compile: the kernel directly. The custom op's
         # dispatch (autograd and fake-tensor plumbing) costs more host time than the step itself.
         # The kernel indexes rows of contiguous memory, so [B, T, ...] inputs need no packing.
+        from .common import on_device
         from .decode import recurrent_step
 
         x = [None if t is None else t.contiguous() for t in (r.q, r.k, r.v, r.g, r.b, r.w, r.initial_state)]
-        o, final = recurrent_step(*x[:6], r.scale, x[6], r.cu_seqlens, *r.q.shape[:2])
+        with on_device(r.q):
+            o, final = recurrent_step(*x[:6], r.scale, x[6], r.cu_seqlens, *r.q.shape[:2])
     else:
         o, final, _, _ = recurrence_fwd(*inputs)
     return o, (final if r.output_final_state else None)

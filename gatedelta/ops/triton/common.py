@@ -20,6 +20,7 @@ strong decay keeps the dyadic split (:func:`chunk_midpoint`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -267,6 +268,15 @@ def inverse_precision(dtype: torch.dtype) -> str:
     if os.environ.get("TRITON_INTERPRET") == "1" or dtype == torch.float32:
         return "ieee"
     return "tf32x3"
+
+
+def on_device(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Make x's GPU the current device for the launches inside: Triton launches on the current
+    device, so tensors on another GPU (a model moved to ``cuda:1`` while ``cuda:0`` is current)
+    would otherwise be read by kernels running on the wrong one."""
+    if x.is_cuda:
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 def empty(shape, *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from .backward import chunk_backward
-from .common import CHUNK
+from .common import CHUNK, on_device
 from .decode import MAX_DECODE_TOKENS, recurrent_step
 from .forward import chunk_forward
 
@@ -62,10 +62,11 @@ def recurrence_fwd(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     args = packed_args(q, k, v, g, b, w, scale, initial_state, cu_seqlens)
     M = A = None
-    if use_decode(q.shape[1], initial_state, cu_seqlens):
-        o, ht = recurrent_step(*args)  # no chunk matrices: the backward recomputes them
-    else:
-        o, ht, M, A = chunk_forward(*args)
+    with on_device(q):
+        if use_decode(q.shape[1], initial_state, cu_seqlens):
+            o, ht = recurrent_step(*args)  # no chunk matrices: the backward recomputes them
+        else:
+            o, ht, M, A = chunk_forward(*args)
     M_shape, A_shape = _chunk_matrix_shapes(q, v, b)
     M = q.new_empty(M_shape, dtype=torch.float32) if M is None else M.view(M_shape)
     A = q.new_empty(A_shape, dtype=torch.float32) if A is None else A.view(A_shape)
@@ -95,12 +96,13 @@ def recurrence_bwd(
     B, T = q.shape[:2]
     # The forward took the decode kernel (same decision, same inputs): it left no chunk matrices.
     keep = not use_decode(T, initial_state, cu_seqlens)
-    grads = chunk_backward(
-        _packed(q), _packed(k), _packed(v), _packed(g), _packed(b), _packed(w), scale,
-        None if initial_state is None else initial_state.contiguous(), cu_seqlens, B, T,
-        _packed(do), None if dht is None else dht.float().contiguous(),
-        M=_packed(M) if keep else None, A=_packed(A) if keep and b is not None else None,
-    )
+    with on_device(q):
+        grads = chunk_backward(
+            _packed(q), _packed(k), _packed(v), _packed(g), _packed(b), _packed(w), scale,
+            None if initial_state is None else initial_state.contiguous(), cu_seqlens, B, T,
+            _packed(do), None if dht is None else dht.float().contiguous(),
+            M=_packed(M) if keep else None, A=_packed(A) if keep and b is not None else None,
+        )
     shapes = (q, k, v, g, b, w, initial_state)
     return [q.new_empty(0) if d is None else d.view(x.shape) for d, x in zip(grads, shapes)]
 
