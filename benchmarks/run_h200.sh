@@ -33,6 +33,7 @@
 #   bash benchmarks/run_h200.sh final9b  # decode's last changes checked; ours at 8k; FLA at 8k and 32k
 #   bash benchmarks/run_h200.sh gdnlong  # gdn's W, U kernel at 8k / 32k (fuse_wu without form 1)
 #   bash benchmarks/run_h200.sh gdnlong2 # gdn at 8k: fuse_output off, with and without the W, U kernel
+#   bash benchmarks/run_h200.sh next9    # next session (2 GPUs): gpu_checks.py (device guard, graph decode); gdn at 8k per kernel
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -320,6 +321,13 @@ gdnlong2)
         --out $OUT/tune_h200_gdn_8k_fuse_output.json
     timeout 90 python3 benchmarks/tune_kernels.py --op gdn --T 8192 --set "fuse_wu=(0,)" --keys fuse_output \
         --out $OUT/tune_h200_gdn_8k_fuse_output_wu.json ;;
+next9)
+    # next session, first call, on the 2-GPU machine (kind nvidia-h200-x2): inputs on GPU 1 while
+    # GPU 0 is current (the device guard), a packed decode step in a CUDA graph; then gdn's forward
+    # per kernel beside FLA's at 8k (0.67x FLA's there)
+    timeout 120 python3 benchmarks/gpu_checks.py
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 120 $K fwd-profile --ops gdn --T 8192 --tag h200-8k ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
