@@ -327,7 +327,11 @@ next9)
     # per kernel beside FLA's at 8k (0.67x FLA's there)
     timeout 120 python3 benchmarks/gpu_checks.py
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
-    timeout 120 $K fwd-profile --ops gdn --T 8192 --tag h200-8k ;;
+    timeout 120 $K fwd-profile --ops gdn --T 8192 --tag h200-8k
+    # gdn's fused state kernel forms W, U in each of a head's value-block programs: at 8k they are
+    # 32 wide (4 per head, 256 programs); 64 wide halves that work for half the programs
+    timeout 120 python3 benchmarks/tune_kernels.py --op gdn --T 8192 --keys state_bv_min --values "[32, 64]" \
+        --out $OUT/tune_h200_gdn_8k_state_bv_min.json ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
