@@ -8,16 +8,11 @@ import time
 import torch
 
 from gatedelta import ops
+from gatedelta.bench.kernels import _speed_inputs
 
 B, H, K, V = 64, 16, 128, 128
-dev = "cuda"
-q = torch.randn(B, 1, H, K, device=dev, dtype=torch.bfloat16)
-k = torch.nn.functional.normalize(torch.randn(B, 1, H, K, device=dev), dim=-1).to(torch.bfloat16)
-v = torch.randn(B, 1, H, V, device=dev, dtype=torch.bfloat16)
-g = -torch.rand(B, 1, H, K, device=dev) * 0.1
-b = torch.rand(B, 1, H, K, device=dev, dtype=torch.bfloat16)
-w = torch.rand(B, 1, H, V, device=dev, dtype=torch.bfloat16)
-h0 = torch.randn(B, H, K, V, device=dev)
+q, k, v, g, b, w = _speed_inputs(B, 1, H, K, V, "gdn2")  # the decode bench's inputs
+h0 = torch.randn(B, H, K, V, device="cuda")
 calls = {"ours": lambda: ops.gdn2(q, k, v, g, b, w, initial_state=h0, output_final_state=True,
                                   backend="triton")}
 try:

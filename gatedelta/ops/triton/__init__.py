@@ -30,19 +30,13 @@ def recurrence(r: Recurrence) -> tuple[torch.Tensor, torch.Tensor | None]:
             "backend='triton' computes in float32 and takes bf16/fp16/fp32 inputs, got float64; "
             "use backend='torch' or backend='reference' for float64"
         )
-    from .op import recurrence_fwd, use_decode
+    from .op import decode_step, recurrence_fwd, use_decode
 
     inputs = (r.q, r.k, r.v, r.g, r.b, r.w, r.scale, r.initial_state, r.cu_seqlens)
     if _plain_inference(inputs) and use_decode(r.q.shape[1], r.initial_state, r.cu_seqlens):
         # Decoding outside autograd and torch.compile: the kernel directly. The custom op's
         # dispatch (autograd and fake-tensor plumbing) costs more host time than the step itself.
-        # The kernel indexes rows of contiguous memory, so [B, T, ...] inputs need no packing.
-        from .common import on_device
-        from .decode import recurrent_step
-
-        x = [None if t is None else t.contiguous() for t in (r.q, r.k, r.v, r.g, r.b, r.w, r.initial_state)]
-        with on_device(r.q):
-            o, final = recurrent_step(*x[:6], r.scale, x[6], r.cu_seqlens, *r.q.shape[:2])
+        o, final = decode_step(*inputs)
     else:
         o, final, _, _ = recurrence_fwd(*inputs)
     return o, (final if r.output_final_state else None)

@@ -652,7 +652,6 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     ``(M, A)``, A None without an erase gate."""
     Ttot, H, K = q.shape
     DECAY, ERASE = gate_form(G), gate_form(b)
-    # per-head or no decay with a per-head erase gate: (I + T)⁻¹ in the intra kernel's registers
     M = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "M"), device=q.device)
     # A: also the scratch of the in-place (I + T)⁻¹ solve
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None

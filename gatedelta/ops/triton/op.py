@@ -55,18 +55,27 @@ def packed_args(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | N
             None if initial_state is None else initial_state.contiguous(), cu_seqlens, B, T)
 
 
+def decode_step(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, w: Tensor | None,
+                scale: float, initial_state: Tensor, cu_seqlens: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The decode kernel on ``[B, T, ...]`` inputs as they are (contiguous: the kernel indexes rows
+    of contiguous memory, so they need no packing). Returns ``(o, final_state)``, o shaped like v."""
+    x = [None if t is None else t.contiguous() for t in (q, k, v, g, b, w, initial_state)]
+    with on_device(q):
+        return recurrent_step(*x[:6], scale, x[6], cu_seqlens, *q.shape[:2])
+
+
 @torch.library.custom_op("gatedelta::recurrence_fwd", mutates_args=())
 def recurrence_fwd(
     q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, b: Tensor | None, w: Tensor | None,
     scale: float, initial_state: Tensor | None, cu_seqlens: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    args = packed_args(q, k, v, g, b, w, scale, initial_state, cu_seqlens)
     M = A = None
-    with on_device(q):
-        if use_decode(q.shape[1], initial_state, cu_seqlens):
-            o, ht = recurrent_step(*args)  # no chunk matrices: the backward recomputes them
-        else:
-            o, ht, M, A = chunk_forward(*args)
+    if use_decode(q.shape[1], initial_state, cu_seqlens):
+        # no chunk matrices: the backward recomputes them
+        o, ht = decode_step(q, k, v, g, b, w, scale, initial_state, cu_seqlens)
+    else:
+        with on_device(q):
+            o, ht, M, A = chunk_forward(*packed_args(q, k, v, g, b, w, scale, initial_state, cu_seqlens))
     M_shape, A_shape = _chunk_matrix_shapes(q, v, b)
     M = q.new_empty(M_shape, dtype=torch.float32) if M is None else M.view(M_shape)
     A = q.new_empty(A_shape, dtype=torch.float32) if A is None else A.view(A_shape)
@@ -93,13 +102,11 @@ def recurrence_bwd(
     scale: float, initial_state: Tensor | None, cu_seqlens: Tensor | None,
     do: Tensor, dht: Tensor | None, M: Tensor, A: Tensor,
 ) -> list[Tensor]:
-    B, T = q.shape[:2]
     # The forward took the decode kernel (same decision, same inputs): it left no chunk matrices.
-    keep = not use_decode(T, initial_state, cu_seqlens)
+    keep = not use_decode(q.shape[1], initial_state, cu_seqlens)
     with on_device(q):
         grads = chunk_backward(
-            _packed(q), _packed(k), _packed(v), _packed(g), _packed(b), _packed(w), scale,
-            None if initial_state is None else initial_state.contiguous(), cu_seqlens, B, T,
+            *packed_args(q, k, v, g, b, w, scale, initial_state, cu_seqlens),
             _packed(do), None if dht is None else dht.float().contiguous(),
             M=_packed(M) if keep else None, A=_packed(A) if keep and b is not None else None,
         )
