@@ -34,6 +34,7 @@
 #   bash benchmarks/run_h200.sh gdnlong  # gdn's W, U kernel at 8k / 32k (fuse_wu without form 1)
 #   bash benchmarks/run_h200.sh gdnlong2 # gdn at 8k: fuse_output off, with and without the W, U kernel
 #   bash benchmarks/run_h200.sh next9    # next session (2 GPUs): gpu_checks.py (device guard, graph decode); gdn at 8k per kernel
+#   bash benchmarks/run_h200.sh next10   # ninth session: 8-wide value blocks at 32k, more sequential programs at 8k; graph decode
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -332,6 +333,17 @@ next9)
     # 32 wide (4 per head, 256 programs); 64 wide halves that work for half the programs
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn --T 8192 --keys state_bv_min --values "[32, 64]" \
         --out $OUT/tune_h200_gdn_8k_state_bv_min.json ;;
+next10)
+    # ninth session (one GPU): a packed decode step in a CUDA graph (the 2-GPU check skips); the
+    # sequential kernels' value blocks 8 wide at 32k (256 programs, two per SM, where 16 wide ran
+    # one 4-warp program per SM); at 8k, value blocks narrowed until 512 or 1024 programs run
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 python3 benchmarks/gpu_checks.py
+    T="python3 benchmarks/tune_kernels.py"
+    timeout 170 $T --op gdn2 --T 32768 --keys state_bv_min --values "[8]" --out $OUT/tune_gdn2_32k_bv8.json
+    timeout 110 $T --op gdn --T 32768 --keys state_bv_min --values "[8]" --out $OUT/tune_gdn_32k_bv8.json
+    timeout 90 $T --op gdn --T 8192 --set state_bv_min=8 --keys state_programs --values "[512, 1024]" --out $OUT/tune_gdn_8k_prog.json
+    timeout 90 $T --op gdn2 --T 8192 --set state_bv_min=8 --keys state_programs --values "[512, 1024]" --out $OUT/tune_gdn2_8k_prog.json
+    ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json

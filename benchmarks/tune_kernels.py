@@ -28,7 +28,8 @@ FORWARD_KEYS = ("intra_bk", "intra_bk_head", "output_bk", "pre_gated_q", "split_
 # are autotuned by the kernels themselves)
 CHOICES = {"intra_bk": [16, 32, 64], "intra_bk_head": [32, 64, 128], "output_bk": [64, 128],
            "grad_bk": [16, 32, 64],
-           "grad_bv": [16, 32, 64, 128], "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [16, 32],
+           "grad_bv": [16, 32, 64, 128], "fuse_wu": [(0, 1), (0, 1, 2), ()], "state_bv_min": [8, 16, 32],
+           "state_programs": [256, 512, 1024],
            "split_solve": [False, True],
            "pair_bf16": [False, True], "pre_decayed_keys": [(2,), (1, 2)],
            "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh"), ("W", "KD", "QG", "EG", "h", "dh", "A")],

@@ -299,6 +299,20 @@ def test_narrow_blocks_loop_over_part_masked_tiles(op, monkeypatch):
     _compare(op, args, s0)
 
 
+@pytest.mark.parametrize("op", ["gdn2", "gdn"])
+def test_eight_wide_value_blocks_in_the_sequential_kernels(op, monkeypatch):
+    # TUNING["state_programs"] narrows the sequential kernels' value blocks until enough programs
+    # run (long single sequences); down to TUNING["state_bv_min"] = 8, a dot N below 16 (V = 44:
+    # five full blocks of 8 and one part-masked). Both kernels, forward and backward, take it.
+    from gatedelta.ops.triton import common, forward
+
+    monkeypatch.setitem(common.TUNING, "state_bv_min", 8)
+    monkeypatch.setitem(common.TUNING, "state_programs", 10**6)
+    assert forward.state_block_v(44, 40, 2) == 8 and forward.state_block_v(44, 128, 2) == 8
+    args, s0 = make_inputs(op, B=1, T=70, H=1, G=2, K=40, V=44, dtype=torch.float32)
+    _compare(op, args, s0)
+
+
 def test_state_slots_cover_every_key_width(monkeypatch):
     # the sequential kernels hold at most four slots (static_assert K <= 4 * BK) of a power-of-two
     # height, whatever TUNING["state_bk"] asks for

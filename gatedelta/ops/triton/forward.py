@@ -622,14 +622,15 @@ def state_slot(K: int, knob: str = "state_bk") -> int:
 
 
 def state_block_v(V: int, K: int, programs: int) -> int:
-    """Value-block width of the sequential kernels: narrow enough to give the GPU ≥ ~256 programs
-    (long single sequences have few heads to spread over), wide enough to feed the matrix units."""
+    """Value-block width of the sequential kernels: narrow enough to give the GPU at least
+    ``TUNING["state_programs"]`` programs (long single sequences have few heads to spread over, and
+    one program per SM leaves each chunk step's products unhidden), wide enough to feed the matrix
+    units. ``programs`` is the number of (sequence, value head) pairs."""
     BV = min(_pow2(V), 64 if K <= 64 else TUNING["state_bv_max"])
-    # For K > 64 not below TUNING["state_bv_min"] (32): when the state was one [128, 16] tile, 8
-    # warps faulted (illegal address) on the H100 with Triton 3.6 (benchmarks/kernels_notes.md);
-    # the state is now held in 64-row slots.
-    lo = 16 if K <= 64 else TUNING["state_bv_min"]
-    while BV > lo and programs * triton.cdiv(V, BV) < 256:
+    # Not below TUNING["state_bv_min"] for K > 64, nor below 16 for K <= 64 unless it asks for less
+    # (a dot's N may be 8: Triton pads it on the tensor cores).
+    lo = TUNING["state_bv_min"] if K > 64 else min(16, TUNING["state_bv_min"])
+    while BV > lo and programs * triton.cdiv(V, BV) < TUNING["state_programs"]:
         BV //= 2
     return BV
 
