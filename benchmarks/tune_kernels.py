@@ -23,7 +23,7 @@ from gatedelta.ops.triton.common import TUNING
 
 # anchor_range acts on both
 FORWARD_KEYS = ("intra_bk", "intra_bk_head", "output_bk", "pre_gated_q", "split_solve", "fuse_output",
-                "solve_warps")
+                "solve_warps", "solve_reg_diag")
 # values tried for each entry; the current default of each is skipped (warps and pipeline stages
 # are autotuned by the kernels themselves)
 CHOICES = {"intra_bk": [16, 32, 64], "intra_bk_head": [32, 64, 128], "output_bk": [64, 128],
@@ -35,7 +35,8 @@ CHOICES = {"intra_bk": [16, 32, 64], "intra_bk_head": [32, 64, 128], "output_bk"
            "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh"), ("W", "KD", "QG", "EG", "h", "dh", "A")],
            "state_bv_max": [32, 64], "fuse_output": [False, True], "overlap_seq": [0, 2, 1000],
            "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4], "state_bk": [64, 128],
-           "state_bwd_bk": [64, 128], "grad_bk_head": [32, 64, 128], "pre_gated_q": [False, True]}
+           "state_bwd_bk": [64, 128], "grad_bk_head": [32, 64, 128], "pre_gated_q": [False, True],
+           "solve_reg_diag": [False, True]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:

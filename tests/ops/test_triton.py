@@ -83,7 +83,7 @@ def _flipped(name: str, value: object) -> object:
     return not value
 
 
-SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "pre_gated_q")
+SWITCHES = ("fuse_wu", "split_solve", "pre_decayed_keys", "fuse_output", "pre_gated_q", "solve_reg_diag")
 
 
 @pytest.mark.parametrize("op, flip", [("gdn2", (name,)) for name in SWITCHES]
@@ -544,8 +544,9 @@ def test_packed_decode_with_uneven_lengths(monkeypatch):
         assert rel_err(a.grad, r.grad) < TOL
 
 
+@pytest.mark.parametrize("reg_diag", [False, True])
 @pytest.mark.parametrize("kind", ["random", "ones"])
-def test_solve_kernel_inverts_each_chunk_in_place(kind):
+def test_solve_kernel_inverts_each_chunk_in_place(kind, reg_diag):
     # (I + T)⁻¹ of every chunk straight from the solve kernel, against a float64 triangular solve:
     # packed sequences of 37, 64 and 115 rows end inside a 16-row block, on a block edge and in a
     # second chunk, so masked rows meet all four diagonal blocks of the batched substitution, and a
@@ -572,7 +573,9 @@ def test_solve_kernel_inverts_each_chunk_in_place(kind):
             blocks.append((r0, n, T))
     A = A.to(DEV)
     cu_dev, chunk_indices, _, NT = prepare_chunks(cu.to(DEV), 1, int(cu[-1]), CHUNK, A.device)
-    chunk_solve_kernel[(NT, HV)](A, cu_dev, chunk_indices, HV=HV, BT=CHUNK, PREC="ieee", num_warps=1)
+    # REG_DIAG: the diagonal blocks' inverses kept in registers (TUNING["solve_reg_diag"])
+    chunk_solve_kernel[(NT, HV)](A, cu_dev, chunk_indices, HV=HV, BT=CHUNK, PREC="ieee", REG_DIAG=reg_diag,
+                                 num_warps=1)
     A = A.cpu().double()
     assert len(blocks) == NT == 4
     for r0, n, T in blocks:

@@ -95,7 +95,8 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
           "pre_decayed_keys": (1, 2), "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"),
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
           "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True,
-          "decode_bv": 32, "decode_warps": 2, "state_programs": 256}
+          "decode_bv": 32, "decode_warps": 2, "state_programs": 256,
+          "solve_reg_diag": False}
 # decode_bv / decode_warps: the decode kernel's value block (narrowed for K > 128 so the [K, BV]
 # fp32 state block stays in registers) and warps. Its time is the state's bytes, read and written
 # once per step. H200 (1e41ebe), one gdn2 token, B = 64, H = 16, K = V = 128, CUDA graph: 2 warps

@@ -79,6 +79,28 @@ def unit_lower_inverse_16(b_T):
 
 
 @triton.jit
+def unit_lower_inverse_4x16(T0, T1, T2, T3):
+    """``(I + T_b)⁻¹`` of four strictly lower ``[16, 16]`` tiles held apart, by forward
+    substitution in registers: 15 serial steps, the four tiles' chains side by side in each."""
+    o_i = tl.arange(0, 16)
+    row = o_i[:, None]
+    eye = tl.where(row == o_i[None, :], 1.0, 0.0)
+    A0, A1, A2, A3 = eye, eye, eye, eye
+    for i in range(1, 16):
+        e_i = tl.where(o_i == i, 1.0, 0.0)
+        # row i of each tile: e_i − Σ_{j<i} T[i, j] A[j, :]   (T[i, j] = 0 for j ≥ i)
+        t0 = tl.sum(tl.where(row == i, T0, 0.0), 0)
+        t1 = tl.sum(tl.where(row == i, T1, 0.0), 0)
+        t2 = tl.sum(tl.where(row == i, T2, 0.0), 0)
+        t3 = tl.sum(tl.where(row == i, T3, 0.0), 0)
+        A0 = tl.where(row == i, (e_i - tl.sum(t0[:, None] * A0, 0))[None, :], A0)
+        A1 = tl.where(row == i, (e_i - tl.sum(t1[:, None] * A1, 0))[None, :], A1)
+        A2 = tl.where(row == i, (e_i - tl.sum(t2[:, None] * A2, 0))[None, :], A2)
+        A3 = tl.where(row == i, (e_i - tl.sum(t3[:, None] * A3, 0))[None, :], A3)
+    return A0, A1, A2, A3
+
+
+@triton.jit
 def merge_blocks(A00, A11, A22, A33, T10, T20, T21, T30, T31, T32, PREC: tl.constexpr):
     """The blocks below the diagonal of ``(I + T)⁻¹`` from the diagonal blocks' inverses and T's
     blocks below the diagonal: ``A_ij = −A_ii Σ_{j≤k<i} T_ik A_kj``. Returns A10, A20, A21, A30,
@@ -96,12 +118,14 @@ def merge_blocks(A00, A11, A22, A33, T10, T20, T21, T30, T31, T32, PREC: tl.cons
 
 
 @triton.jit
-def solve_unit_lower(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+def solve_unit_lower(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
+                     REG_DIAG: tl.constexpr = False):
     """Overwrite the strictly lower ``T [BT=64, BT]`` stored at A (rows row0 + 0..63, zeros above
-    the diagonal) with ``(I + T)⁻¹``, by 16×16 blocks: the diagonal blocks by substitution
-    (:func:`invert_diagonal_blocks`), then ``A_ij = −A_ii Σ_{j≤k<i} T_ik A_kj``. Registers hold
-    16×16 tiles only (a 64×64 substitution spills); the barriers order the global-memory round
-    trips within the program."""
+    the diagonal) with ``(I + T)⁻¹``, by 16×16 blocks: the diagonal blocks by substitution, then
+    ``A_ij = −A_ii Σ_{j≤k<i} T_ik A_kj``. Registers hold 16×16 tiles only (a 64×64 substitution
+    spills). The diagonal blocks are inverted on one ``[4, 16, 16]`` tile through memory
+    (:func:`invert_diagonal_blocks`; the barriers order the round trip within the program) or, with
+    REG_DIAG, as four ``[16, 16]`` register tiles (:func:`unit_lower_inverse_4x16`), no round trip."""
     o_i = tl.arange(0, 16)
     r0, r1, r2, r3 = row0 + o_i, row0 + 16 + o_i, row0 + 32 + o_i, row0 + 48 + o_i
     m0, m1, m2, m3 = (r0 < eos)[:, None], (r1 < eos)[:, None], (r2 < eos)[:, None], (r3 < eos)[:, None]
@@ -115,13 +139,24 @@ def solve_unit_lower(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexpr, PRE
     T30 = tl.load(p3, mask=m3, other=0).to(tl.float32)
     T31 = tl.load(p3 + 16, mask=m3, other=0).to(tl.float32)
     T32 = tl.load(p3 + 32, mask=m3, other=0).to(tl.float32)
-    invert_diagonal_blocks(A, row0, eos, i_hv, HV, BT)
-    tl.debug_barrier()  # the inverted diagonal blocks are in memory for every thread
-    A00 = tl.load(p0, mask=m0, other=0).to(tl.float32)
-    A11 = tl.load(p1 + 16, mask=m1, other=0).to(tl.float32)
-    A22 = tl.load(p2 + 32, mask=m2, other=0).to(tl.float32)
-    A33 = tl.load(p3 + 48, mask=m3, other=0).to(tl.float32)
+    if REG_DIAG:
+        A00, A11, A22, A33 = unit_lower_inverse_4x16(
+            tl.load(p0, mask=m0, other=0).to(tl.float32), tl.load(p1 + 16, mask=m1, other=0).to(tl.float32),
+            tl.load(p2 + 32, mask=m2, other=0).to(tl.float32), tl.load(p3 + 48, mask=m3, other=0).to(tl.float32))
+    else:
+        invert_diagonal_blocks(A, row0, eos, i_hv, HV, BT)
+        tl.debug_barrier()  # the inverted diagonal blocks are in memory for every thread
+        A00 = tl.load(p0, mask=m0, other=0).to(tl.float32)
+        A11 = tl.load(p1 + 16, mask=m1, other=0).to(tl.float32)
+        A22 = tl.load(p2 + 32, mask=m2, other=0).to(tl.float32)
+        A33 = tl.load(p3 + 48, mask=m3, other=0).to(tl.float32)
     A10, A20, A21, A30, A31, A32 = merge_blocks(A00, A11, A22, A33, T10, T20, T21, T30, T31, T32, PREC)
+    if REG_DIAG:
+        tl.debug_barrier()  # every thread has read its T before any overwrites it
+        tl.store(p0, A00, mask=m0)
+        tl.store(p1 + 16, A11, mask=m1)
+        tl.store(p2 + 32, A22, mask=m2)
+        tl.store(p3 + 48, A33, mask=m3)
     tl.store(p1, A10, mask=m1)
     tl.store(p2, A20, mask=m2)
     tl.store(p2 + 16, A21, mask=m2)
@@ -305,14 +340,15 @@ def chunk_intra_kernel(
 
 
 @triton.jit
-def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr):
+def chunk_solve_kernel(A, cu_seqlens, chunk_indices, HV: tl.constexpr, BT: tl.constexpr, PREC: tl.constexpr,
+                       REG_DIAG: tl.constexpr):
     """One program per (chunk, value head): ``A ← (I + T)⁻¹`` in place (T strictly lower, as the
     intra kernel stored it). Small tiles and registers: many programs per SM hide the latency of
     the substitution's serial steps, which the register-heavy intra kernel (one program per SM)
     cannot. Not autotuned: it works in place, so a tuning rerun would invert twice."""
     i_t, i_hv = tl.program_id(0), tl.program_id(1)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC)
+    solve_unit_lower(A, bos + i_c * BT, eos, i_hv, HV, BT, PREC, REG_DIAG)
 
 
 @triton.autotune(
@@ -668,7 +704,7 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     )
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
-                                     num_warps=TUNING["solve_warps"])
+                                     REG_DIAG=bool(TUNING["solve_reg_diag"]), num_warps=TUNING["solve_warps"])
     return M, A
 
 
