@@ -140,9 +140,11 @@ def solve_unit_lower(A, row0, eos, i_hv, HV: tl.constexpr, BT: tl.constexpr, PRE
     T31 = tl.load(p3 + 16, mask=m3, other=0).to(tl.float32)
     T32 = tl.load(p3 + 32, mask=m3, other=0).to(tl.float32)
     if REG_DIAG:
-        A00, A11, A22, A33 = unit_lower_inverse_4x16(
-            tl.load(p0, mask=m0, other=0).to(tl.float32), tl.load(p1 + 16, mask=m1, other=0).to(tl.float32),
-            tl.load(p2 + 32, mask=m2, other=0).to(tl.float32), tl.load(p3 + 48, mask=m3, other=0).to(tl.float32))
+        T00 = tl.load(p0, mask=m0, other=0).to(tl.float32)
+        T11 = tl.load(p1 + 16, mask=m1, other=0).to(tl.float32)
+        T22 = tl.load(p2 + 32, mask=m2, other=0).to(tl.float32)
+        T33 = tl.load(p3 + 48, mask=m3, other=0).to(tl.float32)
+        A00, A11, A22, A33 = unit_lower_inverse_4x16(T00, T11, T22, T33)
     else:
         invert_diagonal_blocks(A, row0, eos, i_hv, HV, BT)
         tl.debug_barrier()  # the inverted diagonal blocks are in memory for every thread
