@@ -35,6 +35,7 @@
 #   bash benchmarks/run_h200.sh gdnlong2 # gdn at 8k: fuse_output off, with and without the W, U kernel
 #   bash benchmarks/run_h200.sh next9    # next session (2 GPUs): gpu_checks.py (device guard, graph decode); gdn at 8k per kernel
 #   bash benchmarks/run_h200.sh next10   # ninth session: 8-wide value blocks at 32k, more sequential programs at 8k; graph decode
+#   bash benchmarks/run_h200.sh next10b  # its second half: 8k programs; gdn's forward per kernel beside FLA's at 8k
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -57,7 +58,9 @@ export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR=/tmp/tcache
 mkdir -p /tmp/tcache && { [ -d ../.tcache ] && cp -r ../.tcache/. /tmp/tcache/ || true; }
 echo "autotune results carried in: $(find /tmp/tcache -name '*.autotune.json' | wc -l)"
 trap 'find /tmp/tcache -name "*.autotune.json" -printf "%P\n" | tar -czf "$OUT/autotune_cache.tgz" -C /tmp/tcache -T -' EXIT
-K="python3 benchmarks/kernels.py --out $OUT --tag h200 --no-ceilings"
+# the tag names the GPU the call got (the H200 kind may hand out an H100)
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | grep -o 'H[0-9]00' | tr 'H' 'h')
+K="python3 benchmarks/kernels.py --out $OUT --tag ${GPU:-h200} --no-ceilings"
 case "$1" in
 sweep)
     # the ops not checked in bf16 on a GPU since the cumsum / W-U kernels changed (2026-11-29)
@@ -343,9 +346,15 @@ next10)
     timeout 170 $T --op gdn2 --T 32768 --keys state_bv_min --values "[8]" --out $OUT/tune_gdn2_32k_bv8.json
     timeout 100 $T --op gdn --keys solve_reg_diag state_programs --out $OUT/tune_gdn_2k_solve_prog.json
     timeout 110 $T --op gdn --T 32768 --keys state_bv_min --values "[8]" --out $OUT/tune_gdn_32k_bv8.json
+    ;;
+next10b)
+    # the rest of next10: at 8k, value blocks narrowed until 512 or 1024 programs run; gdn's
+    # forward per kernel beside FLA's at 8k (ours 0.67x FLA's there)
+    T="python3 benchmarks/tune_kernels.py"
     timeout 90 $T --op gdn --T 8192 --set state_bv_min=8 --keys state_programs --values "[512, 1024]" --out $OUT/tune_gdn_8k_prog.json
     timeout 90 $T --op gdn2 --T 8192 --set state_bv_min=8 --keys state_programs --values "[512, 1024]" --out $OUT/tune_gdn2_8k_prog.json
-    ;;
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 150 $K fwd-profile --ops gdn --T 8192 --tag ${GPU:-h200}-8k ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
