@@ -411,6 +411,27 @@ def test_pair_products_through_the_midpoint_or_the_split(op, anchor_range, monke
 
 # the products' masked upper triangle (r < s, factors up to e¹⁰⁰) overflows by design there
 @pytest.mark.filterwarnings("ignore:overflow encountered in matmul:RuntimeWarning")
+@pytest.mark.parametrize("op", ["gdn2", "kda"])
+def test_unchecked_midpoint_equals_the_checked_one_on_mild_gates(op, monkeypatch):
+    # TUNING["anchor_unchecked"] (a timing experiment) compiles the midpoint path alone; where every
+    # tile is within the range the checked kernels take the same path, so the results agree bitwise
+    from gatedelta.ops.triton import common
+
+    args, s0 = make_inputs(op, B=1, T=100, H=1, G=2, K=32, V=16, dtype=torch.float32)
+    args = tuple(a.clamp(min=-0.5) if i == 3 else a for i, a in enumerate(args))  # ranges ≤ 32
+    args, s0 = _dev(args), s0.to(DEV)
+    outs = []
+    for unchecked in (False, True):
+        monkeypatch.setitem(common.TUNING, "anchor_unchecked", unchecked)
+        assert common.anchor_range() == (-1.0 if unchecked else common.TUNING["anchor_range"])
+        leaves = [a.clone().requires_grad_() for a in args]
+        o, s = run(op, tuple(leaves), "triton", initial_state=s0, output_final_state=True)
+        (o.square().sum() + s.sum()).backward()
+        outs.append([o, s] + [a.grad for a in leaves])
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
+
+
 def test_midpoint_near_its_range_limit_with_large_values():
     # every chunk's log-decay spans just under the default limit (factors up to e⁵⁰) while the
     # values and the initial state are 10⁴× larger than usual (so are the output, the corrected

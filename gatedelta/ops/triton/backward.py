@@ -33,6 +33,7 @@ from .common import (
     CHUNK,
     G_MIN,
     TUNING,
+    anchor_range,
     chunk_rows,
     dot_precision,
     empty,
@@ -468,7 +469,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale, Ttot,
             H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad,
             DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
-            RANGE=float(TUNING["anchor_range"]),
+            RANGE=anchor_range(),
         )
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)

@@ -96,7 +96,7 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
           "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True,
           "decode_bv": 32, "decode_warps": 2, "state_programs": 256,
-          "solve_reg_diag": False}
+          "solve_reg_diag": False, "anchor_unchecked": False}
 # decode_bv / decode_warps: the decode kernel's value block (narrowed for K > 128 so the [K, BV]
 # fp32 state block stays in registers) and warps. Its time is the state's bytes, read and written
 # once per step. H200 (1e41ebe), one gdn2 token, B = 64, H = 16, K = V = 128, CUDA graph: 2 warps
@@ -152,6 +152,9 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # only (the gradient kernel's spills 158 → 2 B), the second doing the remaining chunks with the
 # split: f+b 10.41 vs 9.86 ms at 2k, 15.23 vs 14.17 at 32k, because the second launch's 32,768
 # programs of a one-program-per-SM kernel each load G and exit (~0.5–1 ms).
+# anchor_unchecked: a timing experiment, never a default: the midpoint path alone, compiled without
+# the split and without the range check (wrong past the range: hard resets overflow). It measures
+# what a kernel free of the split's registers would gain, before building a fallback for it.
 # Measured and removed (H200, 2026-11-29, one 32k sequence of 16 heads unless said; code at 695a83d):
 # - fuse_cumsum, G = cumsum(g) formed and written by the intra (forward) and W, U (backward)
 #   kernels instead of chunk_cumsum_kernel: f+b 8.69 vs 8.57 ms at 2k, 12.98 vs 12.92 at 32k;
@@ -224,6 +227,12 @@ def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None
         return None
     stream, sms = _side_stream(device.index if device.index is not None else torch.cuda.current_device())
     return stream if programs <= TUNING["overlap_seq"] * sms else None
+
+
+def anchor_range() -> float:
+    """The kernels' RANGE: ``TUNING["anchor_range"]``, or −1 (the midpoint path alone, unchecked)
+    with ``TUNING["anchor_unchecked"]``."""
+    return -1.0 if TUNING["anchor_unchecked"] else float(TUNING["anchor_range"])
 
 
 def gate_form(x: torch.Tensor | None) -> int:
@@ -421,8 +430,14 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
                   RANGE: tl.constexpr):
     """The pair matrices of one K block (see :func:`pair_matrices_split`): through the midpoint (one
     product each) when the chunk's log-decay spans at most RANGE in every channel of the tile
-    (:func:`chunk_midpoint`), else by the dyadic split; RANGE 0: always the split."""
-    if RANGE > 0:
+    (:func:`chunk_midpoint`), else by the dyadic split; RANGE 0: always the split; RANGE < 0: always
+    the midpoint, unchecked (``TUNING["anchor_unchecked"]``, a timing experiment)."""
+    if RANGE < 0:
+        m_t = (row0 + o_t) < eos
+        b_m, _ = chunk_midpoint(b_G, m_t)
+        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+        b_P, b_P2 = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT, TWO, PREC, LOW)
+    elif RANGE > 0:
         m_t = (row0 + o_t) < eos
         b_m, b_rng = chunk_midpoint(b_G, m_t)
         if b_rng <= RANGE:
@@ -472,7 +487,12 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
               RANGE: tl.constexpr):
     """The gradient kernel's pairwise products (see :func:`pair_both_split`), through the midpoint or
     by the split as for :func:`pair_matrices`. Returns ``(left, left2, right, dG)``."""
-    if RANGE > 0:
+    if RANGE < 0:
+        m_t = (row0 + o_t) < eos
+        b_m, _ = chunk_midpoint(b_G, m_t)
+        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+        b_l, b_l2, b_r, b_dG = pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO, PREC, LOW)
+    elif RANGE > 0:
         m_t = (row0 + o_t) < eos
         b_m, b_rng = chunk_midpoint(b_G, m_t)
         if b_rng <= RANGE:

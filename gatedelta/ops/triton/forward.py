@@ -32,6 +32,7 @@ from .common import (
     G_MIN,
     INTERPRET,
     TUNING,
+    anchor_range,
     chunk_rows,
     dot_precision,
     empty,
@@ -701,7 +702,7 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
         cu, chunk_indices, scale,
         H=H, HV=HV, K=K, BT=CHUNK, BK=BK,
         DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
-        LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=float(TUNING["anchor_range"]),
+        LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=anchor_range(),
         NATIVE=not INTERPRET,
     )
     if ERASE and TUNING["split_solve"]:
