@@ -18,7 +18,8 @@ Prints one line per (warps, stages): registers per thread, stack (spills) per th
 memory. The stack is 4 × the spill count the autotuner's records show from the device (the
 ``compiled`` lists of ``tune_*.json``: gdn2's gradient kernel 4,016 B here, 1,004 there, at 4
 warps and 1 stage). Pointer arguments default to fp32 (``--bf16`` names the 16-bit ones); ``cu_seqlens``,
-``chunk_indices`` and ``chunk_offsets`` are int32, ``scale`` fp32, ``Ttot`` and ``T`` int32.
+``chunk_indices``, ``chunk_offsets`` and ``worklist`` are int32, ``scale`` and ``limit`` fp32, ``Ttot``,
+``T`` and ``capacity`` int32.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from triton.runtime.autotuner import Autotuner
 from gatedelta.ops.triton import backward, decode, forward
 
 MODULES = (forward, backward, decode)
-INT_POINTERS = ("cu_seqlens", "chunk_indices", "chunk_offsets")
+INT_POINTERS = ("cu_seqlens", "chunk_indices", "chunk_offsets", "worklist")
 
 
 def find_kernel(name: str):
@@ -55,9 +56,9 @@ def signature(kern, consts: dict, bf16: set[str]) -> tuple[dict, list[str]]:
     for n in names:
         if n in consts:
             sig[n] = "constexpr"
-        elif n == "scale":
+        elif n in ("scale", "limit"):
             sig[n] = "fp32"
-        elif n in ("Ttot", "T"):
+        elif n in ("Ttot", "T", "capacity"):
             sig[n] = "i32"
         elif n in INT_POINTERS:
             sig[n] = "*i32"

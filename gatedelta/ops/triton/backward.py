@@ -33,10 +33,13 @@ from .common import (
     CHUNK,
     G_MIN,
     TUNING,
-    anchor_range,
+    chunk_midpoint,
     chunk_rows,
+    defer_program,
+    deferral,
     dot_precision,
     empty,
+    fallback_programs,
     gate_form,
     launch_configs,
     pair_both,
@@ -283,7 +286,9 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
                  DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
                  RANGE: tl.constexpr):
     """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms, dq, dk,
-    the erase gate's db and the log-decay gradient dg of its rows."""
+    the erase gate's db and the log-decay gradient dg of its rows. Returns the tile's log-decay
+    range (:func:`chunk_midpoint`; 0 without per-channel decay), which a launch taking the midpoint
+    path unchecked (RANGE < 0) compares with the limit to defer the tile (:func:`defer_program`)."""
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
@@ -291,8 +296,11 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
     b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
     b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
     n_last = tl.minimum(eos - bos - i_c * BT, BT) - 1  # last valid row of the chunk
+    b_rng = 0.0
     if DECAY == 2:
         b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+        if RANGE < 0:
+            _, b_rng = chunk_midpoint(b_G, m_t)
         b_gam = tl.exp(b_G)
         row0 = bos + i_c * BT
         # dk sums both pair products; dG's pair terms come from pair_both itself (q⊙dq − k⊙dk
@@ -367,7 +375,31 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         b_dg = tl.cumsum(tl.where(m_t, b_dG1, 0.0), 0, reverse=True)
         b_g = tl.load(g + o_row * HV + i_hv, mask=m_t, other=0)
         tl.store(dg + (i_k * Ttot + o_row) * HV + i_hv, tl.where(b_g > G_MIN, b_dg, 0.0), mask=m_t)
+    return b_rng
 
+
+
+@triton.jit
+def grad_program(
+    q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, Ttot,
+    i_k, i_t, i_hv,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
+    RANGE: tl.constexpr,
+):
+    """The gradient kernel's work for one (K block, chunk, value head); returns the tile's
+    log-decay range when RANGE < 0 (see :func:`grad_k_block`)."""
+    i_h = i_hv // (HV // H)
+    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
+    p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
+    o_k = i_k * BK + tl.arange(0, BK)
+    b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
+        do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
+        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
+    return grad_k_block(
+        q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
+        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE)
 
 
 @triton.autotune(
@@ -377,11 +409,13 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
     # (2026-11-29): the spills are not what limits this kernel.
     launch_configs((4, 8), (1, 2)),
     key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "RANGE"],
+    # a deferring launch appends to the worklist: every timing run starts from an empty one
+    reset_to_zero=["worklist"],
 )
 @triton.jit
 def chunk_grad_kernel(
     q, k, v, g, b, w, G, R, h, do, dY, dh,
-    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
+    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, worklist, limit,
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
@@ -390,23 +424,45 @@ def chunk_grad_kernel(
     """One program per (K block, chunk, value head). Each recomputes the chunk's ``dM``, ``dT``
     (``[BT, BT]``, a contraction over V): forming them once per chunk in a kernel of their own
     measured no faster (H200, 2026-11-29), and one program per chunk looping over the K blocks
-    needs 408 KB of shared memory on sm_90 (Triton 3.6), twice what an SM has.
+    held dM and dT across the loop in 5.7 KB of stack (10.14 vs 8.66 ms f+b).
 
     Writes dq, dk ``[Ttot, HV, K]`` (per value head; GVA groups are summed by the caller),
     dv ``[Ttot, HV, V]``, dg / db (per channel: ``[Ttot, HV, K]``; per head: partial sums
     ``[NK, Ttot, HV]`` over each K block) and dw (``[Ttot, HV(, V)]``, with the first K block).
-    """
+
+    RANGE < 0 (``TUNING["pair_fallback"]``): the midpoint path alone, compiled without the dyadic
+    split; a tile whose range exceeds ``limit`` goes on the worklist for
+    :func:`chunk_grad_fallback_kernel`, which redoes it (this launch's results for it are
+    overwritten, never read before)."""
     i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_h = i_hv // (HV // H)
-    bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
-    p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
-    o_k = i_k * BK + tl.arange(0, BK)
-    b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
-        do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
-        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
-    grad_k_block(
-        q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE)
+    b_rng = grad_program(
+        q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, Ttot,
+        i_k, i_t, i_hv, H, HV, K, V, BT, BK, BV, DECAY, ERASE, WRITE, LOW, PREC, RANGE)
+    if RANGE < 0:
+        defer_program(worklist, b_rng > limit, (i_t * HV + i_hv) * tl.num_programs(0) + i_k,
+                      tl.num_programs(0) * tl.num_programs(1) * HV)
+
+
+@triton.jit
+def chunk_grad_fallback_kernel(
+    q, k, v, g, b, w, G, R, h, do, dY, dh,
+    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, worklist, capacity,
+    Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
+    RANGE: tl.constexpr,
+):
+    """The tiles a deferring :func:`chunk_grad_kernel` put on the worklist, with the checked
+    midpoint-or-split path (RANGE > 0): a few persistent programs walk the list, so an empty list
+    costs one small launch."""
+    NK: tl.constexpr = (K + BK - 1) // BK
+    n = tl.minimum(tl.load(worklist), capacity)
+    for j in range(tl.program_id(0), n, tl.num_programs(0)):
+        item = tl.load(worklist + 1 + j)
+        i_k, i_th = item % NK, item // NK
+        grad_program(
+            q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
+            Ttot, i_k, i_th // HV, i_th % HV, H, HV, K, V, BT, BK, BV, DECAY, ERASE, WRITE, LOW, PREC, RANGE)
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -464,13 +520,16 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             torch.cuda.current_stream(dev).wait_stream(side)
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)
         gates = (q if g is None else g, q if b is None else b, q if w is None else w)
-        BV_grad = min(TUNING["grad_bv"], _pow2(V))
-        chunk_grad_kernel[(NK, NT, HV)](
-            q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale, Ttot,
-            H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=BV_grad,
-            DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC,
-            RANGE=anchor_range(),
-        )
+        args = (q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale)
+        meta = dict(H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)), DECAY=DECAY,
+                    ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC)
+        programs = NK * NT * HV
+        worklist, limit = deferral(DECAY, programs, dev)
+        chunk_grad_kernel[(NK, NT, HV)](*args, worklist, limit, Ttot, **meta,
+                                         RANGE=-1.0 if worklist.numel() > 1 else limit)
+        if worklist.numel() > 1:
+            chunk_grad_fallback_kernel[(fallback_programs(dev, programs),)](
+                *args, worklist, programs, Ttot, **meta, RANGE=limit, num_warps=4)
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
     if groups > 1:

@@ -96,7 +96,7 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
           "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True,
           "decode_bv": 32, "decode_warps": 2, "state_programs": 256,
-          "solve_reg_diag": False, "anchor_unchecked": False}
+          "solve_reg_diag": False, "pair_fallback": False}
 # decode_bv / decode_warps: the decode kernel's value block (narrowed for K > 128 so the [K, BV]
 # fp32 state block stays in registers) and warps. Its time is the state's bytes, read and written
 # once per step. H200 (1e41ebe), one gdn2 token, B = 64, H = 16, K = V = 128, CUDA graph: 2 warps
@@ -152,9 +152,12 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # only (the gradient kernel's spills 158 → 2 B), the second doing the remaining chunks with the
 # split: f+b 10.41 vs 9.86 ms at 2k, 15.23 vs 14.17 at 32k, because the second launch's 32,768
 # programs of a one-program-per-SM kernel each load G and exit (~0.5–1 ms).
-# anchor_unchecked: a timing experiment, never a default: the midpoint path alone, compiled without
-# the split and without the range check (wrong past the range: hard resets overflow). It measures
-# what a kernel free of the split's registers would gain, before building a fallback for it.
+# pair_fallback: the intra and gradient kernels (per-channel decay) in two launches: the first
+# compiled with the midpoint path alone (no dyadic split: the gradient kernel's stack at 4 warps
+# 744 B instead of 4,016, the intra kernel's 0 instead of 952 on the faithful sm_90 compile),
+# putting the programs whose range exceeds anchor_range on a worklist; the second, a few
+# persistent programs, redoes those with the checked path. Unlike the two launches above, an
+# empty worklist costs one small launch.
 # Measured and removed (H200, 2026-11-29, one 32k sequence of 16 heads unless said; code at 695a83d):
 # - fuse_cumsum, G = cumsum(g) formed and written by the intra (forward) and W, U (backward)
 #   kernels instead of chunk_cumsum_kernel: f+b 8.69 vs 8.57 ms at 2k, 12.98 vs 12.92 at 32k;
@@ -211,9 +214,13 @@ POISON = os.environ.get("GATEDELTA_TRITON_POISON") == "1"
 
 
 @functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+@functools.cache
 def _side_stream(device_index: int) -> tuple[torch.cuda.Stream, int]:
-    props = torch.cuda.get_device_properties(device_index)
-    return torch.cuda.Stream(device_index), props.multi_processor_count
+    return torch.cuda.Stream(device_index), _sm_count(device_index)
 
 
 def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None:
@@ -229,10 +236,35 @@ def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None
     return stream if programs <= TUNING["overlap_seq"] * sms else None
 
 
-def anchor_range() -> float:
-    """The kernels' RANGE: ``TUNING["anchor_range"]``, or −1 (the midpoint path alone, unchecked)
-    with ``TUNING["anchor_unchecked"]``."""
-    return -1.0 if TUNING["anchor_unchecked"] else float(TUNING["anchor_range"])
+def deferral(decay: int, programs: int, device: torch.device) -> tuple[torch.Tensor, float]:
+    """The worklist of a pair kernel's deferring launch (``TUNING["pair_fallback"]``) and the
+    range limit. With per-channel decay, the fallback on and a positive ``anchor_range``, the
+    worklist is ``[1 + programs]`` int32, zeroed: a counter, then the deferred programs' indices;
+    else a one-element placeholder (the kernels then take the checked path and never touch it)."""
+    limit = float(TUNING["anchor_range"])
+    if decay == 2 and TUNING["pair_fallback"] and limit > 0:
+        return torch.zeros(1 + programs, dtype=torch.int32, device=device), limit
+    return torch.empty(1, dtype=torch.int32, device=device), limit
+
+
+def fallback_programs(device: torch.device, programs: int) -> int:
+    """Persistent programs of a fallback launch: two per SM (4 under the interpreter), at most one
+    per possible item."""
+    if device.type != "cuda" or INTERPRET:
+        return min(programs, 4)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return min(programs, 2 * _sm_count(index))
+
+
+@triton.jit
+def defer_program(worklist, defer, item, capacity):
+    """Append ``item`` to the worklist ``[counter, items…]`` when ``defer``: a program of a deferring
+    launch whose tile needs the dyadic split. Appends past ``capacity`` are dropped: an autotuning
+    rerun of the launch repeats the same items, which the first run already listed."""
+    if defer:
+        slot = tl.atomic_add(worklist, 1)
+        if slot < capacity:
+            tl.store(worklist + 1 + slot, item)
 
 
 def gate_form(x: torch.Tensor | None) -> int:
@@ -431,7 +463,8 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
     """The pair matrices of one K block (see :func:`pair_matrices_split`): through the midpoint (one
     product each) when the chunk's log-decay spans at most RANGE in every channel of the tile
     (:func:`chunk_midpoint`), else by the dyadic split; RANGE 0: always the split; RANGE < 0: always
-    the midpoint, unchecked (``TUNING["anchor_unchecked"]``, a timing experiment)."""
+    the midpoint, unchecked (the deferring launch of ``TUNING["pair_fallback"]``, which checks the
+    range itself and hands the tile to a fallback launch)."""
     if RANGE < 0:
         m_t = (row0 + o_t) < eos
         b_m, _ = chunk_midpoint(b_G, m_t)

@@ -32,10 +32,13 @@ from .common import (
     G_MIN,
     INTERPRET,
     TUNING,
-    anchor_range,
+    chunk_midpoint,
     chunk_rows,
+    defer_program,
+    deferral,
     dot_precision,
     empty,
+    fallback_programs,
     gate_form,
     inverse_precision,
     launch_configs,
@@ -268,26 +271,15 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
         tl.store(G + o_row * HV + i_hv, b_G1, mask=m_t)
 
 
-@triton.autotune(
-    # With the dyadic split alone 4 warps spilled ~250 B and lost (H200 sweep, tune_gdn2_h200.json);
-    # since most tiles take the midpoint path, the autotuner picks 4 warps again at gdn2's 2k and
-    # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
-    # stack were timed on the H200 and lost (2026-11-29).
-    launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE"],
-)
 @triton.jit
-def chunk_intra_kernel(
-    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale,
+def intra_program(
+    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, i_t, i_hv,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
     LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
 ):
-    """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
-    erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk). NATIVE (not under
-    the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9): per-head or no decay and no
-    per-channel erase gate multiply the inputs as they are, not converted to fp32 first."""
-    i_t, i_hv = tl.program_id(0), tl.program_id(1)
+    """The intra kernel's work for one (chunk, value head); returns the largest log-decay range of
+    its K blocks when RANGE < 0 (the midpoint path unchecked; else 0)."""
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     m_tt = m_t[:, None] & (o_t[None, :] < BT)
@@ -295,6 +287,7 @@ def chunk_intra_kernel(
     b_M = tl.zeros([BT, BT], dtype=tl.float32)
     b_T = tl.zeros([BT, BT], dtype=tl.float32)
     row0 = bos + i_c * BT
+    b_rng = 0.0
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
@@ -303,6 +296,8 @@ def chunk_intra_kernel(
             b_q = tl.load(p_q, mask=m_tk, other=0).to(tl.float32)
             b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
             b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
+            if RANGE < 0:
+                b_rng = tl.maximum(b_rng, chunk_midpoint(b_G, m_t)[1])
             b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, row0, eos, i_hv, o_t, o_k, o_k < K, HV, K, BT,
                                        ERASE > 0, PREC, LOW, RANGE)
             b_M += b_Mk
@@ -340,6 +335,55 @@ def chunk_intra_kernel(
         if not SPLIT_SOLVE:
             tl.debug_barrier()
             solve_unit_lower(A, row0, eos, i_hv, HV, BT, PREC_INV)
+    return b_rng
+
+
+@triton.autotune(
+    # With the dyadic split alone 4 warps spilled ~250 B and lost (H200 sweep, tune_gdn2_h200.json);
+    # since most tiles take the midpoint path, the autotuner picks 4 warps again at gdn2's 2k and
+    # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
+    # stack were timed on the H200 and lost (2026-11-29).
+    launch_configs((4, 8), (1, 2)),
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE"],
+    # a deferring launch appends to the worklist: every timing run starts from an empty one
+    reset_to_zero=["worklist"],
+)
+@triton.jit
+def chunk_intra_kernel(
+    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, worklist, limit,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
+    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
+):
+    """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
+    erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk). NATIVE (not under
+    the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9): per-head or no decay and no
+    per-channel erase gate multiply the inputs as they are, not converted to fp32 first.
+
+    RANGE < 0 (``TUNING["pair_fallback"]``, per-channel decay): the midpoint path alone; a chunk
+    with a K block whose range exceeds ``limit`` goes on the worklist for
+    :func:`chunk_intra_fallback_kernel`, which redoes it."""
+    i_t, i_hv = tl.program_id(0), tl.program_id(1)
+    b_rng = intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, i_t, i_hv, H, HV, K, BT, BK,
+                          DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, RANGE, NATIVE)
+    if RANGE < 0:
+        defer_program(worklist, b_rng > limit, i_t * HV + i_hv, tl.num_programs(0) * HV)
+
+
+@triton.jit
+def chunk_intra_fallback_kernel(
+    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, worklist, capacity,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+    DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
+    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
+):
+    """The chunks a deferring :func:`chunk_intra_kernel` put on the worklist, with the checked
+    midpoint-or-split path (RANGE > 0), by a few persistent programs."""
+    n = tl.minimum(tl.load(worklist), capacity)
+    for j in range(tl.program_id(0), n, tl.num_programs(0)):
+        item = tl.load(worklist + 1 + j)
+        intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, item // HV, item % HV, H, HV, K, BT,
+                      BK, DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, RANGE, NATIVE)
 
 
 @triton.jit
@@ -697,14 +741,17 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
     # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
     BK = min(TUNING["intra_bk" if DECAY == 2 else "intra_bk_head"], _pow2(K))
-    chunk_intra_kernel[(NT, HV)](
-        q, k, q if b is None else b, M if G is None else G, M, M if A is None else A,
-        cu, chunk_indices, scale,
-        H=H, HV=HV, K=K, BT=CHUNK, BK=BK,
-        DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype), PREC_INV=inverse_precision(q.dtype),
-        LOW=pair_low(q.dtype), SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=anchor_range(),
-        NATIVE=not INTERPRET,
-    )
+    worklist, limit = deferral(DECAY, NT * HV, q.device)
+    args = (q, k, q if b is None else b, M if G is None else G, M, M if A is None else A, cu, chunk_indices,
+            scale, worklist)
+    meta = dict(H=H, HV=HV, K=K, BT=CHUNK, BK=BK, DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype),
+                PREC_INV=inverse_precision(q.dtype), LOW=pair_low(q.dtype),
+                SPLIT_SOLVE=bool(TUNING["split_solve"]), NATIVE=not INTERPRET)
+    deferring = worklist.numel() > 1
+    chunk_intra_kernel[(NT, HV)](*args, limit, **meta, RANGE=-1.0 if deferring else limit)
+    if deferring:
+        chunk_intra_fallback_kernel[(fallback_programs(q.device, NT * HV),)](
+            *args, NT * HV, **meta, RANGE=limit, num_warps=4)
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
                                      REG_DIAG=bool(TUNING["solve_reg_diag"]), num_warps=TUNING["solve_warps"])
