@@ -529,7 +529,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
                                          RANGE=-1.0 if worklist.numel() > 1 else limit)
         if worklist.numel() > 1:
             chunk_grad_fallback_kernel[(fallback_programs(dev, programs),)](
-                *args, worklist, programs, Ttot, **meta, RANGE=limit, num_warps=4)
+                *args, worklist, programs, Ttot, **meta, RANGE=limit, num_warps=4, num_stages=1)
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
     if groups > 1:

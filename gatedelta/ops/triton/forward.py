@@ -751,7 +751,7 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     chunk_intra_kernel[(NT, HV)](*args, limit, **meta, RANGE=-1.0 if deferring else limit)
     if deferring:
         chunk_intra_fallback_kernel[(fallback_programs(q.device, NT * HV),)](
-            *args, NT * HV, **meta, RANGE=limit, num_warps=4)
+            *args, NT * HV, **meta, RANGE=limit, num_warps=4, num_stages=1)
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
                                      REG_DIAG=bool(TUNING["solve_reg_diag"]), num_warps=TUNING["solve_warps"])
