@@ -348,12 +348,12 @@ next10)
     timeout 100 $T --op gdn2 --keys pair_fallback --out $OUT/tune_gdn2_2k_fallback.json
     ;;
 next10b)
-    # the rest of next10: gdn at 32k, 8-wide value blocks; at 8k, value blocks narrowed until 512 or 1024 programs run; gdn's
-    # forward per kernel beside FLA's at 8k (ours 0.67x FLA's there)
+    # the rest of next10: kda with pair_fallback; gdn at 32k, 8-wide value blocks; at 8k, value
+    # blocks narrowed until 512 or 1024 programs run; gdn's forward per kernel beside FLA's at 8k
     T="python3 benchmarks/tune_kernels.py"
+    timeout 80 $T --op kda --keys pair_fallback --out $OUT/tune_kda_2k_fallback.json
     timeout 110 $T --op gdn --T 32768 --keys state_bv_min --values "[8]" --out $OUT/tune_gdn_32k_bv8.json
     timeout 90 $T --op gdn --T 8192 --set state_bv_min=8 --keys state_programs --values "[512, 1024]" --out $OUT/tune_gdn_8k_prog.json
-    timeout 90 $T --op gdn2 --T 8192 --set state_bv_min=8 --keys state_programs --values "[512, 1024]" --out $OUT/tune_gdn2_8k_prog.json
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     timeout 150 $K fwd-profile --ops gdn --T 8192 --tag ${GPU:-h200}-8k ;;
 retime32k)
