@@ -408,18 +408,18 @@ def grad_program(
     # stack) and a 16-row-block form (40–120 B of stack) were timed on the H200 and never won
     # (2026-11-29): the spills are not what limits this kernel.
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "RANGE"],
-    # a deferring launch appends to the worklist: every timing run starts from an empty one
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "RANGE", "PASS"],
+    # a deferring pass appends to the worklist: every timing run starts from an empty one
     reset_to_zero=["worklist"],
 )
 @triton.jit
 def chunk_grad_kernel(
     q, k, v, g, b, w, G, R, h, do, dY, dh,
-    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, worklist, limit,
+    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, worklist, limit, capacity,
     Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-    RANGE: tl.constexpr,
+    RANGE: tl.constexpr, PASS: tl.constexpr,
 ):
     """One program per (K block, chunk, value head). Each recomputes the chunk's ``dM``, ``dT``
     (``[BT, BT]``, a contraction over V): forming them once per chunk in a kernel of their own
@@ -430,39 +430,29 @@ def chunk_grad_kernel(
     dv ``[Ttot, HV, V]``, dg / db (per channel: ``[Ttot, HV, K]``; per head: partial sums
     ``[NK, Ttot, HV]`` over each K block) and dw (``[Ttot, HV(, V)]``, with the first K block).
 
-    RANGE < 0 (``TUNING["pair_fallback"]``): the midpoint path alone, compiled without the dyadic
-    split; a tile whose range exceeds ``limit`` goes on the worklist for
-    :func:`chunk_grad_fallback_kernel`, which redoes it (this launch's results for it are
-    overwritten, never read before)."""
-    i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    b_rng = grad_program(
-        q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, Ttot,
-        i_k, i_t, i_hv, H, HV, K, V, BT, BK, BV, DECAY, ERASE, WRITE, LOW, PREC, RANGE)
-    if RANGE < 0:
-        defer_program(worklist, b_rng > limit, (i_t * HV + i_hv) * tl.num_programs(0) + i_k,
-                      tl.num_programs(0) * tl.num_programs(1) * HV)
-
-
-@triton.jit
-def chunk_grad_fallback_kernel(
-    q, k, v, g, b, w, G, R, h, do, dY, dh,
-    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, worklist, capacity,
-    Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-    RANGE: tl.constexpr,
-):
-    """The tiles a deferring :func:`chunk_grad_kernel` put on the worklist, with the checked
-    midpoint-or-split path (RANGE > 0): a few persistent programs walk the list, so an empty list
-    costs one small launch."""
-    NK: tl.constexpr = (K + BK - 1) // BK
-    n = tl.minimum(tl.load(worklist), capacity)
-    for j in range(tl.program_id(0), n, tl.num_programs(0)):
-        item = tl.load(worklist + 1 + j)
-        i_k, i_th = item % NK, item // NK
-        grad_program(
+    PASS 0: the pair products by the midpoint or the split per tile (RANGE). With
+    ``TUNING["pair_fallback"]`` (per-channel decay), PASS 1 takes the midpoint path alone, compiled
+    without the dyadic split, and puts the programs whose range exceeds ``limit`` on the worklist
+    (``capacity`` items at most); PASS 2, a few persistent programs launched without the autotuner
+    (``chunk_grad_kernel.fn``), redoes them as PASS 0 would, overwriting what PASS 1 wrote."""
+    if PASS == 2:
+        NK: tl.constexpr = (K + BK - 1) // BK
+        n = tl.minimum(tl.load(worklist), capacity)
+        for j in range(tl.program_id(0), n, tl.num_programs(0)):
+            item = tl.load(worklist + 1 + j)
+            i_th = item // NK
+            grad_program(
+                q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices,
+                scale, Ttot, item % NK, i_th // HV, i_th % HV, H, HV, K, V, BT, BK, BV, DECAY, ERASE, WRITE,
+                LOW, PREC, RANGE)
+    else:
+        i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        b_rng = grad_program(
             q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
-            Ttot, i_k, i_th // HV, i_th % HV, H, HV, K, V, BT, BK, BV, DECAY, ERASE, WRITE, LOW, PREC, RANGE)
+            Ttot, i_k, i_t, i_hv, H, HV, K, V, BT, BK, BV, DECAY, ERASE, WRITE, LOW, PREC,
+            -1.0 if PASS == 1 else RANGE)
+        if PASS == 1:
+            defer_program(worklist, b_rng > limit, (i_t * HV + i_hv) * tl.num_programs(0) + i_k, capacity)
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -521,15 +511,15 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)
         gates = (q if g is None else g, q if b is None else b, q if w is None else w)
         args = (q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale)
-        meta = dict(H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)), DECAY=DECAY,
-                    ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC)
         programs = NK * NT * HV
         worklist, limit = deferral(DECAY, programs, dev)
-        chunk_grad_kernel[(NK, NT, HV)](*args, worklist, limit, Ttot, **meta,
-                                         RANGE=-1.0 if worklist.numel() > 1 else limit)
-        if worklist.numel() > 1:
-            chunk_grad_fallback_kernel[(fallback_programs(dev, programs),)](
-                *args, worklist, programs, Ttot, **meta, RANGE=limit, num_warps=4, num_stages=1)
+        meta = dict(H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)), DECAY=DECAY,
+                    ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC, RANGE=limit)
+        deferring = worklist.numel() > 1
+        chunk_grad_kernel[(NK, NT, HV)](*args, worklist, limit, programs, Ttot, **meta, PASS=int(deferring))
+        if deferring:
+            chunk_grad_kernel.fn[(fallback_programs(dev, programs),)](
+                *args, worklist, limit, programs, Ttot, **meta, PASS=2, num_warps=4, num_stages=1)
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
     if groups > 1:

@@ -259,7 +259,7 @@ def fallback_programs(device: torch.device, programs: int) -> int:
 @triton.jit
 def defer_program(worklist, defer, item, capacity):
     """Append ``item`` to the worklist ``[counter, items…]`` when ``defer``: a program of a deferring
-    launch whose tile needs the dyadic split. Appends past ``capacity`` are dropped: an autotuning
+    pass (``PASS = 1``) whose tile needs the dyadic split. Appends past ``capacity`` are dropped: an autotuning
     rerun of the launch repeats the same items, which the first run already listed."""
     if defer:
         slot = tl.atomic_add(worklist, 1)
@@ -463,8 +463,8 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
     """The pair matrices of one K block (see :func:`pair_matrices_split`): through the midpoint (one
     product each) when the chunk's log-decay spans at most RANGE in every channel of the tile
     (:func:`chunk_midpoint`), else by the dyadic split; RANGE 0: always the split; RANGE < 0: always
-    the midpoint, unchecked (the deferring launch of ``TUNING["pair_fallback"]``, which checks the
-    range itself and hands the tile to a fallback launch)."""
+    the midpoint, unchecked (the deferring pass of ``TUNING["pair_fallback"]``, which checks the
+    range itself and hands the tile to a fallback pass)."""
     if RANGE < 0:
         m_t = (row0 + o_t) < eos
         b_m, _ = chunk_midpoint(b_G, m_t)

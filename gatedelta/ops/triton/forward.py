@@ -344,46 +344,40 @@ def intra_program(
     # 32k shapes (068b911). A 128-register cap (two programs per SM) and a 16-row-block form without
     # stack were timed on the H200 and lost (2026-11-29).
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE"],
-    # a deferring launch appends to the worklist: every timing run starts from an empty one
+    key=["H", "HV", "K", "BK", "DECAY", "ERASE", "LOW", "SPLIT_SOLVE", "RANGE", "NATIVE", "PASS"],
+    # a deferring pass appends to the worklist: every timing run starts from an empty one
     reset_to_zero=["worklist"],
 )
 @triton.jit
 def chunk_intra_kernel(
-    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, worklist, limit,
+    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, worklist, limit, capacity,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
     LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
+    PASS: tl.constexpr,
 ):
     """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
     erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk). NATIVE (not under
     the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9): per-head or no decay and no
     per-channel erase gate multiply the inputs as they are, not converted to fp32 first.
 
-    RANGE < 0 (``TUNING["pair_fallback"]``, per-channel decay): the midpoint path alone; a chunk
-    with a K block whose range exceeds ``limit`` goes on the worklist for
-    :func:`chunk_intra_fallback_kernel`, which redoes it."""
-    i_t, i_hv = tl.program_id(0), tl.program_id(1)
-    b_rng = intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, i_t, i_hv, H, HV, K, BT, BK,
-                          DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, RANGE, NATIVE)
-    if RANGE < 0:
-        defer_program(worklist, b_rng > limit, i_t * HV + i_hv, tl.num_programs(0) * HV)
-
-
-@triton.jit
-def chunk_intra_fallback_kernel(
-    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, worklist, capacity,
-    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-    DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
-    LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
-):
-    """The chunks a deferring :func:`chunk_intra_kernel` put on the worklist, with the checked
-    midpoint-or-split path (RANGE > 0), by a few persistent programs."""
-    n = tl.minimum(tl.load(worklist), capacity)
-    for j in range(tl.program_id(0), n, tl.num_programs(0)):
-        item = tl.load(worklist + 1 + j)
-        intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, item // HV, item % HV, H, HV, K, BT,
-                      BK, DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, RANGE, NATIVE)
+    PASS 0: the pair products by the midpoint or the split per tile (RANGE). With
+    ``TUNING["pair_fallback"]`` (per-channel decay), PASS 1 takes the midpoint path alone and puts
+    the chunks with a K block whose range exceeds ``limit`` on the worklist; PASS 2 (persistent
+    programs, ``chunk_intra_kernel.fn``) redoes them as PASS 0 would (see :func:`chunk_grad_kernel`)."""
+    if PASS == 2:
+        n = tl.minimum(tl.load(worklist), capacity)
+        for j in range(tl.program_id(0), n, tl.num_programs(0)):
+            item = tl.load(worklist + 1 + j)
+            intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, item // HV, item % HV, H, HV, K,
+                          BT, BK, DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, RANGE, NATIVE)
+    else:
+        i_t, i_hv = tl.program_id(0), tl.program_id(1)
+        b_rng = intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, i_t, i_hv, H, HV, K, BT, BK,
+                              DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, -1.0 if PASS == 1 else RANGE,
+                              NATIVE)
+        if PASS == 1:
+            defer_program(worklist, b_rng > limit, i_t * HV + i_hv, capacity)
 
 
 @triton.jit
@@ -743,15 +737,15 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     BK = min(TUNING["intra_bk" if DECAY == 2 else "intra_bk_head"], _pow2(K))
     worklist, limit = deferral(DECAY, NT * HV, q.device)
     args = (q, k, q if b is None else b, M if G is None else G, M, M if A is None else A, cu, chunk_indices,
-            scale, worklist)
+            scale, worklist, limit, NT * HV)
     meta = dict(H=H, HV=HV, K=K, BT=CHUNK, BK=BK, DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype),
                 PREC_INV=inverse_precision(q.dtype), LOW=pair_low(q.dtype),
-                SPLIT_SOLVE=bool(TUNING["split_solve"]), NATIVE=not INTERPRET)
+                SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=limit, NATIVE=not INTERPRET)
     deferring = worklist.numel() > 1
-    chunk_intra_kernel[(NT, HV)](*args, limit, **meta, RANGE=-1.0 if deferring else limit)
+    chunk_intra_kernel[(NT, HV)](*args, **meta, PASS=int(deferring))
     if deferring:
-        chunk_intra_fallback_kernel[(fallback_programs(q.device, NT * HV),)](
-            *args, NT * HV, **meta, RANGE=limit, num_warps=4, num_stages=1)
+        chunk_intra_kernel.fn[(fallback_programs(q.device, NT * HV),)](*args, **meta, PASS=2, num_warps=4,
+                                                                        num_stages=1)
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
                                      REG_DIAG=bool(TUNING["solve_reg_diag"]), num_warps=TUNING["solve_warps"])
