@@ -413,13 +413,15 @@ def test_pair_products_through_the_midpoint_or_the_split(op, anchor_range, monke
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the deferred tiles' unchecked products overflow
+@pytest.mark.parametrize("varlen", [False, True])
 @pytest.mark.parametrize("resets", [False, True])
 @pytest.mark.parametrize("op", ["gdn2", "kda"])
-def test_pair_fallback_equals_one_checked_launch(op, resets, monkeypatch):
+def test_pair_fallback_equals_one_checked_launch(op, resets, varlen, monkeypatch):
     # TUNING["pair_fallback"]: the intra and gradient kernels take the midpoint path unchecked and
     # put the programs whose range exceeds the limit on a worklist, which a second launch redoes with
     # the checked path: per tile the same arithmetic as one checked launch. With a hard reset in
-    # the first chunk (every channel) exactly those programs are deferred, and nothing without.
+    # the first chunk (every channel) exactly those programs are deferred, and nothing without;
+    # varlen: two packed sequences of 70 and 80 tokens (4 chunks, each sequence's last one short).
     import math
 
     from gatedelta.ops.triton import backward, common, forward
@@ -432,6 +434,9 @@ def test_pair_fallback_equals_one_checked_launch(op, resets, monkeypatch):
     else:
         args = (*args[:3], args[3].clamp(min=-0.5), *args[4:])  # every range ≤ 32
     args, s0 = _dev(args), s0.to(DEV)
+    cu = torch.tensor([0, 70, 150], dtype=torch.int32, device=DEV) if varlen else None
+    if varlen:
+        s0 = torch.cat([s0, s0.flip(-1)])  # one initial state per sequence
     worklists = []
 
     def spy(*a):
@@ -446,14 +451,15 @@ def test_pair_fallback_equals_one_checked_launch(op, resets, monkeypatch):
         monkeypatch.setitem(common.TUNING, "pair_fallback", fallback)
         worklists.clear()
         leaves = [a.clone().requires_grad_() for a in args]
-        o, s = run(op, tuple(leaves), "triton", initial_state=s0, output_final_state=True)
+        o, s = run(op, tuple(leaves), "triton", initial_state=s0, output_final_state=True, cu_seqlens=cu)
         (o.square().sum() + s.sum()).backward()
         outs.append([o, s] + [a.grad for a in leaves])
     for a, b in zip(*outs):
         assert torch.isfinite(b).all()
         assert rel_err(b, a) <= (0.0 if DEV == "cpu" else 1e-6)
-    # intra: 3 chunks × 2 heads; gradient: 2 K blocks (32 + 16 wide) × 3 chunks × 2 heads
-    assert [w.numel() - 1 for w in worklists] == [6, 12]
+    # intra: NT chunks × 2 heads; gradient: 2 K blocks (32 + 16 wide) × NT chunks × 2 heads
+    NT = 4 if varlen else 3
+    assert [w.numel() - 1 for w in worklists] == [NT * 2, 2 * NT * 2]
     counts = [int(w[0]) for w in worklists]
     assert counts == ([2, 2 * math.ceil(48 / common.TUNING["grad_bk"])] if resets else [0, 0])
 
