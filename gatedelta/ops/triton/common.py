@@ -258,8 +258,8 @@ def fallback_programs(device: torch.device, programs: int) -> int:
 
 @triton.jit
 def defer_program(worklist, defer, item, capacity):
-    """Append ``item`` to the worklist ``[counter, items…]`` when ``defer``: a program of a deferring
-    pass (``PASS = 1``) whose tile needs the dyadic split. Appends past ``capacity`` are dropped: an autotuning
+    """Append ``item`` to the worklist ``[counter, items…]`` when ``defer``: a program of a
+    deferring pass (``PASS = 1``) whose tile needs the dyadic split. Appends past ``capacity`` are dropped: an autotuning
     rerun of the launch repeats the same items, which the first run already listed."""
     if defer:
         slot = tl.atomic_add(worklist, 1)
