@@ -259,8 +259,9 @@ def fallback_programs(device: torch.device, programs: int) -> int:
 @triton.jit
 def defer_program(worklist, defer, item, capacity):
     """Append ``item`` to the worklist ``[counter, items…]`` when ``defer``: a program of a
-    deferring pass (``PASS = 1``) whose tile needs the dyadic split. Appends past ``capacity`` are dropped: an autotuning
-    rerun of the launch repeats the same items, which the first run already listed."""
+    deferring pass (``PASS = 1``) whose tile needs the dyadic split. Appends past ``capacity`` are
+    dropped (a guard: the autotuner zeroes the worklist before each timing run and the final one,
+    so a launch lists each item once)."""
     if defer:
         slot = tl.atomic_add(worklist, 1)
         if slot < capacity:
