@@ -341,11 +341,11 @@ next10)
     # sequential kernels' value blocks 8 wide at 32k (256 programs, two per SM, where 16 wide ran
     # one 4-warp program per SM); the solve's diagonal inverses in registers (gdn, 2k); the pair
     # kernels compiled with the midpoint path alone, a fallback launch for the rest (pair_fallback)
-    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 python3 benchmarks/gpu_checks.py
     T="python3 benchmarks/tune_kernels.py"
-    timeout 170 $T --op gdn2 --T 32768 --keys state_bv_min --values "[8]" --out $OUT/tune_gdn2_32k_bv8.json
-    timeout 100 $T --op gdn --keys solve_reg_diag state_programs --out $OUT/tune_gdn_2k_solve_prog.json
-    timeout 100 $T --op gdn2 --keys pair_fallback --out $OUT/tune_gdn2_2k_fallback.json
+    timeout 110 $T --op gdn2 --keys pair_fallback --out $OUT/tune_gdn2_2k_fallback.json
+    timeout 150 $T --op gdn2 --T 32768 --keys state_bv_min --values "[8]" --out $OUT/tune_gdn2_32k_bv8.json
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 70 python3 benchmarks/gpu_checks.py
+    timeout 90 $T --op gdn --keys solve_reg_diag state_programs --out $OUT/tune_gdn_2k_solve_prog.json
     ;;
 next10b)
     # the rest of next10: kda with pair_fallback; gdn at 32k, 8-wide value blocks; at 8k, value
