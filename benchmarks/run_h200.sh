@@ -35,6 +35,7 @@
 #   bash benchmarks/run_h200.sh gdnlong2 # gdn at 8k: fuse_output off, with and without the W, U kernel
 #   bash benchmarks/run_h200.sh next9    # next session (2 GPUs): gpu_checks.py (device guard, graph decode); gdn at 8k per kernel
 #   bash benchmarks/run_h200.sh next10   # ninth session: 8-wide value blocks at 32k, more sequential programs at 8k; graph decode
+#   bash benchmarks/run_h200.sh next10s  # its first two steps alone (gdn2: pair_fallback at 2k, 8-wide value blocks at 32k)
 #   bash benchmarks/run_h200.sh next10b  # its second half: 8k programs; gdn's forward per kernel beside FLA's at 8k
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
@@ -347,6 +348,11 @@ next10)
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 70 python3 benchmarks/gpu_checks.py
     timeout 90 $T --op gdn --keys solve_reg_diag state_programs --out $OUT/tune_gdn_2k_solve_prog.json
     ;;
+next10s)
+    # next10's first two steps alone, for a call with little device time left
+    T="python3 benchmarks/tune_kernels.py"
+    timeout 110 $T --op gdn2 --keys pair_fallback --out $OUT/tune_gdn2_2k_fallback.json
+    timeout 150 $T --op gdn2 --T 32768 --keys state_bv_min --values "[8]" --out $OUT/tune_gdn2_32k_bv8.json ;;
 next10b)
     # the rest of next10: kda with pair_fallback; gdn at 32k, 8-wide value blocks; at 8k, value
     # blocks narrowed until 512 or 1024 programs run; gdn's forward per kernel beside FLA's at 8k
