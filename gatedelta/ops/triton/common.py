@@ -96,7 +96,7 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
           "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True,
           "decode_bv": 32, "decode_warps": 2, "state_programs": 256,
-          "solve_reg_diag": False, "pair_fallback": False}
+          "solve_reg_diag": False, "pair_fallback": True}
 # decode_bv / decode_warps: the decode kernel's value block (narrowed for K > 128 so the [K, BV]
 # fp32 state block stays in registers) and warps. Its time is the state's bytes, read and written
 # once per step. H200 (1e41ebe), one gdn2 token, B = 64, H = 16, K = V = 128, CUDA graph: 2 warps
@@ -157,7 +157,14 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # 744 B instead of 4,016, the intra kernel's 0 instead of 952 on the faithful sm_90 compile),
 # putting the programs whose range exceeds anchor_range on a worklist; the second, a few
 # persistent programs, redoes those with the checked path. Unlike the two launches above, an
-# empty worklist costs one small launch.
+# empty worklist costs one small launch. H100 (a45b7f5, tune_kernels.py, gdn2 at 2k, each beside
+# the single launch in one call): forward 2.547 → 2.142 ms, f+b 9.248 → 8.717 (8.651 on a rerun);
+# outputs and gradients within 5.1e-6 of the single launch. Not yet timed: kda, 8k / 32k, H200.
+# state_programs: the sequential kernels' value block narrows until this many programs run (down
+# to state_bv_min; a dot's N may be 8). 8-wide blocks at 32k (state_bv_min = 8: 256 programs, two
+# per SM by the faithful compile's shared memory) were slower on the H100 (a45b7f5): gdn2 f+b
+# 14.68 vs 12.56 ms, forward 3.68 vs 3.65. solve_reg_diag: the solve kernel inverts the four
+# diagonal 16×16 blocks as register tiles (no memory round trip); built and CPU-tested, not timed.
 # Measured and removed (H200, 2026-11-29, one 32k sequence of 16 heads unless said; code at 695a83d):
 # - fuse_cumsum, G = cumsum(g) formed and written by the intra (forward) and W, U (backward)
 #   kernels instead of chunk_cumsum_kernel: f+b 8.69 vs 8.57 ms at 2k, 12.98 vs 12.92 at 32k;
