@@ -154,7 +154,7 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # programs of a one-program-per-SM kernel each load G and exit (~0.5–1 ms).
 # pair_fallback: the intra and gradient kernels (per-channel decay) in two launches: the first
 # compiled with the midpoint path alone (no dyadic split: the gradient kernel's stack at 4 warps
-# 744 B instead of 4,016, the intra kernel's 0 instead of 952 on the faithful sm_90 compile),
+# 920 B instead of 4,016, the intra kernel's 0 instead of 952 on the faithful sm_90 compile),
 # putting the programs whose range exceeds anchor_range on a worklist; the second, a few
 # persistent programs, redoes those with the checked path. Unlike the two launches above, an
 # empty worklist costs one small launch. H100 (a45b7f5, tune_kernels.py, gdn2 at 2k, each beside
