@@ -36,12 +36,11 @@ from .common import (
     chunk_midpoint,
     chunk_rows,
     defer_program,
-    deferral,
     dot_precision,
     empty,
-    fallback_programs,
     gate_form,
     launch_configs,
+    launch_pair_kernel,
     pair_both,
     pair_low,
     prepare_chunks,
@@ -415,8 +414,8 @@ def grad_program(
 @triton.jit
 def chunk_grad_kernel(
     q, k, v, g, b, w, G, R, h, do, dY, dh,
-    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, worklist, limit, capacity,
-    Ttot, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, Ttot, worklist, limit, capacity,
+    H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
     RANGE: tl.constexpr, PASS: tl.constexpr,
@@ -510,16 +509,11 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             torch.cuda.current_stream(dev).wait_stream(side)
         outs = (dq, dk, dv, dq if dg is None else dg, dq if db is None else db, dq if dw is None else dw)
         gates = (q if g is None else g, q if b is None else b, q if w is None else w)
-        args = (q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale)
-        programs = NK * NT * HV
-        worklist, limit = deferral(DECAY, programs, dev)
+        args = (q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale,
+                Ttot)
         meta = dict(H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)), DECAY=DECAY,
-                    ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC, RANGE=limit)
-        deferring = worklist.numel() > 1
-        chunk_grad_kernel[(NK, NT, HV)](*args, worklist, limit, programs, Ttot, **meta, PASS=int(deferring))
-        if deferring:
-            chunk_grad_kernel.fn[(fallback_programs(dev, programs),)](
-                *args, worklist, limit, programs, Ttot, **meta, PASS=2, num_warps=4, num_stages=1)
+                    ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC)
+        launch_pair_kernel(chunk_grad_kernel, (NK, NT, HV), args, meta, DECAY, dev)
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
     if groups > 1:

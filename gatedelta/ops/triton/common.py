@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 
 import torch
@@ -261,6 +262,21 @@ def fallback_programs(device: torch.device, programs: int) -> int:
         return min(programs, 4)
     index = device.index if device.index is not None else torch.cuda.current_device()
     return min(programs, 2 * _sm_count(index))
+
+
+def launch_pair_kernel(kernel, grid: tuple[int, ...], args: tuple, meta: dict, decay: int,
+                       device: torch.device) -> None:
+    """Launch a pair kernel (intra or gradient) whose signature ends ``…, worklist, limit,
+    capacity`` before its constexprs: one checked pass (PASS 0), or with ``TUNING["pair_fallback"]``
+    the deferring pass (PASS 1) and, through ``kernel.fn`` without the autotuner (whose reruns would
+    zero the worklist), the fallback pass (PASS 2) over what it listed."""
+    programs = math.prod(grid)
+    worklist, limit = deferral(decay, programs, device)
+    deferring = worklist.numel() > 1
+    kernel[grid](*args, worklist, limit, programs, **meta, RANGE=limit, PASS=int(deferring))
+    if deferring:
+        kernel.fn[(fallback_programs(device, programs),)](
+            *args, worklist, limit, programs, **meta, RANGE=limit, PASS=2, num_warps=4, num_stages=1)
 
 
 @triton.jit

@@ -35,13 +35,12 @@ from .common import (
     chunk_midpoint,
     chunk_rows,
     defer_program,
-    deferral,
     dot_precision,
     empty,
-    fallback_programs,
     gate_form,
     inverse_precision,
     launch_configs,
+    launch_pair_kernel,
     pair_low,
     pair_matrices,
     prepare_chunks,
@@ -735,17 +734,12 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     A = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "A"), device=q.device) if ERASE else None
     # per-channel decay keeps several [BT, BK] fp32 tiles live in the pairwise split
     BK = min(TUNING["intra_bk" if DECAY == 2 else "intra_bk_head"], _pow2(K))
-    worklist, limit = deferral(DECAY, NT * HV, q.device)
     args = (q, k, q if b is None else b, M if G is None else G, M, M if A is None else A, cu, chunk_indices,
-            scale, worklist, limit, NT * HV)
+            scale)
     meta = dict(H=H, HV=HV, K=K, BT=CHUNK, BK=BK, DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype),
                 PREC_INV=inverse_precision(q.dtype), LOW=pair_low(q.dtype),
-                SPLIT_SOLVE=bool(TUNING["split_solve"]), RANGE=limit, NATIVE=not INTERPRET)
-    deferring = worklist.numel() > 1
-    chunk_intra_kernel[(NT, HV)](*args, **meta, PASS=int(deferring))
-    if deferring:
-        chunk_intra_kernel.fn[(fallback_programs(q.device, NT * HV),)](*args, **meta, PASS=2, num_warps=4,
-                                                                        num_stages=1)
+                SPLIT_SOLVE=bool(TUNING["split_solve"]), NATIVE=not INTERPRET)
+    launch_pair_kernel(chunk_intra_kernel, (NT, HV), args, meta, DECAY, q.device)
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
                                      REG_DIAG=bool(TUNING["solve_reg_diag"]), num_warps=TUNING["solve_warps"])
