@@ -37,6 +37,8 @@
 #   bash benchmarks/run_h200.sh next10   # ninth session: 8-wide value blocks at 32k, more sequential programs at 8k; graph decode
 #   bash benchmarks/run_h200.sh next10s  # its first two steps alone (gdn2: pair_fallback at 2k, 8-wide value blocks at 32k)
 #   bash benchmarks/run_h200.sh next10b  # its second half: 8k programs; gdn's forward per kernel beside FLA's at 8k
+#   bash benchmarks/run_h200.sh h100a    # tenth session (H100): bf16 check with resets, FLA and ours at 2k
+#   bash benchmarks/run_h200.sh h100b    # its second call: ours at 8k / 32k, decode, profile, FLA at 8k / 32k
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -362,6 +364,22 @@ next10b)
     timeout 90 $T --op gdn --T 8192 --set state_bv_min=8 --keys state_programs --values "[512, 1024]" --out $OUT/tune_gdn_8k_prog.json
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
     timeout 150 $K fwd-profile --ops gdn --T 8192 --tag ${GPU:-h200}-8k ;;
+h100a)
+    # tenth session, first call, on the H100 the acceptance names (FLA's anchors are H100 figures):
+    # bf16 check with resets at the new default (pair_fallback's second pass with a real worklist),
+    # FLA at 2k (autotuning cold: ~5 minutes), ours and SDPA at 2k, in one call
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn2 kda gdn --tag ${GPU:-h200}-check10
+    timeout 330 $K fla-speed --ops gdn2 kda gdn --T 2048
+    timeout 120 $K speed --ops gdn2 kda gdn sdpa --T 2048 ;;
+h100b)
+    # its second call (warm: FLA's autotuning from h100a stays in /tmp/tcache): ours at 8k / 32k,
+    # decode beside FLA, gdn2's backward per kernel at 2k, FLA at 8k / 32k
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 150 $K speed --ops gdn2 kda gdn --T 8192 32768 --tag ${GPU:-h200}-long
+    timeout 60 $K decode
+    timeout 60 $K profile --T 2048 --ops gdn2 kda
+    timeout 250 $K fla-speed --ops gdn2 kda gdn --T 8192 32768 --tag ${GPU:-h200}-long ;;
 retime32k)
     timeout 120 python3 benchmarks/tune_kernels.py --op gdn2 --T 32768 --keys split_solve state_bv_min \
         --out $OUT/tune_32k.json
