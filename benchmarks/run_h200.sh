@@ -372,6 +372,16 @@ h100a)
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn2 kda gdn --tag ${GPU:-h200}-check10
     timeout 330 $K fla-speed --ops gdn2 kda gdn --T 2048
     timeout 120 $K speed --ops gdn2 kda gdn sdpa --T 2048 ;;
+any10)
+    # whichever card comes: an H100 runs h100a; an H200 runs the bf16 check and the untimed knobs
+    # (solve_reg_diag for gdn at 2k, kda with pair_fallback at 2k, gdn at 8k with more programs)
+    if [ "$GPU" = h100 ]; then exec bash benchmarks/run_h200.sh h100a; fi
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn2 kda gdn --tag ${GPU:-h200}-check10
+    T="python3 benchmarks/tune_kernels.py"
+    timeout 100 $T --op gdn --keys solve_reg_diag --out $OUT/tune_${GPU}_gdn_2k_solve_reg_diag.json
+    timeout 100 $T --op kda --keys pair_fallback --out $OUT/tune_${GPU}_kda_2k_fallback.json
+    timeout 120 $T --op gdn --T 8192 --set state_bv_min=8 --keys state_programs --values "[512, 1024]" \
+        --out $OUT/tune_${GPU}_gdn_8k_prog.json ;;
 h100b)
     # its second call (warm: FLA's autotuning from h100a stays in /tmp/tcache): ours at 8k / 32k,
     # decode beside FLA, gdn2's backward per kernel at 2k, FLA at 8k / 32k
