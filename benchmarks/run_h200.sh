@@ -40,7 +40,8 @@
 #   bash benchmarks/run_h200.sh h100a    # tenth session (H100): bf16 check with resets, FLA and ours at 2k
 #   bash benchmarks/run_h200.sh h100b    # its second call: ours at 8k / 32k, decode, profile, FLA at 8k / 32k
 #   bash benchmarks/run_h200.sh any10    # h100a on an H100, else the bf16 check and untimed knobs
-#   bash benchmarks/run_h200.sh knobs10  # block widths since pair_fallback; gdn's solve_reg_diag
+#   bash benchmarks/run_h200.sh knobs10  # grad_k_group (gdn2, kda, gdn) and gdn's solve_reg_diag at 2k
+#   bash benchmarks/run_h200.sh knobs10b # block widths since pair_fallback freed registers (gdn2, 2k)
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
 #   bash benchmarks/run_h200.sh retime32k  # next session: split_solve, state_bv_min at 32k; gdn
 #   bash benchmarks/run_h200.sh models   # compiled 1.3B hybrid and Transformer, T = 2k … 16k
@@ -385,13 +386,19 @@ any10)
     timeout 120 $T --op gdn --T 8192 --set state_bv_min=8 --keys state_programs --values "[512, 1024]" \
         --out $OUT/tune_${GPU}_gdn_8k_prog.json ;;
 knobs10)
+    # tenth session's untimed builds: K blocks per gradient program (grad_k_group: dM and dT formed
+    # once per program; faithful sm_90 compile, gdn2: 608 B of stack at 8 warps with 2, 16 B with
+    # 1), for gdn2, kda and gdn at 2k; gdn's solve with register diagonal inverses
+    T="python3 benchmarks/tune_kernels.py"
+    timeout 150 $T --op gdn2 --keys grad_k_group --out $OUT/tune_${GPU}_gdn2_2k_grad_k_group.json
+    timeout 120 $T --op kda --keys grad_k_group --out $OUT/tune_${GPU}_kda_2k_grad_k_group.json
+    timeout 150 $T --op gdn --keys grad_k_group solve_reg_diag --out $OUT/tune_${GPU}_gdn_2k_group_solve.json ;;
+knobs10b)
     # block widths again now that pair_fallback freed the pair kernels' registers (faithful sm_90
     # compile, Triton 3.6: the gradient kernel at BK 64 spills 488 B at 8 warps, 2.3-2.6 KB at 4;
-    # the intra kernel at BK 64 none at 8 warps); gdn's solve with register diagonal inverses
-    T="python3 benchmarks/tune_kernels.py"
-    timeout 220 $T --op gdn2 --keys intra_bk grad_bk grad_bv --out $OUT/tune_${GPU}_gdn2_2k_blocks10.json
-    timeout 100 $T --op gdn --keys solve_reg_diag --out $OUT/tune_${GPU}_gdn_2k_solve_reg_diag.json
-    timeout 120 $T --op kda --keys grad_bk --values "[64]" --out $OUT/tune_${GPU}_kda_2k_grad_bk64.json ;;
+    # the intra kernel at BK 64 none at 8 warps)
+    timeout 300 python3 benchmarks/tune_kernels.py --op gdn2 --keys intra_bk grad_bk grad_bv \
+        --out $OUT/tune_${GPU}_gdn2_2k_blocks10.json ;;
 h100b)
     # its second call (warm: FLA's autotuning from h100a stays in /tmp/tcache): ours at 8k / 32k,
     # decode beside FLA, gdn2's backward per kernel at 2k, FLA at 8k / 32k

@@ -37,7 +37,7 @@ CHOICES = {"intra_bk": [16, 32, 64], "intra_bk_head": [32, 64, 128], "output_bk"
            "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4], "state_bk": [64, 128],
            "state_bwd_bk": [64, 128], "grad_bk_head": [32, 64, 128], "pre_gated_q": [False, True],
            "solve_reg_diag": [False, True],
-           "pair_fallback": [False, True]}
+           "pair_fallback": [False, True], "grad_k_group": [1, 2, 4]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:

@@ -465,6 +465,44 @@ def test_pair_fallback_equals_one_checked_launch(op, resets, varlen, monkeypatch
     assert counts == ([2, 2 * math.ceil(48 / common.TUNING["grad_bk"])] if resets else [0, 0])
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the deferred tiles' unchecked products overflow
+@pytest.mark.parametrize("op", ["gdn2", "kda", "gdn", "delta_rule", "gla"])
+def test_gradient_programs_with_several_k_blocks_equal_one_each(op, monkeypatch):
+    # TUNING["grad_k_group"]: a gradient program forms dM and dT once and runs KG K blocks with
+    # them. Per block the same arithmetic, so equal to one block per program up to the products'
+    # summation order (the interpreter's go through numpy's BLAS, whose order can depend on the
+    # operands' alignment: once in a full CPU run, 2.8e-8 in dq of gdn2, never in 240 seeds alone;
+    # a wrong block index gives 0.6): 4 blocks of 16 (K = 64) in groups of 2 and 4; 3 blocks (K =
+    # 48) do not split into pairs, so they run one each. Decaying ops get a hard reset in the
+    # second chunk: gdn2 / kda tiles then go through the fallback launch (pair_fallback), which
+    # redoes whole groups.
+    from gatedelta.ops.triton import backward, common
+
+    monkeypatch.setitem(common.TUNING, "grad_bk", 16)
+    monkeypatch.setitem(common.TUNING, "grad_bk_head", 16)
+    args, s0 = make_inputs(op, B=1, T=150, H=1, G=2, K=64, V=16, dtype=torch.float32)
+    if op != "delta_rule":
+        g = args[3].clone()
+        g[:, 70] = float("-inf")
+        args = (*args[:3], g, *args[4:])
+    args, s0 = _dev(args), s0.to(DEV)
+    outs = []
+    for group in (1, 2, 4):
+        monkeypatch.setitem(common.TUNING, "grad_k_group", group)
+        leaves = [a.clone().requires_grad_() for a in args]
+        o, s = run(op, tuple(leaves), "triton", initial_state=s0, output_final_state=True)
+        (o.square().sum() + s.sum()).backward()
+        outs.append([o, s] + [a.grad for a in leaves])
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.isfinite(b).all()
+            assert rel_err(b, a) <= 1e-6
+    assert [backward.grad_k_group(nk) for nk in (1, 3, 4)] == [1, 1, 4]
+    monkeypatch.setitem(common.TUNING, "grad_k_group", 0)
+    with pytest.raises(ValueError, match="grad_k_group"):
+        backward.grad_k_group(4)
+
+
 # the products' masked upper triangle (r < s, factors up to e¹⁰⁰) overflows by design there
 @pytest.mark.filterwarnings("ignore:overflow encountered in matmul:RuntimeWarning")
 def test_midpoint_near_its_range_limit_with_large_values():

@@ -33,6 +33,8 @@ from .common import (
     CHUNK,
     G_MIN,
     TUNING,
+    anchor_pair_operands,
+    anchor_scales,
     chunk_midpoint,
     chunk_rows,
     defer_program,
@@ -42,6 +44,7 @@ from .common import (
     launch_configs,
     launch_pair_kernel,
     pair_both,
+    pair_both_anchor,
     pair_low,
     prepare_chunks,
     scratch_dtype,
@@ -219,9 +222,11 @@ def write_dv_dw(v, w, dv, dw, b_dY, p_tv, m_tv, o_row, m_t, i_hv, HV: tl.constex
 @triton.jit
 def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, m_k, write_dv,
                 HV: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr):
+                DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, PREC: tl.constexpr,
+                PAIRS: tl.constexpr):
     """Phase 1 of the gradient kernel, the contractions over V of a chunk's BT rows: the
-    ``[BT, BT]`` gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)``, the K block ``o_k``'s
+    ``[BT, BT]`` gradients ``dM = tril(dO Rᵀ)`` and ``dT = −strict_tril(dY Rᵀ)`` (only when PAIRS:
+    a program's later K blocks reuse its first one's), the K block ``o_k``'s
     state-side terms ``dO S₀ᵀ``, ``dY S₀ᵀ``, ``R dS_Cᵀ`` ``[BT, BK]`` and (DECAY > 0)
     ``Σ_v S₀ ⊙ dS_C`` ``[BK]``. When write_dv, also dv and dw."""
     b_dM = tl.zeros([BT, BT], dtype=tl.float32)
@@ -239,9 +244,10 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
         b_do = tl.load(do + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_R = tl.load(R + p_tv, mask=m_tv, other=0).to(tl.float32)
         b_dY = tl.load(dY + p_tv, mask=m_tv, other=0).to(tl.float32)
-        b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
-        if ERASE > 0:
-            b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
+        if PAIRS:
+            b_dM += tl.dot(b_do, tl.trans(b_R), input_precision=PREC)
+            if ERASE > 0:
+                b_dT += tl.dot(b_dY, tl.trans(b_R), input_precision=PREC)
         m_kv = m_k[:, None] & m_v[None, :]
         b_h = tl.load(h + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0).to(tl.float32)
         b_dh = tl.load(dh + p_h + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0).to(tl.float32)
@@ -255,7 +261,8 @@ def grad_v_loop(do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k,
             b_dw1 += write_dv_dw(v, w, dv, dw, b_dY, p_tv, m_tv, o_row, m_t, i_hv, HV, WRITE)
     if write_dv and WRITE == 1:
         tl.store(dw + o_row * HV + i_hv, b_dw1.to(dw.dtype.element_ty), mask=m_t)
-    b_dM, b_dT = pair_grads(b_dM, b_dT, o_t)
+    if PAIRS:
+        b_dM, b_dT = pair_grads(b_dM, b_dT, o_t)
     return b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc
 
 
@@ -279,15 +286,41 @@ def store_dq_dk_db(b, dq, dk, db, b_dq, b_dk, b_de, b_k, o_row, m_t, m_tk, o_k, 
 
 
 @triton.jit
-def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
+def grad_pair_inputs(b_dM, b_dT, G, o_row, m_t, o_t, i_hv, scale, HV: tl.constexpr, DECAY: tl.constexpr,
+                     ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr, RANGE: tl.constexpr):
+    """dM and dT as every K block's pair products take them, formed once for a program's KG > 1
+    blocks (with one, :func:`grad_k_block` forms them where it uses them): per-channel decay
+    through the midpoint unchecked (RANGE < 0), :func:`anchor_pair_operands` of ``scale·dM`` and
+    dT; checked, dM and dT as they are; per-head decay, both times ``ρ_rs = exp(G_r − G_s)``
+    (r ≥ s); no decay, as they are. Returns ``(P, P2, diagonal)`` (the diagonal only for the
+    first form; else zeros)."""
+    b_none = tl.zeros([b_dM.shape[0]], dtype=tl.float32)
+    if DECAY == 2:
+        if RANGE < 0:
+            b_Pd, b_P, b_P2 = anchor_pair_operands(b_dM * scale, b_dT, o_t, ERASE > 0, PREC, LOW)
+        else:
+            b_P, b_P2, b_Pd = b_dM, b_dT, b_none
+    elif DECAY == 1:
+        b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
+        b_rho = tl.exp(tl.minimum(b_G[:, None] - b_G[None, :], 0.0))
+        b_P, b_P2, b_Pd = b_dM * b_rho, b_dT * b_rho, b_none
+    else:
+        b_P, b_P2, b_Pd = b_dM, b_dT, b_none
+    return b_P, b_P2, b_Pd
+
+
+@triton.jit
+def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
                  bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv,
                  H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-                 RANGE: tl.constexpr):
-    """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms, dq, dk,
-    the erase gate's db and the log-decay gradient dg of its rows. Returns the tile's log-decay
-    range (:func:`chunk_midpoint`; 0 without per-channel decay), which a launch taking the midpoint
-    path unchecked (RANGE < 0) compares with the limit to defer the tile (:func:`defer_program`)."""
+                 RANGE: tl.constexpr, PREPARED: tl.constexpr):
+    """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms (dM and dT
+    as :func:`grad_pair_inputs` forms them: P, P2, Pd; PREPARED: formed by the caller, else formed
+    here from dM and dT in P, P2), dq, dk, the erase gate's db and the log-decay gradient dg of its
+    rows. Returns the tile's log-decay range (:func:`chunk_midpoint`;
+    0 without per-channel decay), which a launch taking the midpoint path unchecked (RANGE < 0)
+    compares with the limit to defer the tile (:func:`defer_program`)."""
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
@@ -299,13 +332,17 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
     if DECAY == 2:
         b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
         if RANGE < 0:
-            _, b_rng = chunk_midpoint(b_G, m_t)
+            b_m, b_rng = chunk_midpoint(b_G, m_t)
         b_gam = tl.exp(b_G)
-        row0 = bos + i_c * BT
-        # dk sums both pair products; dG's pair terms come from pair_both itself (q⊙dq − k⊙dk
-        # formed here would not cancel in dg's reverse cumulative sum)
-        b_dq, b_de, b_dk, b_dG = pair_both(b_dM * scale, b_dT, b_q, b_e, b_k, b_G, G, row0, eos, i_hv,
-                                           o_t, o_k, m_k, HV, K, BT, ERASE > 0, PREC, LOW, RANGE)
+        # dk sums both pair products; dG's pair terms come from the pair products themselves
+        # (q⊙dq − k⊙dk formed here would not cancel in dg's reverse cumulative sum)
+        if PREPARED and RANGE < 0:
+            b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+            b_dq, b_de, b_dk, b_dG = pair_both_anchor(b_P, b_P2, b_q, b_e, b_k, b_up, b_dn, o_t, ERASE > 0,
+                                                      PREC, LOW, b_Pd)
+        else:
+            b_dq, b_de, b_dk, b_dG = pair_both(b_P * scale, b_P2, b_q, b_e, b_k, b_G, G, bos + i_c * BT, eos,
+                                               i_hv, o_t, o_k, m_k, HV, K, BT, ERASE > 0, PREC, LOW, RANGE)
         b_dq0 = scale * b_gam * b_dqs
         b_dq += b_dq0
         b_dG += b_q * b_dq0
@@ -320,15 +357,15 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
         b_dGC = tl.sum(b_k * b_dk2, 0) + tl.exp(b_gl) * b_dgc
         b_dG += tl.where((o_t == n_last)[:, None], b_dGC[None, :], 0.0)
     else:
+        b_dMr = b_P
+        b_dTr = b_P2
         if DECAY == 1:
             b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
             b_gam = tl.exp(b_G)
-            b_rho = tl.exp(tl.minimum(b_G[:, None] - b_G[None, :], 0.0))
-            b_dMr = b_dM * b_rho
-            b_dTr = b_dT * b_rho
-        else:
-            b_dMr = b_dM
-            b_dTr = b_dT
+            if not PREPARED:
+                b_rho = tl.exp(tl.minimum(b_G[:, None] - b_G[None, :], 0.0))
+                b_dMr = b_P * b_rho
+                b_dTr = b_P2 * b_rho
         b_dq = tl.dot(b_dMr, b_k, input_precision=PREC) * scale
         b_dk = tl.dot(tl.trans(b_dMr), b_q, input_precision=PREC) * scale
         b_dG = b_q * b_dq - b_k * b_dk
@@ -381,24 +418,44 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt,
 @triton.jit
 def grad_program(
     q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, Ttot,
-    i_k, i_t, i_hv,
+    i_kg, i_t, i_hv,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KG: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
     RANGE: tl.constexpr,
 ):
-    """The gradient kernel's work for one (K block, chunk, value head); returns the tile's
-    log-decay range when RANGE < 0 (see :func:`grad_k_block`)."""
+    """The gradient kernel's work for K blocks ``KG·i_kg … KG·i_kg + KG − 1`` of one (chunk, value
+    head): the first block's V loop forms dM and dT, which the later blocks reuse (their V loops
+    form only their own state-side terms). Returns the largest of the blocks' log-decay ranges when
+    RANGE < 0 (see :func:`grad_k_block`)."""
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
+    i_k = i_kg * KG
     o_k = i_k * BK + tl.arange(0, BK)
     b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
         do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, i_k == 0,
-        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC)
-    return grad_k_block(
-        q, k, g, b, G, dq, dk, dg, db, b_dM, b_dT, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
-        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE)
+        HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC, True)
+    # one K block: dM and dT become the pair operands where the block uses them (as they always
+    # did); more: once, here, held for every block
+    if KG > 1:
+        b_P, b_P2, b_Pd = grad_pair_inputs(b_dM, b_dT, G, o_row, m_t, o_t, i_hv, scale, HV, DECAY, ERASE,
+                                           LOW, PREC, RANGE)
+    else:
+        b_P, b_P2, b_Pd = b_dM, b_dT, 0.0
+    b_rng = grad_k_block(
+        q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
+        bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE, KG > 1)
+    for j in tl.static_range(1, KG):
+        o_k = (i_k + j) * BK + tl.arange(0, BK)
+        _, _, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
+            do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, False,
+            HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC, False)
+        b_rng = tl.maximum(b_rng, grad_k_block(
+            q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b_dKt, b_dgc, i_k + j, scale,
+            Ttot, bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE,
+            True))
+    return b_rng
 
 
 @triton.autotune(
@@ -407,7 +464,7 @@ def grad_program(
     # stack) and a 16-row-block form (40–120 B of stack) were timed on the H200 and never won
     # (2026-11-29): the spills are not what limits this kernel.
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "LOW", "RANGE", "PASS"],
+    key=["H", "HV", "K", "V", "BK", "BV", "KG", "DECAY", "ERASE", "WRITE", "LOW", "RANGE", "PASS"],
     # a deferring pass appends to the worklist: every timing run starts from an empty one
     reset_to_zero=["worklist"],
 )
@@ -416,14 +473,15 @@ def chunk_grad_kernel(
     q, k, v, g, b, w, G, R, h, do, dY, dh,
     dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, Ttot, worklist, limit, capacity,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KG: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
     RANGE: tl.constexpr, PASS: tl.constexpr,
 ):
-    """One program per (K block, chunk, value head). Each recomputes the chunk's ``dM``, ``dT``
-    (``[BT, BT]``, a contraction over V): forming them once per chunk in a kernel of their own
-    measured no faster (H200, 2026-11-29), and one program per chunk looping over the K blocks
-    held dM and dT across the loop in 5.7 KB of stack (10.14 vs 8.66 ms f+b).
+    """One program per (group of KG K blocks, chunk, value head). Each recomputes the chunk's
+    ``dM``, ``dT`` (``[BT, BT]``, a contraction over V) once for its KG blocks
+    (``TUNING["grad_k_group"]``): forming them once per chunk in a kernel of their own measured no
+    faster (H200, 2026-11-29), and one program per chunk looping over all K blocks, with both pair
+    paths compiled, held dM and dT in 5.7 KB of stack (10.14 vs 8.66 ms f+b).
 
     Writes dq, dk ``[Ttot, HV, K]`` (per value head; GVA groups are summed by the caller),
     dv ``[Ttot, HV, V]``, dg / db (per channel: ``[Ttot, HV, K]``; per head: partial sums
@@ -435,23 +493,33 @@ def chunk_grad_kernel(
     (``capacity`` items at most); PASS 2, a few persistent programs launched without the autotuner
     (``chunk_grad_kernel.fn``), redoes them as PASS 0 would, overwriting what PASS 1 wrote."""
     if PASS == 2:
-        NK: tl.constexpr = (K + BK - 1) // BK
+        NKG: tl.constexpr = (K + BK * KG - 1) // (BK * KG)
         n = tl.minimum(tl.load(worklist), capacity)
         for j in range(tl.program_id(0), n, tl.num_programs(0)):
             item = tl.load(worklist + 1 + j)
-            i_th = item // NK
+            i_th = item // NKG
             grad_program(
                 q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices,
-                scale, Ttot, item % NK, i_th // HV, i_th % HV, H, HV, K, V, BT, BK, BV, DECAY, ERASE, WRITE,
-                LOW, PREC, RANGE)
+                scale, Ttot, item % NKG, i_th // HV, i_th % HV, H, HV, K, V, BT, BK, BV, KG, DECAY, ERASE,
+                WRITE, LOW, PREC, RANGE)
     else:
-        i_k, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        i_kg, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         b_rng = grad_program(
             q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
-            Ttot, i_k, i_t, i_hv, H, HV, K, V, BT, BK, BV, DECAY, ERASE, WRITE, LOW, PREC,
+            Ttot, i_kg, i_t, i_hv, H, HV, K, V, BT, BK, BV, KG, DECAY, ERASE, WRITE, LOW, PREC,
             -1.0 if PASS == 1 else RANGE)
         if PASS == 1:
-            defer_program(worklist, b_rng > limit, (i_t * HV + i_hv) * tl.num_programs(0) + i_k, capacity)
+            defer_program(worklist, b_rng > limit, (i_t * HV + i_hv) * tl.num_programs(0) + i_kg, capacity)
+
+
+def grad_k_group(NK: int) -> int:
+    """K blocks per gradient program (``TUNING["grad_k_group"]``), where it divides the NK blocks;
+    else 1 (every program then has KG whole blocks: the per-head partial sums of dg and db are
+    indexed by block, so no program may run past the last)."""
+    group = int(TUNING["grad_k_group"])
+    if group < 1:
+        raise ValueError(f"TUNING['grad_k_group'] must be a positive integer, got {group}")
+    return group if NK % group == 0 else 1
 
 
 def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int, do, dht, M=None, A=None):
@@ -472,6 +540,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     PREC = dot_precision(q.dtype)
     BK = min(TUNING["grad_bk" if DECAY == 2 else "grad_bk_head"], _pow2(K))
     NK = triton.cdiv(K, BK)
+    KG = grad_k_group(NK)
     groups = HV // H
     # Gradients the kernel writes whole are stored in the input's dtype; fp32 where partial sums
     # follow (over the GVA group of a key head, or over K blocks for per-head gates).
@@ -511,9 +580,9 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         gates = (q if g is None else g, q if b is None else b, q if w is None else w)
         args = (q, k, v, *gates, M if G is None else G, R, h, do, dY, dh, *outs, cu, chunk_indices, scale,
                 Ttot)
-        meta = dict(H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)), DECAY=DECAY,
-                    ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC)
-        launch_pair_kernel(chunk_grad_kernel, (NK, NT, HV), args, meta, DECAY, dev)
+        meta = dict(H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)), KG=KG,
+                    DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC)
+        launch_pair_kernel(chunk_grad_kernel, (NK // KG, NT, HV), args, meta, DECAY, dev)
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
     if groups > 1:

@@ -97,7 +97,7 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
           "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True,
           "decode_bv": 32, "decode_warps": 2, "state_programs": 256,
-          "solve_reg_diag": False, "pair_fallback": True}
+          "solve_reg_diag": False, "pair_fallback": True, "grad_k_group": 1}
 # decode_bv / decode_warps: the decode kernel's value block (narrowed for K > 128 so the [K, BV]
 # fp32 state block stays in registers) and warps. Its time is the state's bytes, read and written
 # once per step. H200 (1e41ebe), one gdn2 token, B = 64, H = 16, K = V = 128, CUDA graph: 2 warps
@@ -126,6 +126,12 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # grad_bv: the gradient kernel's V block. 32 vs 64 (H200, each timed beside the defaults in one
 # call, a455d83 / 9f2df37), f+b ms: gdn2 8.47 vs 8.56 at 2k, 12.05 vs 12.17 at 32k; kda 8.01 vs
 # 8.27, 11.62 vs 11.86; gdn 4.52 vs 4.69, 8.23 vs 8.38. Forward unchanged.
+# grad_k_group: K blocks per gradient program. Each program forms the chunk's dM and dT (two
+# [BT, BT] contractions over V, a third of the kernel's products at 4 blocks of 32) once and holds
+# them, as the pair products take them, for its blocks. Per block the same arithmetic, so results
+# are bitwise those of 1. Faithful sm_90 compile (Triton 3.6, gdn2, BK = BV = 32, midpoint pass):
+# stack per thread 16 B at 8 warps and 928 B at 4 with 1; 608 B and 1.6 KB with 2; 0.9 and 1.8 KB
+# with 4. Not timed yet (no device on 2026-12-07).
 # state_bk, state_bwd_bk: rows per slot of the state (forward) and state-gradient tiles of the
 # sequential kernels (64: two slots at K = 128; 128: one). Each slot costs its own small products
 # per chunk step: at 64 rows the state-gradient step issues 8 [64, 64] × [64, 16] products at 32k,
@@ -567,16 +573,19 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
 
 @triton.jit
 def pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO: tl.constexpr, PREC: tl.constexpr,
-                     LOW: tl.constexpr):
+                     LOW: tl.constexpr, b_diag=None):
     """:func:`pair_both_split`'s results with every pair through the midpoint: ``ρ_rsk = up_rk·dn_sk``
     (:func:`anchor_scales`), so ``left = up ⊙ (D (dn ⊙ y))`` and
     ``right = dn ⊙ (Dᵀ (up ⊙ x) + D2ᵀ (up ⊙ x2))``: four products over the pairs below the diagonal
     (D2 is strictly lower already). The diagonal (ρ = 1) is added exactly and left out of dG, where
     it cancels, as in the split; dG comes from the products' rounded operands (each pair enters
-    both of its terms with one value)."""
-    eye = o_t[:, None] == o_t[None, :]
-    b_diag = tl.sum(tl.where(eye, b_D, 0.0), 1)
-    b_Ds = pair_operand(tl.where(o_t[:, None] > o_t[None, :], b_D, 0.0), PREC, LOW)
+    both of its terms with one value). With ``b_diag`` given, D and D2 come as
+    :func:`anchor_pair_operands` formed them (D's strictly lower part, rounded; D2 rounded)."""
+    ROUNDED: tl.constexpr = b_diag is not None
+    if not ROUNDED:
+        b_diag, b_Ds, _ = anchor_pair_operands(b_D, b_D2, o_t, False, PREC, LOW)  # D2 below, where used
+    else:
+        b_Ds = b_D
     b_ys = pair_operand(b_y * b_dn, PREC, LOW)
     b_xr = pair_operand(b_x * b_up, PREC, LOW)
     b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
@@ -584,7 +593,10 @@ def pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO: tl.constex
     b_dG = b_xr.to(tl.float32) * b_L
     b_l2 = tl.zeros(b_x.shape, dtype=tl.float32)
     if TWO:
-        b_D2s = pair_operand(b_D2, PREC, LOW)
+        if not ROUNDED:
+            b_D2s = pair_operand(b_D2, PREC, LOW)
+        else:
+            b_D2s = b_D2
         b_xr2 = pair_operand(b_x2 * b_up, PREC, LOW)
         b_L2 = mixed_dot(b_D2s, b_ys, PREC, LOW)
         b_R += mixed_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
@@ -593,6 +605,20 @@ def pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO: tl.constex
     b_dG -= b_ys.to(tl.float32) * b_R
     b_l = b_L * b_up + b_diag[:, None] * b_y
     return b_l, b_l2, b_R * b_dn + b_diag[:, None] * b_x, b_dG
+
+
+@triton.jit
+def anchor_pair_operands(b_D, b_D2, o_t, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
+    """D and D2 ``[BT, BT]`` as :func:`pair_both_anchor` takes them with its ``b_diag``: D's
+    diagonal ``[BT]``, its strictly lower part and D2, each rounded for the products
+    (:func:`pair_operand`). They do not depend on the K block: a gradient program with several K
+    blocks forms them once. Returns ``(diagonal, D, D2)``."""
+    b_diag = tl.sum(tl.where(o_t[:, None] == o_t[None, :], b_D, 0.0), 1)
+    b_Ds = pair_operand(tl.where(o_t[:, None] > o_t[None, :], b_D, 0.0), PREC, LOW)
+    b_D2s = b_D2
+    if TWO:
+        b_D2s = pair_operand(b_D2, PREC, LOW)
+    return b_diag, b_Ds, b_D2s
 
 
 @triton.jit
