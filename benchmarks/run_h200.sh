@@ -392,7 +392,10 @@ knobs10)
     T="python3 benchmarks/tune_kernels.py"
     timeout 150 $T --op gdn2 --keys grad_k_group --out $OUT/tune_${GPU}_gdn2_2k_grad_k_group.json
     timeout 120 $T --op kda --keys grad_k_group --out $OUT/tune_${GPU}_kda_2k_grad_k_group.json
-    timeout 150 $T --op gdn --keys grad_k_group solve_reg_diag --out $OUT/tune_${GPU}_gdn_2k_group_solve.json ;;
+    timeout 150 $T --op gdn --keys grad_k_group solve_reg_diag --out $OUT/tune_${GPU}_gdn_2k_group_solve.json
+    # gdn's 32-wide K blocks, four per program (one program per chunk; 240 B of stack at 8 warps)
+    timeout 120 $T --op gdn --set grad_bk_head=32 --keys grad_k_group --values "[2, 4]" \
+        --out $OUT/tune_${GPU}_gdn_2k_bk32_group.json ;;
 knobs10b)
     # block widths again now that pair_fallback freed the pair kernels' registers (faithful sm_90
     # compile, Triton 3.6: the gradient kernel at BK 64 spills 488 B at 8 warps, 2.3-2.6 KB at 4;
