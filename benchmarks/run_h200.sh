@@ -40,6 +40,7 @@
 #   bash benchmarks/run_h200.sh h100a    # tenth session (H100): bf16 check with resets, FLA and ours at 2k
 #   bash benchmarks/run_h200.sh h100b    # its second call: ours at 8k / 32k, decode, profile, FLA at 8k / 32k
 #   bash benchmarks/run_h200.sh any10    # h100a on an H100, else the bf16 check and untimed knobs
+#   bash benchmarks/run_h200.sh last10   # a short call: H100 ours + FLA at 2k; H200 check + grad_k_group
 #   bash benchmarks/run_h200.sh knobs10  # grad_k_group (gdn2, kda, gdn) and gdn's solve_reg_diag at 2k
 #   bash benchmarks/run_h200.sh knobs10b # block widths since pair_fallback freed registers (gdn2, 2k)
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
@@ -404,6 +405,20 @@ knobs10b)
     # the intra kernel at BK 64 none at 8 warps)
     timeout 300 python3 benchmarks/tune_kernels.py --op gdn2 --keys intra_bk grad_bk grad_bv \
         --out $OUT/tune_${GPU}_gdn2_2k_blocks10.json ;;
+last10)
+    # little device time left (~7 minutes): on an H100, ours then FLA at 2k (gdn2, kda); on an
+    # H200, the bf16 check with resets, then grad_k_group for gdn2 and kda
+    if [ "$GPU" = h100 ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+        timeout 120 $K speed --ops gdn2 kda sdpa --T 2048
+        timeout 330 $K fla-speed --ops gdn2 kda --T 2048
+    else
+        GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn2 kda gdn --tag ${GPU:-h200}-check10
+        timeout 150 python3 benchmarks/tune_kernels.py --op gdn2 --keys grad_k_group \
+            --out $OUT/tune_${GPU}_gdn2_2k_grad_k_group.json
+        timeout 120 python3 benchmarks/tune_kernels.py --op kda --keys grad_k_group \
+            --out $OUT/tune_${GPU}_kda_2k_grad_k_group.json
+    fi ;;
 h100b)
     # its second call (warm: FLA's autotuning from h100a stays in /tmp/tcache): ours at 8k / 32k,
     # decode beside FLA, gdn2's backward per kernel at 2k, FLA at 8k / 32k
