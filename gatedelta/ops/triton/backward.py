@@ -286,6 +286,13 @@ def store_dq_dk_db(b, dq, dk, db, b_dq, b_dk, b_de, b_k, o_row, m_t, m_tk, o_k, 
 
 
 @triton.jit
+def head_decay_pairs(b_G):
+    """``ρ_rs = exp(G_r − G_s)`` ``[BT, BT]`` of per-head decay for r ≥ s (1 above the diagonal,
+    where the pair matrices are zero), from the chunk's cumulative log-decays ``[BT]``."""
+    return tl.exp(tl.minimum(b_G[:, None] - b_G[None, :], 0.0))
+
+
+@triton.jit
 def grad_pair_inputs(b_dM, b_dT, G, o_row, m_t, o_t, i_hv, scale, HV: tl.constexpr, DECAY: tl.constexpr,
                      ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr, RANGE: tl.constexpr):
     """dM and dT as every K block's pair products take them, formed once for a program's KG > 1
@@ -301,8 +308,7 @@ def grad_pair_inputs(b_dM, b_dT, G, o_row, m_t, o_t, i_hv, scale, HV: tl.constex
         else:
             b_P, b_P2, b_Pd = b_dM, b_dT, b_none
     elif DECAY == 1:
-        b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
-        b_rho = tl.exp(tl.minimum(b_G[:, None] - b_G[None, :], 0.0))
+        b_rho = head_decay_pairs(tl.load(G + o_row * HV + i_hv, mask=m_t, other=0))
         b_P, b_P2, b_Pd = b_dM * b_rho, b_dT * b_rho, b_none
     else:
         b_P, b_P2, b_Pd = b_dM, b_dT, b_none
@@ -315,12 +321,12 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b
                  H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  DECAY: tl.constexpr, ERASE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
                  RANGE: tl.constexpr, PREPARED: tl.constexpr):
-    """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms (dM and dT
-    as :func:`grad_pair_inputs` forms them: P, P2, Pd; PREPARED: formed by the caller, else formed
-    here from dM and dT in P, P2), dq, dk, the erase gate's db and the log-decay gradient dg of its
-    rows. Returns the tile's log-decay range (:func:`chunk_midpoint`;
-    0 without per-channel decay), which a launch taking the midpoint path unchecked (RANGE < 0)
-    compares with the limit to defer the tile (:func:`defer_program`)."""
+    """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms, dq, dk, the
+    erase gate's db and the log-decay gradient dg of its rows. dM and dT come in P, P2 as they are
+    or, PREPARED, as :func:`grad_pair_inputs` formed them for several blocks (with the diagonal
+    Pd). Returns the tile's log-decay range (:func:`chunk_midpoint`; 0 without per-channel decay),
+    which a launch taking the midpoint path unchecked (RANGE < 0) compares with the limit to defer
+    the tile (:func:`defer_program`)."""
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
@@ -363,7 +369,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b
             b_G = tl.load(G + o_row * HV + i_hv, mask=m_t, other=0)
             b_gam = tl.exp(b_G)
             if not PREPARED:
-                b_rho = tl.exp(tl.minimum(b_G[:, None] - b_G[None, :], 0.0))
+                b_rho = head_decay_pairs(b_G)
                 b_dMr = b_P * b_rho
                 b_dTr = b_P2 * b_rho
         b_dq = tl.dot(b_dMr, b_k, input_precision=PREC) * scale
