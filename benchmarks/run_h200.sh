@@ -41,6 +41,7 @@
 #   bash benchmarks/run_h200.sh h100b    # its second call: ours at 8k / 32k, decode, profile, FLA at 8k / 32k
 #   bash benchmarks/run_h200.sh any10    # h100a on an H100, else the bf16 check and untimed knobs
 #   bash benchmarks/run_h200.sh last10   # a short call: H100 ours + FLA at 2k; H200 check + grad_k_group
+#   bash benchmarks/run_h200.sh tiny10   # ~4 minutes: gdn2's bf16 check, grad_k_group 2 for gdn2
 #   bash benchmarks/run_h200.sh knobs10  # grad_k_group (gdn2, kda, gdn) and gdn's solve_reg_diag at 2k
 #   bash benchmarks/run_h200.sh knobs10b # block widths since pair_fallback freed registers (gdn2, 2k)
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
@@ -419,6 +420,12 @@ last10)
         timeout 120 python3 benchmarks/tune_kernels.py --op kda --keys grad_k_group \
             --out $OUT/tune_${GPU}_kda_2k_grad_k_group.json
     fi ;;
+tiny10)
+    # ~4 minutes of device time: the bf16 check of gdn2 with resets at the pair_fallback default,
+    # then grad_k_group for gdn2 at 2k (either card)
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 80 $K check --ops gdn2 --tag ${GPU:-h200}-check10
+    timeout 170 python3 benchmarks/tune_kernels.py --op gdn2 --keys grad_k_group --values "[2]" \
+        --out $OUT/tune_${GPU}_gdn2_2k_grad_k_group.json ;;
 h100b)
     # its second call (warm: FLA's autotuning from h100a stays in /tmp/tcache): ours at 8k / 32k,
     # decode beside FLA, gdn2's backward per kernel at 2k, FLA at 8k / 32k
