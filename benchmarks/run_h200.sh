@@ -42,6 +42,7 @@
 #   bash benchmarks/run_h200.sh any10    # h100a on an H100, else the bf16 check and untimed knobs
 #   bash benchmarks/run_h200.sh last10   # a short call: H100 ours + FLA at 2k; H200 check + grad_k_group
 #   bash benchmarks/run_h200.sh tiny10   # ~4 minutes: gdn2's bf16 check, grad_k_group 2 for gdn2
+#   bash benchmarks/run_h200.sh h100c    # eleventh session's default (grad_bk 64): FLA and ours at 2k / 8k / 32k, one call
 #   bash benchmarks/run_h200.sh knobs10  # grad_k_group (gdn2, kda, gdn) and gdn's solve_reg_diag at 2k
 #   bash benchmarks/run_h200.sh knobs10b # block widths since pair_fallback freed registers (gdn2, 2k)
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
@@ -379,6 +380,13 @@ h100a)
     timeout 150 $K speed --ops gdn2 kda gdn sdpa --T 2048
     timeout 330 $K fla-speed --ops gdn2 kda gdn --T 2048
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn2 kda gdn --tag ${GPU:-h200}-check10 ;;
+h100c)
+    # after the eleventh session (grad_bk 64): ours, then FLA, at 2k / 8k / 32k in one call (FLA's
+    # and our autotuning carried in .tcache from that session's H100), then the bf16 check
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 200 $K speed --ops gdn2 kda gdn sdpa --T 2048 8192 32768
+    timeout 200 $K fla-speed --ops gdn2 kda gdn --T 2048 8192 32768
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn2 kda --tag ${GPU:-h200}-check11 ;;
 any10)
     # whichever card comes: an H100 runs h100a; an H200 runs the bf16 check and the untimed knobs
     # (solve_reg_diag for gdn at 2k, kda with pair_fallback at 2k, gdn at 8k with more programs)

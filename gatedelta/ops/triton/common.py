@@ -91,7 +91,7 @@ CHUNK = 64
 # fp32 state, not bf16 h (interpreter, bf16 inputs: the output's own error 3.52e-3 → 3.37e-3).
 # H200 (56cfdac): gdn2 2k fwd 3.72 → 3.40 ms, f+b 15.17 → 14.87; 32k f+b 20.01 → 19.97; gdn 2k
 # fwd 1.81 → 1.61; accuracy unchanged (forward 3.83e-3–3.88e-3, gradients 3.76e-3–5.03e-3).
-TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, "grad_bk_head": 64,
+TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 64, "grad_bk_head": 64,
           "grad_bv": 32, "fuse_wu": (0, 1), "state_bv_min": 16, "split_solve": True, "pair_bf16": False,
           "pre_decayed_keys": (1, 2), "scratch_bf16": ("W", "KD", "QG", "EG", "h", "dh"),
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
@@ -107,6 +107,10 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # ~8 [BT, BK] fp32 tiles live) and for per-head or no decay (no pair split; each K block re-forms
 # dM and dT, so fewer, wider blocks pay). H200 (f8dedb0): gdn f+b at 2k 4.98 ms at 32, 4.69 at 64,
 # 5.99 at 16; 128 (one block, 9f2df37): 4.96.
+# Per-channel decay, H100 (c90635c, each beside the defaults in one call, after pair_fallback
+# freed the pair kernels' registers), f+b ms at 32 vs 64: gdn2 8.66 vs 8.42 at 2k (16: 8.90),
+# 12.09 vs 11.73 at 32k; kda 7.99 vs 7.90 at 2k. Hence 64 (the faithful sm_90 compile spills 488 B
+# at 8 warps; the autotuner takes 8 there). Before pair_fallback 32 was the faster on the H200.
 # intra_bk_head: the intra kernel's K block for per-head or no decay, which multiplies the inputs'
 # own 16-bit operands there (NATIVE: exact products, fp32 accumulation; T = Diag(b) K Kᵀ, the
 # erase gate applied to T's rows). H200, gdn at 2k (31d4986): intra kernel 0.277 → 0.178 ms, forward
@@ -131,7 +135,8 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 32, 
 # them, as the pair products take them, for its blocks. Per block the same arithmetic, so results
 # are bitwise those of 1. Faithful sm_90 compile (Triton 3.6, gdn2, BK = BV = 32, midpoint pass):
 # stack per thread 16 B at 8 warps and 928 B at 4 with 1; 608 B and 1.6 KB with 2; 0.9 and 1.8 KB
-# with 4. Not timed yet (no device on 2026-12-07).
+# with 4. H100 (c90635c, gdn2 at 2k, BK 32): f+b 8.66 ms with 1, 10.58 with 2 (the spills cost more
+# than the contractions saved), so 1 stays.
 # state_bk, state_bwd_bk: rows per slot of the state (forward) and state-gradient tiles of the
 # sequential kernels (64: two slots at K = 128; 128: one). Each slot costs its own small products
 # per chunk step: at 64 rows the state-gradient step issues 8 [64, 64] × [64, 16] products at 32k,
