@@ -11,7 +11,7 @@ device's (the native intra kernel: 135 registers, no spill)::
         /opt/pypi/files/triton-3.6.0-cp311-cp311-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
     PYTHONPATH=/tmp/t36:. .venv/bin/python benchmarks/compile_report.py chunk_grad_kernel \\
         --const H=16 HV=16 K=128 V=128 BT=64 BK=32 BV=32 KG=1 DECAY=2 ERASE=2 WRITE=2 LOW=0 \\
-                PREC='"tf32"' RANGE=100.0 PASS=1 \\
+                PREC='"tf32"' RANGE=100.0 NR=2 PASS=1 \\
         --bf16 q k v b w do dq dk dv db dw h dh --warps 4 8 --stages 1 2
 
 Prints one line per (warps, stages): registers per thread, stack (spills) per thread, shared

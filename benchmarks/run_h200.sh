@@ -43,6 +43,7 @@
 #   bash benchmarks/run_h200.sh last10   # a short call: H100 ours + FLA at 2k; H200 check + grad_k_group
 #   bash benchmarks/run_h200.sh tiny10   # ~4 minutes: gdn2's bf16 check, grad_k_group 2 for gdn2
 #   bash benchmarks/run_h200.sh h100c    # eleventh session's default (grad_bk 64): FLA and ours at 2k / 8k / 32k, one call
+#   bash benchmarks/run_h200.sh stress11 # strong decay (g x 8, every chunk in the fallback launch): ours old / new, FLA, knobs
 #   bash benchmarks/run_h200.sh knobs10  # grad_k_group (gdn2, kda, gdn) and gdn's solve_reg_diag at 2k
 #   bash benchmarks/run_h200.sh knobs10b # block widths since pair_fallback freed registers (gdn2, 2k)
 #   bash benchmarks/run_h200.sh knobs    # next session: knob values after v17 (no new code); FLA's gdn forward
@@ -380,6 +381,19 @@ h100a)
     timeout 150 $K speed --ops gdn2 kda gdn sdpa --T 2048
     timeout 330 $K fla-speed --ops gdn2 kda gdn --T 2048
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn2 kda gdn --tag ${GPU:-h200}-check10 ;;
+stress11)
+    # after the eleventh session: the pair kernels under strong decay (g × 8: every chunk's
+    # log-decay range past the limit, so all their work runs in the fallback launch). Ours at
+    # this commit; at 3fa4f97 (the deferring launch did each listed program's work first, the
+    # fallback ran at 4 warps) when its snapshot is carried as .snap0; FLA; then fallback_warps
+    # and pair_fallback (one checked launch) beside the default.
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 120 $K speed --ops gdn2 kda --T 2048 --decay-scale 8 --tag ${GPU:-h200}-decay8
+    if [ -d ../.snap0 ]; then (cd ../.snap0 && PYTHONPATH=$PWD:/tmp/site timeout 120 python3 benchmarks/kernels.py \
+        --out $OUT --tag ${GPU:-h200}-decay8-3fa4f97 --no-ceilings speed --ops gdn2 kda --T 2048 --decay-scale 8); fi
+    timeout 120 $K fla-speed --ops gdn2 kda --T 2048 --decay-scale 8 --tag ${GPU:-h200}-decay8
+    timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --decay-scale 8 --keys fallback_warps pair_fallback \
+        --out $OUT/tune_${GPU}_gdn2_2k_decay8_fallback.json ;;
 h100c)
     # after the eleventh session (grad_bk 64): ours, then FLA, at 2k / 8k / 32k in one call (FLA's
     # and our autotuning carried in .tcache from that session's H100), then the bf16 check

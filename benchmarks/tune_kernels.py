@@ -37,17 +37,20 @@ CHOICES = {"intra_bk": [16, 32, 64], "intra_bk_head": [32, 64, 128], "output_bk"
            "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4], "state_bk": [64, 128],
            "state_bwd_bk": [64, 128], "grad_bk_head": [32, 64, 128], "pre_gated_q": [False, True],
            "solve_reg_diag": [False, True],
-           "pair_fallback": [False, True], "grad_k_group": [1, 2, 4]}
+           "pair_fallback": [False, True], "grad_k_group": [1, 2, 4],
+           "fallback_warps": [4, 8]}
 
 
-def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128) -> list[torch.Tensor]:
+def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128,
+           decay_scale: float = 1.0) -> list[torch.Tensor]:
     torch.manual_seed(0)
     dev, bf = "cuda", torch.bfloat16
     q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(bf)
     k = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(bf)
     v = torch.randn(B, T, H, V, device=dev, dtype=bf)
     gate = lambda *s: torch.sigmoid(torch.randn(B, T, H, *s, device=dev)).to(bf)  # noqa: E731
-    g = F.logsigmoid(torch.randn(B, T, H, *(() if op == "gdn" else (K,)), device=dev))  # gdn: per head
+    gshape = (B, T, H) if op == "gdn" else (B, T, H, K)  # gdn: per head
+    g = decay_scale * F.logsigmoid(torch.randn(*gshape, device=dev))
     gates = (g, gate(K), gate(V)) if op == "gdn2" else (g, gate())
     return [x.requires_grad_() for x in (q, k, v, *gates)]
 
@@ -106,6 +109,8 @@ def main() -> None:
     p.add_argument("--keys", nargs="*", default=list(CHOICES), help="TUNING entries to sweep")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="TUNING overrides applied before the sweep (its baseline)")
+    p.add_argument("--decay-scale", type=float, default=1.0,
+                   help="multiply the log-decay (8: every chunk takes the pair kernels' fallback launch)")
     p.add_argument("--values", default=None, metavar="LIST",
                    help="a Python list of the values to try, for a single --keys entry")
     args = p.parse_args()
@@ -118,7 +123,7 @@ def main() -> None:
         if len(args.keys) != 1:
             raise SystemExit("--values needs exactly one --keys entry")
         CHOICES[args.keys[0]] = ast.literal_eval(args.values)
-    x = inputs(args.op, 32768 // args.T, args.T)
+    x = inputs(args.op, 32768 // args.T, args.T, decay_scale=args.decay_scale)
     do = torch.randn_like(x[2])
     defaults = dict(TUNING)
     base = measure(args.op, x, do)
@@ -129,7 +134,8 @@ def main() -> None:
         kernels.update(kernel_report())  # (the compiled variants' registers and spills too)
         if args.out:
             with open(args.out, "w") as f:
-                json.dump({"op": args.op, "T": args.T, "device": torch.cuda.get_device_name(), "rows": rows,
+                json.dump({"op": args.op, "T": args.T, "decay_scale": args.decay_scale,
+                           "device": torch.cuda.get_device_name(), "rows": rows,
                            "kernels": kernels}, f, indent=1)
 
     print(json.dumps(rows[-1]), flush=True)

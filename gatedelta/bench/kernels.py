@@ -216,18 +216,21 @@ def _bench(fn, grad_to_none=None) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median")
 
 
-def _speed_inputs(B, T, H, K, V, op):
+def _speed_inputs(B, T, H, K, V, op, decay_scale: float = 1.0):
+    """Random inputs of the speed steps; ``decay_scale`` multiplies the log-decay (8: the
+    accuracy acceptance's stronger decay, where every chunk's log-decay range exceeds the pair
+    kernels' limit and takes their fallback launch)."""
     dev, bf = "cuda", torch.bfloat16
     q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(bf)
     k = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(bf)
     v = torch.randn(B, T, H, V, device=dev, dtype=bf)
     gate = lambda *s: torch.sigmoid(torch.randn(B, T, H, *s, device=dev)).to(bf)
     if op == "gdn2":
-        gates = (F.logsigmoid(torch.randn(B, T, H, K, device=dev)), gate(K), gate(V))
+        gates = (decay_scale * F.logsigmoid(torch.randn(B, T, H, K, device=dev)), gate(K), gate(V))
     elif op == "kda":
-        gates = (F.logsigmoid(torch.randn(B, T, H, K, device=dev)), gate())
+        gates = (decay_scale * F.logsigmoid(torch.randn(B, T, H, K, device=dev)), gate())
     else:
-        gates = (F.logsigmoid(torch.randn(B, T, H, device=dev)), gate())
+        gates = (decay_scale * F.logsigmoid(torch.randn(B, T, H, device=dev)), gate())
     return [q, k, v, *gates]
 
 
@@ -261,13 +264,13 @@ def _time_op(call, inputs) -> dict:
 
 
 def speed(out: dict, fla, Ts=(2048, 8192, 32768), who=("ours", "fla", "sdpa"),
-          op_names=("gdn2", "kda", "gdn")) -> None:
+          op_names=("gdn2", "kda", "gdn"), decay_scale: float = 1.0) -> None:
     H, K, V, tokens = 16, 128, 128, 32768
     rows = out.setdefault("rows", [])
     for T in Ts:
         B = tokens // T
         for op in (o_ for o_ in op_names if o_ != "sdpa"):
-            inputs = _speed_inputs(B, T, H, K, V, op)
+            inputs = _speed_inputs(B, T, H, K, V, op, decay_scale)
             ours = lambda *a, _op=op: getattr(ops, _op)(*a, backend="triton")[0]
             cands = [("ours_" + op, ours)] if "ours" in who else []
             if fla is not None and "fla" in who:
@@ -280,6 +283,8 @@ def speed(out: dict, fla, Ts=(2048, 8192, 32768), who=("ours", "fla", "sdpa"),
                     traceback.print_exc()
                     r = {"error": repr(e)}
                 r.update(op=name, B=B, T=T)
+                if decay_scale != 1.0:
+                    r["decay_scale"] = decay_scale
                 rows.append(r)
                 print("speed " + json.dumps(r), flush=True)
                 SAVE()
@@ -479,6 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ceilings", action="store_true", help="skip the matmul / copy ceilings")
     p.add_argument("--decode-sweep", action="store_true",
                    help="decode: also time the kernel at each value block × warps (decode_bv, decode_warps)")
+    p.add_argument("--decay-scale", type=float, default=1.0,
+                   help="speed / fla-speed: multiply the log-decay (8: every chunk takes the pair kernels'"
+                        " fallback launch)")
     p.add_argument("--tuning", nargs="*", default=[], metavar="KEY=VALUE",
                    help="override gatedelta.ops.triton.common.TUNING entries, e.g. pair_bf16=True")
     a = p.parse_args(argv)
@@ -494,13 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     print("env " + json.dumps(env), flush=True)
     steps = {
         "accuracy": lambda o: accuracy(o, fla, who=("ours",)),
-        "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa"), op_names=tuple(a.ops)),
+        "speed": lambda o: speed(o, fla, tuple(a.T), who=("ours", "sdpa"), op_names=tuple(a.ops),
+                                 decay_scale=a.decay_scale),
         "decode": lambda o: decode(o, fla, sweep=a.decode_sweep),
         "check": lambda o: check(o, op_names=tuple(a.ops)),
         "profile": lambda o: profile(o, tuple(a.T), tuple(a.ops)),
         "fwd-profile": lambda o: profile(o, tuple(a.T), tuple(a.ops), fla, forward_only=True),
         "fla-accuracy": lambda o: accuracy(o, fla, who=("fla",)),
-        "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",), op_names=tuple(a.ops)),
+        "fla-speed": lambda o: speed(o, fla, tuple(a.T), who=("fla",), op_names=tuple(a.ops),
+                                     decay_scale=a.decay_scale),
     }
     for name in a.steps:
         args = sys.argv[1:] if argv is None else argv

@@ -464,6 +464,33 @@ def test_pair_fallback_equals_one_checked_launch(op, resets, varlen, monkeypatch
     assert counts == ([2, 2 * 2] if resets else [0, 0])
 
 
+@pytest.mark.parametrize("varlen", [False, True])
+def test_stored_chunk_ranges_are_each_tiles_log_decay_range(varlen):
+    # The deferring launches decide from the ranges the cumulative-decay kernel stores, before any
+    # other work: per (chunk, value head, 64-wide K block), max − min of G over the chunk's valid
+    # rows. K = 80: a full block and a part-masked one; varlen: sequences of 70 and 80 tokens.
+    from gatedelta.ops.triton.common import prepare_chunks
+    from gatedelta.ops.triton.forward import chunk_cumdecay
+
+    T, HV, K = 150, 2, 80
+    g = (4.0 * torch.nn.functional.logsigmoid(torch.randn(T, HV, K))).to(DEV)
+    g[37, 1, 70] = float("-inf")  # a hard reset in one channel of the second block
+    cu_list = [0, 70, 150] if varlen else [0, 150]
+    cu = torch.tensor(cu_list, dtype=torch.int32, device=DEV) if varlen else None
+    cu, chunk_indices, _, NT = prepare_chunks(cu, 1, T, 64, torch.device(DEV))
+    G, ranges = chunk_cumdecay(g, cu, chunk_indices, NT)
+    assert ranges.shape == (NT, HV, 2)
+    want = torch.empty(NT, HV, 2)
+    for i, (seq, chunk) in enumerate(chunk_indices.tolist()):
+        lo = cu_list[seq] + 64 * chunk
+        rows = G[lo:min(lo + 64, cu_list[seq + 1])].double().cpu()  # [rows, HV, K]
+        for j, cols in enumerate((slice(0, 64), slice(64, K))):
+            tile = rows[:, :, cols]
+            want[i, :, j] = (tile.amax(0) - tile.amin(0)).amax(-1).float()
+    assert torch.equal(ranges.cpu(), want)
+    assert ranges.cpu()[:, 1, 1].max() > 100  # the reset's chunk is past the limit
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the deferred tiles' unchecked products overflow
 @pytest.mark.parametrize("op", ["gdn2", "kda", "gdn", "delta_rule", "gla"])
 def test_gradient_programs_with_several_k_blocks_equal_one_each(op, monkeypatch):

@@ -49,6 +49,7 @@ from .common import (
     prepare_chunks,
     scratch_dtype,
     side_stream,
+    stored_range,
     wide_state_prune,
 )
 from .forward import (
@@ -477,11 +478,11 @@ def grad_program(
 @triton.jit
 def chunk_grad_kernel(
     q, k, v, g, b, w, G, R, h, do, dY, dh,
-    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, Ttot, worklist, limit, capacity,
+    dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale, Ttot, ranges, worklist, limit, capacity,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, KG: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, LOW: tl.constexpr, PREC: tl.constexpr,
-    RANGE: tl.constexpr, PASS: tl.constexpr,
+    RANGE: tl.constexpr, NR: tl.constexpr, PASS: tl.constexpr,
 ):
     """One program per (group of KG K blocks, chunk, value head). Each recomputes the chunk's
     ``dM``, ``dT`` (``[BT, BT]``, a contraction over V) once for its KG blocks
@@ -494,10 +495,12 @@ def chunk_grad_kernel(
     ``[NK, Ttot, HV]`` over each K block) and dw (``[Ttot, HV(, V)]``, with the first K block).
 
     PASS 0: the pair products by the midpoint or the split per tile (RANGE). With
-    ``TUNING["pair_fallback"]`` (per-channel decay), PASS 1 takes the midpoint path alone, compiled
-    without the dyadic split, and puts the programs whose range exceeds ``limit`` on the worklist
-    (``capacity`` items at most); PASS 2, a few persistent programs launched without the autotuner
-    (``chunk_grad_kernel.fn``), redoes them as PASS 0 would, overwriting what PASS 1 wrote."""
+    ``TUNING["pair_fallback"]`` (per-channel decay), PASS 1 first reads the chunk's largest tile
+    range as the cumulative-decay kernel stored it (``ranges [NT, HV, NR]``): past ``limit`` the
+    program lists itself on the worklist (``capacity`` items at most) and stops; else it takes the
+    midpoint path alone, compiled without the dyadic split. PASS 2, a few persistent programs
+    launched without the autotuner (``chunk_grad_kernel.fn``), does the listed ones as PASS 0
+    would. A chunk is deferred whole (every K group of it) when any of its tiles is past the limit."""
     if PASS == 2:
         NKG: tl.constexpr = (K + BK * KG - 1) // (BK * KG)
         n = tl.minimum(tl.load(worklist), capacity)
@@ -508,14 +511,21 @@ def chunk_grad_kernel(
                 q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices,
                 scale, Ttot, item % NKG, i_th // HV, i_th % HV, H, HV, K, V, BT, BK, BV, KG, DECAY, ERASE,
                 WRITE, LOW, PREC, RANGE)
-    else:
+    elif PASS == 1:
         i_kg, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        b_rng = grad_program(
-            q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
-            Ttot, i_kg, i_t, i_hv, H, HV, K, V, BT, BK, BV, KG, DECAY, ERASE, WRITE, LOW, PREC,
-            -1.0 if PASS == 1 else RANGE)
-        if PASS == 1:
+        b_rng = stored_range(ranges, i_t, i_hv, HV, NR)
+        if b_rng > limit:
             defer_program(worklist, b_rng > limit, (i_t * HV + i_hv) * tl.num_programs(0) + i_kg, capacity)
+        else:
+            grad_program(
+                q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices,
+                scale, Ttot, i_kg, i_t, i_hv, H, HV, K, V, BT, BK, BV, KG, DECAY, ERASE, WRITE, LOW, PREC,
+                -1.0)
+    else:
+        grad_program(
+            q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices, scale,
+            Ttot, tl.program_id(0), tl.program_id(1), tl.program_id(2), H, HV, K, V, BT, BK, BV, KG, DECAY,
+            ERASE, WRITE, LOW, PREC, RANGE)
 
 
 def grad_k_group(NK: int) -> int:
@@ -560,9 +570,9 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
     dw = None if w is None else empty(w.shape, dtype=w.dtype, device=dev)
     dh0 = None if h0 is None else empty(h0.shape, **f32)
     if NT > 0:
-        G = chunk_cumdecay(g, cu, chunk_indices, NT)
+        G, ranges = chunk_cumdecay(g, cu, chunk_indices, NT)
         if M is None or (ERASE and A is None):
-            M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
+            M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV, ranges)
         BV = state_block_v(V, K, N * HV)
         # The recomputed states (h, R) and the state gradients (dh, dY) are independent chains
         # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
@@ -588,7 +598,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
                 Ttot)
         meta = dict(H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=BK, BV=min(TUNING["grad_bv"], _pow2(V)), KG=KG,
                     DECAY=DECAY, ERASE=ERASE, WRITE=WRITE, LOW=pair_low(q.dtype), PREC=PREC)
-        launch_pair_kernel(chunk_grad_kernel, (NK // KG, NT, HV), args, meta, DECAY, dev)
+        launch_pair_kernel(chunk_grad_kernel, (NK // KG, NT, HV), args, meta, DECAY, dev, ranges)
     elif dh0 is not None:
         dh0 = dht.float().clone() if dht is not None else torch.zeros_like(dh0)
     if groups > 1:

@@ -97,7 +97,8 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 64, 
           "state_bv_max": 64, "fuse_output": True, "overlap_seq": 2, "anchor_range": 100.0,
           "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True,
           "decode_bv": 32, "decode_warps": 2, "state_programs": 256,
-          "solve_reg_diag": False, "pair_fallback": True, "grad_k_group": 1}
+          "solve_reg_diag": False, "pair_fallback": True, "grad_k_group": 1,
+          "fallback_warps": 8}
 # decode_bv / decode_warps: the decode kernel's value block (narrowed for K > 128 so the [K, BV]
 # fp32 state block stays in registers) and warps. Its time is the state's bytes, read and written
 # once per step. H200 (1e41ebe), one gdn2 token, B = 64, H = 16, K = V = 128, CUDA graph: 2 warps
@@ -130,6 +131,14 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 64, 
 # grad_bv: the gradient kernel's V block. 32 vs 64 (H200, each timed beside the defaults in one
 # call, a455d83 / 9f2df37), f+b ms: gdn2 8.47 vs 8.56 at 2k, 12.05 vs 12.17 at 32k; kda 8.01 vs
 # 8.27, 11.62 vs 11.86; gdn 4.52 vs 4.69, 8.23 vs 8.38. Forward unchanged.
+# fallback_warps: warps of the pair kernels' fallback launch (PASS 2, the listed chunks; the first
+# launch is autotuned). Faithful sm_90 compile (Triton 3.6, gdn2, BK 64 gradient / 32 intra),
+# stack per thread at 8 / 4 warps: gradient 4.4 / 11.7 KB, intra 288 B / 1.1 KB. It was 4 until
+# 2026-12-07, when every benchmark's fallback launch had an empty worklist. Under strong decay
+# (g × 8) every chunk is listed, so it carries all the work; not timed yet (run_h200.sh stress11).
+# The deferring launch (PASS 1) reads the chunk's stored tile ranges (chunk_cumsum_kernel) before
+# any work and a listed program stops there: before, it did all its work and then listed itself,
+# so a listed chunk cost two programs' work.
 # grad_k_group: K blocks per gradient program. Each program forms the chunk's dM and dT (two
 # [BT, BT] contractions over V, a third of the kernel's products at 4 blocks of 32) once and holds
 # them, as the pair products take them, for its blocks. Per block the same arithmetic, so results
@@ -255,13 +264,19 @@ def side_stream(device: torch.device, programs: int) -> torch.cuda.Stream | None
     return stream if programs <= TUNING["overlap_seq"] * sms else None
 
 
+def defers(decay: int) -> bool:
+    """Whether the pair kernels run a deferring launch and a fallback (``TUNING["pair_fallback"]``):
+    per-channel decay, the fallback on and a positive ``anchor_range``."""
+    return decay == 2 and bool(TUNING["pair_fallback"]) and float(TUNING["anchor_range"]) > 0
+
+
 def deferral(decay: int, programs: int, device: torch.device) -> tuple[torch.Tensor, float]:
     """The worklist of a pair kernel's deferring launch (``TUNING["pair_fallback"]``) and the
-    range limit. With per-channel decay, the fallback on and a positive ``anchor_range``, the
-    worklist is ``[1 + programs]`` int32, zeroed: a counter, then the deferred programs' indices;
-    else a one-element placeholder (the kernels then take the checked path and never touch it)."""
+    range limit. When :func:`defers`, the worklist is ``[1 + programs]`` int32, zeroed: a counter,
+    then the deferred programs' indices; else a one-element placeholder (the kernels then take the
+    checked path and never touch it)."""
     limit = float(TUNING["anchor_range"])
-    if decay == 2 and TUNING["pair_fallback"] and limit > 0:
+    if defers(decay):
         return torch.zeros(1 + programs, dtype=torch.int32, device=device), limit
     return torch.empty(1, dtype=torch.int32, device=device), limit
 
@@ -276,18 +291,39 @@ def fallback_programs(device: torch.device, programs: int) -> int:
 
 
 def launch_pair_kernel(kernel, grid: tuple[int, ...], args: tuple, meta: dict, decay: int,
-                       device: torch.device) -> None:
-    """Launch a pair kernel (intra or gradient) whose signature ends ``…, worklist, limit,
+                       device: torch.device, ranges: torch.Tensor | None) -> None:
+    """Launch a pair kernel (intra or gradient) whose signature ends ``…, ranges, worklist, limit,
     capacity`` before its constexprs: one checked pass (PASS 0), or with ``TUNING["pair_fallback"]``
     the deferring pass (PASS 1) and, through ``kernel.fn`` without the autotuner (whose reruns would
-    zero the worklist), the fallback pass (PASS 2) over what it listed."""
+    zero the worklist), the fallback pass (PASS 2) over what it listed.
+
+    ``ranges [NT, HV, NR]``: the log-decay range of each chunk's tiles, stored by the
+    cumulative-decay kernel (:func:`gatedelta.ops.triton.forward.chunk_cumdecay`), required when
+    deferring. A PASS 1 program reads its chunk's largest range first and, past the limit, lists
+    itself and exits: a deferred program costs one launch of work (the fallback's), not two.
+    ``TUNING["fallback_warps"]``: warps of the fallback launch."""
     programs = math.prod(grid)
     worklist, limit = deferral(decay, programs, device)
     deferring = worklist.numel() > 1
-    kernel[grid](*args, worklist, limit, programs, **meta, RANGE=limit, PASS=int(deferring))
+    if deferring and ranges is None:
+        raise ValueError("launch_pair_kernel: a deferring launch needs the chunks' stored ranges")
+    rng, NR = (ranges, ranges.shape[-1]) if deferring else (worklist, 1)
+    kernel[grid](*args, rng, worklist, limit, programs, **meta, NR=NR, RANGE=limit, PASS=int(deferring))
     if deferring:
         kernel.fn[(fallback_programs(device, programs),)](
-            *args, worklist, limit, programs, **meta, RANGE=limit, PASS=2, num_warps=4, num_stages=1)
+            *args, rng, worklist, limit, programs, **meta, NR=NR, RANGE=limit, PASS=2,
+            num_warps=int(TUNING["fallback_warps"]), num_stages=1)
+
+
+@triton.jit
+def stored_range(ranges, i_t, i_hv, HV: tl.constexpr, NR: tl.constexpr):
+    """The largest log-decay range of chunk program ``i_t``'s tiles for value head ``i_hv``, as
+    the cumulative-decay kernel stored them (``ranges [NT, HV, NR]``)."""
+    p = ranges + (i_t.to(tl.int64) * HV + i_hv) * NR
+    b_rng = tl.load(p)
+    for j in tl.static_range(1, NR):
+        b_rng = tl.maximum(b_rng, tl.load(p + j))
+    return b_rng
 
 
 @triton.jit

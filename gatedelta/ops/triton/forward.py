@@ -35,6 +35,7 @@ from .common import (
     chunk_midpoint,
     chunk_rows,
     defer_program,
+    defers,
     dot_precision,
     empty,
     gate_form,
@@ -45,6 +46,7 @@ from .common import (
     pair_matrices,
     prepare_chunks,
     scratch_dtype,
+    stored_range,
     wide_state_prune,
 )
 
@@ -254,10 +256,12 @@ def store_slots(x, p_n, b_0, b_1, b_2, b_3, o_k, o_v, m_v, K: tl.constexpr, V: t
 
 
 @triton.jit
-def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl.constexpr,
-                        BT: tl.constexpr, BK: tl.constexpr, DECAY: tl.constexpr):
+def chunk_cumsum_kernel(g, G, ranges, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl.constexpr,
+                        BT: tl.constexpr, BK: tl.constexpr, DECAY: tl.constexpr, STORE_RANGE: tl.constexpr):
     """Chunk-local cumulative log-decay: G ``[Ttot, HV, K]`` (per channel) or ``[Ttot, HV]`` (per
-    head), fp32. One program per (chunk, value head, K block)."""
+    head), fp32. One program per (chunk, value head, K block). STORE_RANGE (per channel): also the
+    tile's log-decay range (:func:`chunk_midpoint`) in ``ranges [NT, HV, NK]``, which the pair
+    kernels' deferring launches read before any other work."""
     i_t, i_hv, i_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     if DECAY == 2:
@@ -265,6 +269,10 @@ def chunk_cumsum_kernel(g, G, cu_seqlens, chunk_indices, HV: tl.constexpr, K: tl
         m_tk = m_t[:, None] & (o_k < K)[None, :]
         b_G = load_cumdecay(g, o_row, m_t, i_hv, o_k, m_tk, HV, K, 2)
         tl.store(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], b_G, mask=m_tk)
+        if STORE_RANGE:
+            # masked channels (past K) load g = 0: their range is 0
+            b_rng = chunk_midpoint(b_G, m_t)[1]
+            tl.store(ranges + (i_t.to(tl.int64) * HV + i_hv) * tl.num_programs(2) + i_k, b_rng)
     else:
         b_G1 = load_cumdecay(g, o_row, m_t, i_hv, o_row, m_t, HV, K, 1)
         tl.store(G + o_row * HV + i_hv, b_G1, mask=m_t)
@@ -349,11 +357,11 @@ def intra_program(
 )
 @triton.jit
 def chunk_intra_kernel(
-    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, worklist, limit, capacity,
+    q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, ranges, worklist, limit, capacity,
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
     LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
-    PASS: tl.constexpr,
+    NR: tl.constexpr, PASS: tl.constexpr,
 ):
     """One program per (chunk, value head). Reads G; writes M ``[Ttot, HV, BT]`` and, with an
     erase gate, A = (I + T)⁻¹ ``[Ttot, HV, BT]`` (row r holds A[r, :] of its chunk). NATIVE (not under
@@ -361,22 +369,27 @@ def chunk_intra_kernel(
     per-channel erase gate multiply the inputs as they are, not converted to fp32 first.
 
     PASS 0: the pair products by the midpoint or the split per tile (RANGE). With
-    ``TUNING["pair_fallback"]`` (per-channel decay), PASS 1 takes the midpoint path alone and puts
-    the chunks with a K block whose range exceeds ``limit`` on the worklist; PASS 2 (persistent
-    programs, ``chunk_intra_kernel.fn``) redoes them as PASS 0 would (see :func:`chunk_grad_kernel`)."""
+    ``TUNING["pair_fallback"]`` (per-channel decay), PASS 1 reads the chunk's stored tile ranges
+    (``ranges [NT, HV, NR]``, from the cumulative-decay kernel): past ``limit`` it puts the chunk
+    on the worklist and stops, else it takes the midpoint path alone; PASS 2 (persistent programs,
+    ``chunk_intra_kernel.fn``) does the listed ones as PASS 0 would (see :func:`chunk_grad_kernel`)."""
     if PASS == 2:
         n = tl.minimum(tl.load(worklist), capacity)
         for j in range(tl.program_id(0), n, tl.num_programs(0)):
             item = tl.load(worklist + 1 + j)
             intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, item // HV, item % HV, H, HV, K,
                           BT, BK, DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, RANGE, NATIVE)
-    else:
+    elif PASS == 1:
         i_t, i_hv = tl.program_id(0), tl.program_id(1)
-        b_rng = intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, i_t, i_hv, H, HV, K, BT, BK,
-                              DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, -1.0 if PASS == 1 else RANGE,
-                              NATIVE)
-        if PASS == 1:
+        b_rng = stored_range(ranges, i_t, i_hv, HV, NR)
+        if b_rng > limit:
             defer_program(worklist, b_rng > limit, i_t * HV + i_hv, capacity)
+        else:
+            intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, i_t, i_hv, H, HV, K, BT, BK,
+                          DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, -1.0, NATIVE)
+    else:
+        intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, tl.program_id(0), tl.program_id(1),
+                      H, HV, K, BT, BK, DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, RANGE, NATIVE)
 
 
 @triton.jit
@@ -712,21 +725,28 @@ def state_block_v(V: int, K: int, programs: int) -> int:
 
 
 def chunk_cumdecay(g, cu, chunk_indices, NT):
-    """Stage 0: G, fp32 like g (per head or per channel), or None without decay."""
+    """Stage 0: ``(G, ranges)``. G: fp32 like g (per head or per channel), or None without decay.
+    ranges ``[NT, HV, NK]`` fp32: each chunk tile's log-decay range, for the pair kernels'
+    deferring launches (:func:`gatedelta.ops.triton.common.launch_pair_kernel`); None when they do
+    not defer."""
     if g is None:
-        return None
+        return None, None
     HV = g.shape[1]
     K = g.shape[2] if g.ndim == 3 else 1
+    DECAY = gate_form(g)
     G = empty(g.shape, dtype=torch.float32, device=g.device)
     BK = min(64, _pow2(K))
-    chunk_cumsum_kernel[(NT, HV, triton.cdiv(K, BK))](g, G, cu, chunk_indices, HV=HV, K=K, BT=CHUNK, BK=BK,
-                                                      DECAY=gate_form(g), num_warps=4)
-    return G
+    NK = triton.cdiv(K, BK)
+    ranges = empty((NT, HV, NK), dtype=torch.float32, device=g.device) if defers(DECAY) else None
+    chunk_cumsum_kernel[(NT, HV, NK)](g, G, G if ranges is None else ranges, cu, chunk_indices, HV=HV, K=K,
+                                      BT=CHUNK, BK=BK, DECAY=DECAY, STORE_RANGE=ranges is not None,
+                                      num_warps=4)
+    return G, ranges
 
 
-def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
-    """Stage 1 on packed inputs (G from :func:`chunk_cumdecay`; HV value heads). Returns
-    ``(M, A)``, A None without an erase gate."""
+def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int, ranges=None):
+    """Stage 1 on packed inputs (G and ranges from :func:`chunk_cumdecay`; HV value heads).
+    Returns ``(M, A)``, A None without an erase gate."""
     Ttot, H, K = q.shape
     DECAY, ERASE = gate_form(G), gate_form(b)
     M = empty((Ttot, HV, CHUNK), dtype=scratch_dtype(q.dtype, "M"), device=q.device)
@@ -739,7 +759,7 @@ def chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV: int):
     meta = dict(H=H, HV=HV, K=K, BT=CHUNK, BK=BK, DECAY=DECAY, ERASE=ERASE, PREC=dot_precision(q.dtype),
                 PREC_INV=inverse_precision(q.dtype), LOW=pair_low(q.dtype),
                 SPLIT_SOLVE=bool(TUNING["split_solve"]), NATIVE=not INTERPRET)
-    launch_pair_kernel(chunk_intra_kernel, (NT, HV), args, meta, DECAY, q.device)
+    launch_pair_kernel(chunk_intra_kernel, (NT, HV), args, meta, DECAY, q.device, ranges)
     if ERASE and TUNING["split_solve"]:
         chunk_solve_kernel[(NT, HV)](A, cu, chunk_indices, HV=HV, BT=CHUNK, PREC=inverse_precision(q.dtype),
                                      REG_DIAG=bool(TUNING["solve_reg_diag"]), num_warps=TUNING["solve_warps"])
@@ -845,8 +865,8 @@ def chunk_forward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: int
     if NT == 0:
         ht = h0.clone() if h0 is not None else torch.zeros(N, HV, K, V, dtype=torch.float32, device=q.device)
         return o, ht, None, None
-    G = chunk_cumdecay(g, cu, chunk_indices, NT)
-    M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV)
+    G, ranges = chunk_cumdecay(g, cu, chunk_indices, NT)
+    M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV, ranges)
     if TUNING["fuse_output"]:
         _, _, ht, _ = chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N,
                                   out=(q, M, o, scale))
