@@ -325,9 +325,8 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b
     """Phases 2–4 of the gradient kernel for the K block ``i_k``: from phase 1's terms, dq, dk, the
     erase gate's db and the log-decay gradient dg of its rows. dM and dT come in P, P2 as they are
     or, PREPARED, as :func:`grad_pair_inputs` formed them for several blocks (with the diagonal
-    Pd). Returns the tile's log-decay range (:func:`chunk_midpoint`; 0 without per-channel decay),
-    which a launch taking the midpoint path unchecked (RANGE < 0) compares with the limit to defer
-    the tile (:func:`defer_program`)."""
+    Pd). RANGE < 0: the midpoint path unchecked (the deferring launch, which lists the chunks past
+    the limit before any work: see :func:`chunk_grad_kernel`)."""
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
@@ -335,11 +334,10 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b
     b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
     b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
     n_last = tl.minimum(eos - bos - i_c * BT, BT) - 1  # last valid row of the chunk
-    b_rng = 0.0
     if DECAY == 2:
         b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
-        if RANGE < 0:
-            b_m, b_rng = chunk_midpoint(b_G, m_t)
+        if PREPARED and RANGE < 0:
+            b_m = chunk_midpoint(b_G, m_t)[0]
         b_gam = tl.exp(b_G)
         # dk sums both pair products; dG's pair terms come from the pair products themselves
         # (q⊙dq − k⊙dk formed here would not cancel in dg's reverse cumulative sum)
@@ -418,7 +416,6 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b
         b_dg = tl.cumsum(tl.where(m_t, b_dG1, 0.0), 0, reverse=True)
         b_g = tl.load(g + o_row * HV + i_hv, mask=m_t, other=0)
         tl.store(dg + (i_k * Ttot + o_row) * HV + i_hv, tl.where(b_g > G_MIN, b_dg, 0.0), mask=m_t)
-    return b_rng
 
 
 
@@ -433,8 +430,7 @@ def grad_program(
 ):
     """The gradient kernel's work for K blocks ``KG·i_kg … KG·i_kg + KG − 1`` of one (chunk, value
     head): the first block's V loop forms dM and dT, which the later blocks reuse (their V loops
-    form only their own state-side terms). Returns the largest of the blocks' log-decay ranges when
-    RANGE < 0 (see :func:`grad_k_block`)."""
+    form only their own state-side terms)."""
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     p_h = (i_t.to(tl.int64) * HV + i_hv) * K * V
@@ -450,7 +446,7 @@ def grad_program(
                                            LOW, PREC, RANGE)
     else:
         b_P, b_P2, b_Pd = b_dM, b_dT, 0.0
-    b_rng = grad_k_block(
+    grad_k_block(
         q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b_dKt, b_dgc, i_k, scale, Ttot,
         bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE, KG > 1)
     for j in tl.static_range(1, KG):
@@ -458,11 +454,10 @@ def grad_program(
         _, _, b_dqs, b_dEb, b_dKt, b_dgc = grad_v_loop(
             do, R, dY, h, dh, v, w, dv, dw, p_h, o_row, m_t, o_t, i_hv, o_k, o_k < K, False,
             HV, V, BT, BK, BV, DECAY, ERASE, WRITE, PREC, False)
-        b_rng = tl.maximum(b_rng, grad_k_block(
+        grad_k_block(
             q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b_dKt, b_dgc, i_k + j, scale,
             Ttot, bos, eos, i_c, o_row, m_t, o_t, i_h, i_hv, H, HV, K, BT, BK, DECAY, ERASE, LOW, PREC, RANGE,
-            True))
-    return b_rng
+            True)
 
 
 @triton.autotune(

@@ -285,8 +285,8 @@ def intra_program(
     DECAY: tl.constexpr, ERASE: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
     LOW: tl.constexpr, SPLIT_SOLVE: tl.constexpr, RANGE: tl.constexpr, NATIVE: tl.constexpr,
 ):
-    """The intra kernel's work for one (chunk, value head); returns the largest log-decay range of
-    its K blocks when RANGE < 0 (the midpoint path unchecked; else 0)."""
+    """The intra kernel's work for one (chunk, value head); RANGE < 0: the midpoint path unchecked
+    (the deferring launch, which lists the chunks past the limit before any work)."""
     i_h = i_hv // (HV // H)
     bos, eos, i_c, o_t, o_row, m_t = chunk_rows(cu_seqlens, chunk_indices, i_t, BT)
     m_tt = m_t[:, None] & (o_t[None, :] < BT)
@@ -294,7 +294,6 @@ def intra_program(
     b_M = tl.zeros([BT, BT], dtype=tl.float32)
     b_T = tl.zeros([BT, BT], dtype=tl.float32)
     row0 = bos + i_c * BT
-    b_rng = 0.0
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
@@ -303,8 +302,6 @@ def intra_program(
             b_q = tl.load(p_q, mask=m_tk, other=0).to(tl.float32)
             b_k, b_e = load_erase(k, b, o_row, m_t, i_h, i_hv, o_k, m_tk, H, HV, K, ERASE)
             b_G = tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_tk, other=0)
-            if RANGE < 0:
-                b_rng = tl.maximum(b_rng, chunk_midpoint(b_G, m_t)[1])
             b_Mk, b_Tk = pair_matrices(b_q, b_e, b_k, b_G, G, row0, eos, i_hv, o_t, o_k, o_k < K, HV, K, BT,
                                        ERASE > 0, PREC, LOW, RANGE)
             b_M += b_Mk
@@ -342,7 +339,6 @@ def intra_program(
         if not SPLIT_SOLVE:
             tl.debug_barrier()
             solve_unit_lower(A, row0, eos, i_hv, HV, BT, PREC_INV)
-    return b_rng
 
 
 @triton.autotune(
