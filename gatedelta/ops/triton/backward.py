@@ -510,7 +510,7 @@ def chunk_grad_kernel(
         i_kg, i_t, i_hv = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         b_rng = stored_range(ranges, i_t, i_hv, HV, NR)
         if b_rng > limit:
-            defer_program(worklist, b_rng > limit, (i_t * HV + i_hv) * tl.num_programs(0) + i_kg, capacity)
+            defer_program(worklist, (i_t * HV + i_hv) * tl.num_programs(0) + i_kg, capacity)
         else:
             grad_program(
                 q, k, v, g, b, w, G, R, h, do, dY, dh, dq, dk, dv, dg, db, dw, cu_seqlens, chunk_indices,

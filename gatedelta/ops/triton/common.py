@@ -327,15 +327,14 @@ def stored_range(ranges, i_t, i_hv, HV: tl.constexpr, NR: tl.constexpr):
 
 
 @triton.jit
-def defer_program(worklist, defer, item, capacity):
-    """Append ``item`` to the worklist ``[counter, items…]`` when ``defer``: a program of a
-    deferring pass (``PASS = 1``) whose tile needs the dyadic split. Appends past ``capacity`` are
-    dropped (a guard: the autotuner zeroes the worklist before each timing run and the final one,
-    so a launch lists each item once)."""
-    if defer:
-        slot = tl.atomic_add(worklist, 1)
-        if slot < capacity:
-            tl.store(worklist + 1 + slot, item)
+def defer_program(worklist, item, capacity):
+    """Append ``item`` to the worklist ``[counter, items…]``: a program of a deferring pass
+    (``PASS = 1``) whose chunk needs the dyadic split. Appends past ``capacity`` are dropped (a
+    guard: the autotuner zeroes the worklist before each timing run and the final one, so a launch
+    lists each item once)."""
+    slot = tl.atomic_add(worklist, 1)
+    if slot < capacity:
+        tl.store(worklist + 1 + slot, item)
 
 
 def gate_form(x: torch.Tensor | None) -> int:

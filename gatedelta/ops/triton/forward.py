@@ -379,7 +379,7 @@ def chunk_intra_kernel(
         i_t, i_hv = tl.program_id(0), tl.program_id(1)
         b_rng = stored_range(ranges, i_t, i_hv, HV, NR)
         if b_rng > limit:
-            defer_program(worklist, b_rng > limit, i_t * HV + i_hv, capacity)
+            defer_program(worklist, i_t * HV + i_hv, capacity)
         else:
             intra_program(q, k, b, G, M, A, cu_seqlens, chunk_indices, scale, i_t, i_hv, H, HV, K, BT, BK,
                           DECAY, ERASE, PREC, PREC_INV, LOW, SPLIT_SOLVE, -1.0, NATIVE)
