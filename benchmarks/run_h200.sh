@@ -42,6 +42,7 @@
 #   bash benchmarks/run_h200.sh any10    # h100a on an H100, else the bf16 check and untimed knobs
 #   bash benchmarks/run_h200.sh last10   # a short call: H100 ours + FLA at 2k; H200 check + grad_k_group
 #   bash benchmarks/run_h200.sh tiny10   # ~4 minutes: gdn2's bf16 check, grad_k_group 2 for gdn2
+#   bash benchmarks/run_h200.sh ncu11    # gradient and W, U kernels per source line (H100), every kernel's speed of light
 #   bash benchmarks/run_h200.sh h100c    # eleventh session's default (grad_bk 64): FLA and ours at 2k / 8k / 32k, one call
 #   bash benchmarks/run_h200.sh stress11 # strong decay (g x 8, every chunk in the fallback launch): ours old / new, FLA, knobs
 #   bash benchmarks/run_h200.sh knobs10  # grad_k_group (gdn2, kda, gdn) and gdn's solve_reg_diag at 2k
@@ -394,6 +395,26 @@ stress11)
     timeout 120 $K fla-speed --ops gdn2 kda --T 2048 --decay-scale 8 --tag ${GPU:-h200}-decay8
     timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --decay-scale 8 --keys fallback_warps pair_fallback \
         --out $OUT/tune_${GPU}_gdn2_2k_decay8_fallback.json ;;
+ncu11)
+    # after the eleventh session: the gradient kernel (PASS 1, BK 64, the autotuned config) and
+    # the W, U kernel per source line on the H100 (stall samples, local-memory sectors), and the
+    # speed-of-light summary of every kernel of one gdn2 forward + backward at 2k
+    for KN in chunk_grad_kernel chunk_wu_kernel; do
+        timeout 120 ncu --nvtx --nvtx-include "prof/" --clock-control none --section SourceCounters \
+            --section WarpStateStats --section LaunchStats --section Occupancy --import-source yes \
+            -k regex:$KN -c 1 -o $OUT/$KN python3 benchmarks/ncu_kernels.py --T 2048 > $OUT/ncu_${KN}_log.txt 2>&1
+        timeout 60 ncu --import $OUT/$KN.ncu-rep --page source --csv --print-source cuda,sass 2>&1 \
+            | head -c 30000000 > $OUT/ncu_${KN}_source.csv
+        timeout 30 ncu --import $OUT/$KN.ncu-rep > $OUT/ncu_${KN}_details.txt 2>&1
+        python3 benchmarks/ncu_lines.py $OUT/ncu_${KN}_source.csv --top 30 --opcodes 6 > $OUT/ncu_lines_$KN.txt 2>&1
+        rm -f $OUT/$KN.ncu-rep $OUT/ncu_${KN}_source.csv
+        head -50 $OUT/ncu_lines_$KN.txt
+    done
+    S="--section SpeedOfLight --section LaunchStats --section Occupancy --section MemoryWorkloadAnalysis"
+    timeout 150 ncu --nvtx --nvtx-include "prof/" --clock-control none $S -k regex:chunk_ \
+        python3 benchmarks/ncu_kernels.py --T 2048 > $OUT/ncu_sol_gdn2_2k.txt 2>&1
+    grep -E "chunk_|Duration|Memory Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy" \
+        $OUT/ncu_sol_gdn2_2k.txt | head -80 ;;
 h100c)
     # after the eleventh session (grad_bk 64): ours, then FLA, at 2k / 8k / 32k in one call (FLA's
     # and our autotuning carried in .tcache from that session's H100), then the bf16 check
