@@ -414,7 +414,13 @@ ncu11)
     timeout 150 ncu --nvtx --nvtx-include "prof/" --clock-control none $S -k regex:chunk_ \
         python3 benchmarks/ncu_kernels.py --T 2048 > $OUT/ncu_sol_gdn2_2k.txt 2>&1
     grep -E "chunk_|Duration|Memory Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy" \
-        $OUT/ncu_sol_gdn2_2k.txt | head -80 ;;
+        $OUT/ncu_sol_gdn2_2k.txt | head -80
+    # gdn's forward per kernel beside FLA's where it trails most (0.67x at 8k, 0.69x at 32k on the
+    # H200): FLA's split (W, U kernel, light sequential kernel, output kernel) against our one
+    # sequential kernel; and our f+b per kernel at 32k
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    timeout 120 $K fwd-profile --ops gdn gdn2 --T 8192 32768 --tag ${GPU:-h200}-fwd
+    timeout 60 $K profile --ops gdn2 gdn --T 32768 --tag ${GPU:-h200}-32k ;;
 h100c)
     # after the eleventh session (grad_bk 64): ours, then FLA, at 2k / 8k / 32k in one call (FLA's
     # and our autotuning carried in .tcache from that session's H100), then the bf16 check
