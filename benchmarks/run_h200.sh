@@ -42,6 +42,7 @@
 #   bash benchmarks/run_h200.sh any10    # h100a on an H100, else the bf16 check and untimed knobs
 #   bash benchmarks/run_h200.sh last10   # a short call: H100 ours + FLA at 2k; H200 check + grad_k_group
 #   bash benchmarks/run_h200.sh tiny10   # ~4 minutes: gdn2's bf16 check, grad_k_group 2 for gdn2
+#   bash benchmarks/run_h200.sh stress12 # the fallback split only as deep as needed: ours old / new at g x 8 and g x 2, check
 #   bash benchmarks/run_h200.sh ncu11    # gradient and W, U kernels per source line (H100), every kernel's speed of light
 #   bash benchmarks/run_h200.sh h100c    # eleventh session's default (grad_bk 64): FLA and ours at 2k / 8k / 32k, one call
 #   bash benchmarks/run_h200.sh stress11 # strong decay (g x 8, every chunk in the fallback launch): ours old / new, FLA, knobs
@@ -395,6 +396,18 @@ stress11)
     timeout 120 $K fla-speed --ops gdn2 kda --T 2048 --decay-scale 8 --tag ${GPU:-h200}-decay8
     timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --decay-scale 8 --keys fallback_warps pair_fallback \
         --out $OUT/tune_${GPU}_gdn2_2k_decay8_fallback.json ;;
+stress12)
+    # twelfth session: the fallback pass split only as far as each tile needs (split_depth) with
+    # its level loop not unrolled. Ours at this commit and at 2239992 (as .snap0) with g x 8 and
+    # g x 2 (about half the chunks past the limit), ours at the normal decay, then the bf16 check
+    # with hard resets. FLA at g x 8 the same night (stress11): gdn2 12.33, kda 10.48 ms f+b.
+    timeout 150 $K speed --ops gdn2 kda --T 2048 --decay-scale 8 --tag ${GPU:-h200}-decay8
+    timeout 40 $K speed --ops gdn2 kda --T 2048 --decay-scale 2 --tag ${GPU:-h200}-decay2
+    timeout 40 $K speed --ops gdn2 kda --T 2048
+    if [ -d ../.snap0 ]; then for D in 8 2; do (cd ../.snap0 && PYTHONPATH=$PWD:/tmp/site timeout 60 python3 \
+        benchmarks/kernels.py --out $OUT --tag ${GPU:-h200}-decay$D-2239992 --no-ceilings speed --ops gdn2 kda \
+        --T 2048 --decay-scale $D); done; fi
+    GATEDELTA_TRITON_ONE_CONFIG=1 timeout 90 $K check --ops gdn2 kda --tag ${GPU:-h200}-check12 ;;
 ncu11)
     # after the eleventh session: the gradient kernel (PASS 1, BK 64, the autotuned config) and
     # the W, U kernel per source line on the H100 (stall samples, local-memory sectors), and the

@@ -11,10 +11,13 @@ import os
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatedelta import ops
+from gatedelta.ops.triton.common import split_depth
 
 from .helpers import OP_NAMES, make_inputs, rel_err, run, to64
 
@@ -399,7 +402,9 @@ def test_per_head_decay_varlen_with_resets(pre, monkeypatch):
 # The pair products through one per-channel midpoint (TUNING["anchor_range"]): mild gates take them
 # in every chunk, a hard reset sends its chunk to the dyadic split, and both meet the reference.
 @pytest.mark.parametrize("op", ["gdn2", "kda", "gla"])
-@pytest.mark.parametrize("anchor_range", [0.0, None])  # the split everywhere; the default
+# 0: the whole split everywhere; 1: some levels, then each block's midpoint (here 4 or 5 levels,
+# 6 in the reset's chunk); None: the default
+@pytest.mark.parametrize("anchor_range", [0.0, 1.0, None])
 def test_pair_products_through_the_midpoint_or_the_split(op, anchor_range, monkeypatch):
     from gatedelta.ops.triton import common
 
@@ -489,6 +494,49 @@ def test_stored_chunk_ranges_are_each_tiles_log_decay_range(varlen):
             want[i, :, j] = (tile.amax(0) - tile.amin(0)).amax(-1).float()
     assert torch.equal(ranges.cpu(), want)
     assert ranges.cpu()[:, 1, 1].max() > 100  # the reset's chunk is past the limit
+
+
+@triton.jit
+def _depth_kernel(G, levels, mid, T, limit, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """split_depth of each 64-row tile of one head's G ``[T, K]``: L into levels, midpoints into mid."""
+    i_t = tl.program_id(0)
+    o_t, o_k = tl.arange(0, BT), tl.arange(0, BK)
+    row0 = i_t * BT
+    L, b_m = split_depth(G, row0, T, 0, o_t, o_k, o_k < K, limit, 1, K, BT)
+    tl.store(levels + i_t, L)
+    m = ((row0 + o_t) < T)[:, None] & (o_k < K)[None, :]
+    tl.store(mid + (row0 + o_t)[:, None] * K + o_k[None, :], b_m, mask=m)
+
+
+def test_split_depth_is_the_fewest_levels_whose_blocks_fit_the_limit():
+    # split_depth: per tile, the fewest dyadic levels L after which every aligned block of 64 >> L
+    # rows spans at most the limit in every channel, and each row's block midpoint. Tiles from
+    # mild (L = 0) to strong decay, one with a hard reset (L = 6), the last one 37 rows long; K =
+    # 40 in a 64-wide tile (masked channels). Expected values from torch on the same G.
+    torch.manual_seed(0)
+    T, K, limit = 64 * 5 + 37, 40, 100.0
+    scales = [0.5, 4.0, 12.0, 24.0, 2.0, 1.0]  # log-decay per row ~ −0.8 × scale
+    g = torch.cat([s_ * torch.nn.functional.logsigmoid(torch.randn(64, K)) for s_ in scales])[:T]
+    g[64 * 4 + 21, 7] = -110.0  # a hard reset (G_MIN) inside a 2-row block of the fifth tile
+    G = torch.cat([c.cumsum(0) for c in g.split(64)])  # chunk-local, non-increasing
+    NT = len(scales)
+    levels = torch.full((NT,), -1, dtype=torch.int32)
+    mid = torch.full((T, K), float("nan"))
+    _depth_kernel[(NT,)](G.to(DEV), levels_d := levels.to(DEV), mid_d := mid.to(DEV), T, limit,
+                        K=K, BT=64, BK=64)
+    want_levels, want_mid = [], torch.empty(T, K)
+    for i, tile in enumerate(G.split(64)):
+        for L in range(7):
+            s = 64 >> L
+            blocks = [tile[a:a + s] for a in range(0, len(tile), s)]
+            if max(float((b[0] - b[-1]).max()) for b in blocks) <= limit:
+                break
+        want_levels.append(L)
+        for j, b in enumerate(blocks):
+            want_mid[64 * i + j * s: 64 * i + j * s + len(b)] = 0.5 * (b[0] + b[-1])
+    assert levels_d.cpu().tolist() == want_levels
+    assert torch.equal(mid_d.cpu(), want_mid)
+    assert want_levels == [0, 2, 4, 5, 6, 0]  # the cases this test is for (fixed seed)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the deferred tiles' unchecked products overflow

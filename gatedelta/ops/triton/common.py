@@ -444,7 +444,7 @@ def chunk_rows(cu_seqlens, chunk_indices, i_t, BT: tl.constexpr):
 
 
 @triton.jit
-def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.constexpr, K: tl.constexpr):
+def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h, HV: tl.constexpr, K: tl.constexpr):
     """One level of the dyadic pair split (see :func:`pair_matrices_split`): rows are grouped in blocks of
     ``2h``; the anchor of a block is its row ``h − 1`` (the last row of its left half).
 
@@ -453,14 +453,66 @@ def level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, h: tl.constexpr, HV: tl.
     rows and ``exp(G_c − G_s)`` on left rows, each ≤ 1. The anchor rows of G are re-read from
     memory (L1/L2-resident: picking them from ``b_G`` in registers measured 6 % slower on the H200,
     2026-11-29); an anchor past the sequence end reads 0 and only reaches pairs with a row past
-    the end."""
-    o_c = (o_t // (2 * h)) * (2 * h) + h - 1
+    the end.
+
+    ``h`` (a power of two) is a run-time value: the callers' level loops are not unrolled, which
+    keeps one level's tiles live at a time (faithful sm_90 compile, Triton 3.6, gdn2's gradient
+    fallback at BK 64 and 8 warps: 1,400 B of stack per thread instead of 4,408 unrolled). Blocks
+    are aligned powers of two, so bit operations place rows: a block starts at ``o_t & −2h``, and
+    two rows share one exactly when their indices differ only below bit ``2h``."""
+    o_c = (o_t & (-2 * h)) + h - 1
     m_c = (row0 + o_c < eos)[:, None] & m_k[None, :]
     b_gc = tl.load(G + ((row0 + o_c)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_c, other=0)
     b_e = tl.exp(-tl.abs(b_G - b_gc))
     right = (o_t & h) != 0
-    same = (o_t[:, None] // (2 * h)) == (o_t[None, :] // (2 * h))
+    same = (o_t[:, None] ^ o_t[None, :]) < 2 * h
     return right, same, b_e
+
+
+@triton.jit
+def block_ends(G, row0, eos, i_hv, o_t, o_k, m_k, s, HV: tl.constexpr, K: tl.constexpr):
+    """G ``[BT, BK]`` at the first and at the last valid row of each row's aligned block of ``s``
+    rows (``s`` a run-time power of two). G does not increase down a chunk (g ≤ 0), so these are
+    the block's largest and smallest values per channel. A block wholly past the sequence end
+    reads 0 at both."""
+    first = o_t & (-s)
+    last = tl.minimum(first + s - 1, eos - row0 - 1)
+    m_f = (row0 + first < eos)[:, None] & m_k[None, :]
+    b_first = tl.load(G + ((row0 + first)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_f, other=0)
+    b_last = tl.load(G + ((row0 + last)[:, None] * HV + i_hv) * K + o_k[None, :], mask=m_f, other=0)
+    return b_first, b_last
+
+
+@triton.jit
+def split_depth(G, row0, eos, i_hv, o_t, o_k, m_k, limit, HV: tl.constexpr, K: tl.constexpr,
+                BT: tl.constexpr):
+    """How far a tile must be split: the fewest levels L (0 … 6) of the dyadic split after which
+    every aligned block of ``BT >> L`` rows spans a log-decay range of at most ``limit`` in every
+    channel (L = 6: blocks of one row, range 0). Returns L and each row's block midpoint
+    ``[BT, BK]``, through which the pairs inside a block then factor with factors
+    ``≤ exp(limit / 2)`` (:func:`pair_matrices_split`).
+
+    L = 0 is the midpoint path's test and midpoint (:func:`chunk_midpoint`), value for value.
+    Strong decay needs a few levels, not six: gdn2's inputs with g × 8 (≈ −6.5 per row) span ~200
+    over 32 rows, ~45 over 8, so L = 3 there, while a hard reset (g clamped to −110) needs all six
+    for the tiles that hold one."""
+    levels = tl.full([], 0, tl.int32)
+    s = tl.full([], BT, tl.int32)
+    b_first, b_last = block_ends(G, row0, eos, i_hv, o_t, o_k, m_k, s, HV, K)
+    b_rng = tl.max(tl.max(b_first - b_last, 1), 0)
+    while b_rng > limit:
+        levels += 1
+        s = s // 2
+        b_first, b_last = block_ends(G, row0, eos, i_hv, o_t, o_k, m_k, s, HV, K)
+        b_rng = tl.max(tl.max(b_first - b_last, 1), 0)
+    return levels, 0.5 * (b_first + b_last)
+
+
+@triton.jit
+def block_scales(b_G, b_m, m_t):
+    """:func:`anchor_scales` through a midpoint per row ``b_m [BT, BK]`` (each row's block's)."""
+    b_d = b_G - b_m
+    return tl.where(m_t[:, None], tl.exp(b_d), 0.0), tl.where(m_t[:, None], tl.exp(-b_d), 0.0)
 
 
 @triton.jit
@@ -530,35 +582,30 @@ def pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT: tl.constexpr, TWO:
 def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr, K: tl.constexpr,
                   BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
                   RANGE: tl.constexpr):
-    """The pair matrices of one K block (see :func:`pair_matrices_split`): through the midpoint (one
-    product each) when the chunk's log-decay spans at most RANGE in every channel of the tile
-    (:func:`chunk_midpoint`), else by the dyadic split; RANGE 0: always the split; RANGE < 0: always
-    the midpoint, unchecked (the deferring pass of ``TUNING["pair_fallback"]``, which checks the
-    range itself and hands the tile to a fallback pass)."""
+    """The pair matrices of one K block (see :func:`pair_matrices_split`): split as far as the tile's
+    log-decay needs for blocks spanning at most RANGE (:func:`split_depth`; none, the midpoint
+    path, for most tiles); RANGE 0: always the whole split; RANGE < 0: always the midpoint,
+    unchecked (the deferring pass of ``TUNING["pair_fallback"]``, which checks the range itself and
+    hands the tile to a fallback pass)."""
     if RANGE < 0:
         m_t = (row0 + o_t) < eos
         b_m, _ = chunk_midpoint(b_G, m_t)
         b_up, b_dn = anchor_scales(b_G, b_m, m_t)
         b_P, b_P2 = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT, TWO, PREC, LOW)
     elif RANGE > 0:
-        m_t = (row0 + o_t) < eos
-        b_m, b_rng = chunk_midpoint(b_G, m_t)
-        if b_rng <= RANGE:
-            b_up, b_dn = anchor_scales(b_G, b_m, m_t)
-            b_P, b_P2 = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT, TWO, PREC, LOW)
-        else:
-            b_P, b_P2 = pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
-                                            TWO, PREC, LOW)
+        levels, b_m = split_depth(G, row0, eos, i_hv, o_t, o_k, m_k, RANGE, HV, K, BT)
+        b_P, b_P2 = pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
+                                        TWO, PREC, LOW, levels, b_m)
     else:
         b_P, b_P2 = pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
-                                        TWO, PREC, LOW)
+                                        TWO, PREC, LOW, 6, b_G)
     return b_P, b_P2
 
 
 @triton.jit
 def pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
                         K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr,
-                        LOW: tl.constexpr):
+                        LOW: tl.constexpr, levels, b_m):
     """``P[r, s] = Σ_k x[r,k] y[s,k] exp(G[r,k] − G[s,k])`` for ``s ≤ r`` and, when TWO, the same
     with x2 for ``s < r`` (strict). All tiles ``[BT, BK]`` fp32 of one chunk (per-channel decay);
     G in memory serves the anchor rows. Returns two ``[BT, BT]`` fp32 tiles, zero above.
@@ -569,11 +616,16 @@ def pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 
     ``exp(G_r − G_s) = exp(G_r − G_c)·exp(G_c − G_s)``, so each level is one matrix product of
     scaled rows, masked to pairs in one block: log₂ BT products and no per-pair loop. ``row0`` is
     the chunk's first row.
+
+    Only the first ``levels`` levels run (6: all); the pairs left, inside one aligned block of
+    ``BT >> levels`` rows, factor through their block's midpoint ``b_m [BT, BK]``
+    (:func:`split_depth`), one product each, as :func:`pair_matrices_anchor` does for the whole
+    tile. With ``levels = 0`` the results are that function's, value for value.
     """
     tl.static_assert(BT == 64)  # six levels
     b_P = tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
     b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
-    for lvl in tl.static_range(6):
+    for lvl in range(levels):  # not unrolled: see level_split
         right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, (BT // 2) >> lvl, HV, K)
         b_ys = tl.where(right[:, None], 0.0, b_y * b_e)
         b_xr = tl.where(right[:, None], b_x * b_e, 0.0)
@@ -581,6 +633,15 @@ def pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 
         if TWO:
             b_xr2 = tl.where(right[:, None], b_x2 * b_e, 0.0)
             b_P2 += tl.where(same, mixed_dot(b_xr2, tl.trans(b_ys), PREC, LOW), 0.0)
+    if levels < 6:
+        m_t = (row0 + o_t) < eos
+        b_up, b_dn = block_scales(b_G, b_m, m_t)
+        # r > s in one block of BT >> levels rows
+        inner = ((o_t[:, None] ^ o_t[None, :]) < (BT >> levels)) & (o_t[:, None] > o_t[None, :])
+        b_ys = tl.trans(b_y * b_dn)
+        b_P += tl.where(inner, mixed_dot(b_x * b_up, b_ys, PREC, LOW), 0.0)
+        if TWO:
+            b_P2 += tl.where(inner, mixed_dot(b_x2 * b_up, b_ys, PREC, LOW), 0.0)
     return b_P, b_P2
 
 
@@ -589,25 +650,19 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
               K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
               RANGE: tl.constexpr):
     """The gradient kernel's pairwise products (see :func:`pair_both_split`), through the midpoint or
-    by the split as for :func:`pair_matrices`. Returns ``(left, left2, right, dG)``."""
+    split as far as needed, as for :func:`pair_matrices`. Returns ``(left, left2, right, dG)``."""
     if RANGE < 0:
         m_t = (row0 + o_t) < eos
         b_m, _ = chunk_midpoint(b_G, m_t)
         b_up, b_dn = anchor_scales(b_G, b_m, m_t)
         b_l, b_l2, b_r, b_dG = pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO, PREC, LOW)
     elif RANGE > 0:
-        m_t = (row0 + o_t) < eos
-        b_m, b_rng = chunk_midpoint(b_G, m_t)
-        if b_rng <= RANGE:
-            b_up, b_dn = anchor_scales(b_G, b_m, m_t)
-            b_l, b_l2, b_r, b_dG = pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO, PREC,
-                                                    LOW)
-        else:
-            b_l, b_l2, b_r, b_dG = pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t,
-                                                   o_k, m_k, HV, K, BT, TWO, PREC, LOW)
+        levels, b_m = split_depth(G, row0, eos, i_hv, o_t, o_k, m_k, RANGE, HV, K, BT)
+        b_l, b_l2, b_r, b_dG = pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k,
+                                               m_k, HV, K, BT, TWO, PREC, LOW, levels, b_m)
     else:
         b_l, b_l2, b_r, b_dG = pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k,
-                                               m_k, HV, K, BT, TWO, PREC, LOW)
+                                               m_k, HV, K, BT, TWO, PREC, LOW, 6, b_G)
     return b_l, b_l2, b_r, b_dG
 
 
@@ -664,7 +719,7 @@ def anchor_pair_operands(b_D, b_D2, o_t, TWO: tl.constexpr, PREC: tl.constexpr, 
 @triton.jit
 def pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl.constexpr,
                     K: tl.constexpr, BT: tl.constexpr, TWO: tl.constexpr, PREC: tl.constexpr,
-                    LOW: tl.constexpr):
+                    LOW: tl.constexpr, levels, b_m):
     """The pairwise products of the gradient kernel, for D and (when TWO) D2 lower-triangular
     ``[BT, BT]`` and x, x2, y ``[BT, BK]``, with ``ρ_rsk = exp(G[r,k] − G[s,k])``:
 
@@ -684,6 +739,8 @@ def pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k
     the cancellation leaves standing (H200, bf16 inputs: dg 4.30e-3 → 3.77e-3 with tf32 products;
     interpreter with bf16 operands: 1.6e-2 → 7.9e-3).
 
+    As in :func:`pair_matrices_split`, only the first ``levels`` levels run; the pairs inside one
+    block of ``BT >> levels`` rows go through the block's midpoint ``b_m [BT, BK]``.
 
     Returns ``(left, left2, right, dG)``."""
     tl.static_assert(BT == 64)  # six levels
@@ -694,7 +751,7 @@ def pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k
     b_l2 = tl.sum(b_diag2, 1)[:, None] * b_y
     b_r = tl.sum(b_diag, 0)[:, None] * b_x + tl.sum(b_diag2, 0)[:, None] * b_x2
     b_dG = tl.zeros(b_x.shape, dtype=tl.float32)
-    for lvl in tl.static_range(6):
+    for lvl in range(levels):  # not unrolled: see level_split
         right, same, b_e = level_split(b_G, G, row0, eos, i_hv, o_t, o_k, m_k, (BT // 2) >> lvl, HV, K)
         b_Ds = pair_operand(tl.where(same, b_D, 0.0), PREC, LOW)
         b_ys = pair_operand(tl.where(right[:, None], 0.0, b_y * b_e), PREC, LOW)
@@ -715,4 +772,27 @@ def pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k
             b_R2 = mixed_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
             b_r += tl.where(right[:, None], 0.0, b_R2 * b_e)
             b_dG -= b_ys.to(tl.float32) * b_R2
+    if levels < 6:
+        # the pairs inside one block of BT >> levels rows, through its midpoint: the operations of
+        # pair_both_anchor (without its diagonal, added above), so levels = 0 gives its values
+        m_t = (row0 + o_t) < eos
+        b_up, b_dn = block_scales(b_G, b_m, m_t)
+        inner = ((o_t[:, None] ^ o_t[None, :]) < (BT >> levels)) & (o_t[:, None] > o_t[None, :])
+        b_Ds = pair_operand(tl.where(inner, b_D, 0.0), PREC, LOW)
+        b_ys = pair_operand(b_y * b_dn, PREC, LOW)
+        b_xr = pair_operand(b_x * b_up, PREC, LOW)
+        b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
+        b_R = mixed_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
+        b_dGb = b_xr.to(tl.float32) * b_L
+        if TWO:
+            b_D2s = pair_operand(tl.where(inner, b_D2, 0.0), PREC, LOW)
+            b_xr2 = pair_operand(b_x2 * b_up, PREC, LOW)
+            b_L2 = mixed_dot(b_D2s, b_ys, PREC, LOW)
+            b_R += mixed_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
+            b_dGb += b_xr2.to(tl.float32) * b_L2
+            b_l2 += b_L2 * b_up
+        b_dGb -= b_ys.to(tl.float32) * b_R
+        b_dG += b_dGb
+        b_l += b_L * b_up
+        b_r += b_R * b_dn
     return b_l, b_l2, b_r, b_dG
