@@ -43,6 +43,7 @@
 #   bash benchmarks/run_h200.sh last10   # a short call: H100 ours + FLA at 2k; H200 check + grad_k_group
 #   bash benchmarks/run_h200.sh tiny10   # ~4 minutes: gdn2's bf16 check, grad_k_group 2 for gdn2
 #   bash benchmarks/run_h200.sh stress12 # the fallback split only as deep as needed: ours old / new at g x 8 and g x 2, check
+#   bash benchmarks/run_h200.sh stress12s # the same, cut to gdn2 at g x 8 (one config per kernel) and the check
 #   bash benchmarks/run_h200.sh ncu11    # gradient and W, U kernels per source line (H100), every kernel's speed of light
 #   bash benchmarks/run_h200.sh h100c    # eleventh session's default (grad_bk 64): FLA and ours at 2k / 8k / 32k, one call
 #   bash benchmarks/run_h200.sh stress11 # strong decay (g x 8, every chunk in the fallback launch): ours old / new, FLA, knobs
@@ -408,6 +409,16 @@ stress12)
         benchmarks/kernels.py --out $OUT --tag ${GPU:-h200}-decay$D-2239992 --no-ceilings speed --ops gdn2 kda \
         --T 2048 --decay-scale $D); done; fi
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 90 $K check --ops gdn2 kda --tag ${GPU:-h200}-check12 ;;
+stress12s)
+    # stress12 cut to ~4 device minutes: one configuration per kernel (no autotuning: under g x 8
+    # the deferring launch lists every chunk, and the fallback launch is never autotuned), gdn2
+    # only: ours at this commit, the bf16 check with hard resets, then ours at 2239992 (.snap0)
+    export GATEDELTA_TRITON_ONE_CONFIG=1
+    timeout 80 $K speed --ops gdn2 --T 2048 --decay-scale 8 --tag ${GPU:-h200}-decay8-one
+    timeout 70 $K check --ops gdn2 --tag ${GPU:-h200}-check12
+    if [ -d ../.snap0 ]; then (cd ../.snap0 && PYTHONPATH=$PWD:/tmp/site timeout 80 python3 benchmarks/kernels.py \
+        --out $OUT --tag ${GPU:-h200}-decay8-one-2239992 --no-ceilings speed --ops gdn2 --T 2048 \
+        --decay-scale 8); fi ;;
 ncu11)
     # after the eleventh session: the gradient kernel (PASS 1, BK 64, the autotuned config) and
     # the W, U kernel per source line on the H100 (stall samples, local-memory sectors), and the
