@@ -135,7 +135,8 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 64, 
 # launch is autotuned). Faithful sm_90 compile (Triton 3.6, gdn2, BK 64 gradient / 32 intra),
 # stack per thread at 8 / 4 warps: gradient 4.4 / 11.7 KB, intra 288 B / 1.1 KB. It was 4 until
 # 2026-12-07, when every benchmark's fallback launch had an empty worklist. Under strong decay
-# (g × 8) every chunk is listed, so it carries all the work; not timed yet (run_h200.sh stress11).
+# (g × 8) every chunk is listed, so it carries all the work: H100 (2239992), gdn2 f+b at 2k 26.42
+# ms at 8 warps, 31.06 at 4; one checked launch instead (pair_fallback off) 26.84.
 # The deferring launch (PASS 1) reads the chunk's stored tile ranges (chunk_cumsum_kernel) before
 # any work and a listed program stops there: before, it did all its work and then listed itself,
 # so a listed chunk cost two programs' work.
