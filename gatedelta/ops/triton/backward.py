@@ -342,7 +342,7 @@ def grad_k_block(q, k, g, b, G, dq, dk, dg, db, b_P, b_P2, b_Pd, b_dqs, b_dEb, b
         # dk sums both pair products; dG's pair terms come from the pair products themselves
         # (q⊙dq − k⊙dk formed here would not cancel in dg's reverse cumulative sum)
         if PREPARED and RANGE < 0:
-            b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+            b_up, b_dn = anchor_scales(b_G, b_m[None, :], m_t)
             b_dq, b_de, b_dk, b_dG = pair_both_anchor(b_P, b_P2, b_q, b_e, b_k, b_up, b_dn, o_t, ERASE > 0,
                                                       PREC, LOW, b_Pd)
         else:

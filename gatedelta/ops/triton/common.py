@@ -510,13 +510,6 @@ def split_depth(G, row0, eos, i_hv, o_t, o_k, m_k, limit, HV: tl.constexpr, K: t
 
 
 @triton.jit
-def block_scales(b_G, b_m, m_t):
-    """:func:`anchor_scales` through a midpoint per row ``b_m [BT, BK]`` (each row's block's)."""
-    b_d = b_G - b_m
-    return tl.where(m_t[:, None], tl.exp(b_d), 0.0), tl.where(m_t[:, None], tl.exp(-b_d), 0.0)
-
-
-@triton.jit
 def pair_operand(a, PREC: tl.constexpr, LOW: tl.constexpr):
     """An fp32 operand of the pair split's products, rounded as :func:`mixed_dot` will use it: to
     bf16 (LOW = 1: a bf16 tile; LOW = 2: bf16 values in fp32), to tf32 (round to nearest, ties
@@ -560,8 +553,10 @@ def chunk_midpoint(b_G, m_t):
 @triton.jit
 def anchor_scales(b_G, b_m, m_t):
     """``exp(G − m)`` (row operands) and ``exp(m − G)`` (column operands) ``[BT, BK]``, zero on rows
-    past the sequence end (their G is not this chunk's and could be far from m)."""
-    b_d = b_G - b_m[None, :]
+    past the sequence end (their G is not this chunk's and could be far from m). The midpoint m is
+    per channel ``[1, BK]`` (the tile's) or per row ``[BT, BK]`` (each row's block's,
+    :func:`split_depth`)."""
+    b_d = b_G - b_m
     return tl.where(m_t[:, None], tl.exp(b_d), 0.0), tl.where(m_t[:, None], tl.exp(-b_d), 0.0)
 
 
@@ -591,7 +586,7 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
     if RANGE < 0:
         m_t = (row0 + o_t) < eos
         b_m, _ = chunk_midpoint(b_G, m_t)
-        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+        b_up, b_dn = anchor_scales(b_G, b_m[None, :], m_t)
         b_P, b_P2 = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT, TWO, PREC, LOW)
     elif RANGE > 0:
         levels, b_m = split_depth(G, row0, eos, i_hv, o_t, o_k, m_k, RANGE, HV, K, BT)
@@ -636,7 +631,7 @@ def pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 
             b_P2 += tl.where(same, mixed_dot(b_xr2, tl.trans(b_ys), PREC, LOW), 0.0)
     if levels < 6:
         m_t = (row0 + o_t) < eos
-        b_up, b_dn = block_scales(b_G, b_m, m_t)
+        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
         # r > s in one block of BT >> levels rows
         inner = ((o_t[:, None] ^ o_t[None, :]) < (BT >> levels)) & (o_t[:, None] > o_t[None, :])
         b_ys = tl.trans(b_y * b_dn)
@@ -655,7 +650,7 @@ def pair_both(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k,
     if RANGE < 0:
         m_t = (row0 + o_t) < eos
         b_m, _ = chunk_midpoint(b_G, m_t)
-        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
+        b_up, b_dn = anchor_scales(b_G, b_m[None, :], m_t)
         b_l, b_l2, b_r, b_dG = pair_both_anchor(b_D, b_D2, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO, PREC, LOW)
     elif RANGE > 0:
         levels, b_m = split_depth(G, row0, eos, i_hv, o_t, o_k, m_k, RANGE, HV, K, BT)
@@ -777,7 +772,7 @@ def pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k
         # the pairs inside one block of BT >> levels rows, through its midpoint: the operations of
         # pair_both_anchor (without its diagonal, added above), so levels = 0 gives its values
         m_t = (row0 + o_t) < eos
-        b_up, b_dn = block_scales(b_G, b_m, m_t)
+        b_up, b_dn = anchor_scales(b_G, b_m, m_t)
         inner = ((o_t[:, None] ^ o_t[None, :]) < (BT >> levels)) & (o_t[:, None] > o_t[None, :])
         b_Ds = pair_operand(tl.where(inner, b_D, 0.0), PREC, LOW)
         b_ys = pair_operand(b_y * b_dn, PREC, LOW)
