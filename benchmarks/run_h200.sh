@@ -449,8 +449,9 @@ h100c)
     # after the eleventh session (grad_bk 64): ours, then FLA, at 2k / 8k / 32k in one call (FLA's
     # and our autotuning carried in .tcache from that session's H100), then the bf16 check
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
-    timeout 200 $K speed --ops gdn2 kda gdn sdpa --T 2048 8192 32768
-    timeout 200 $K fla-speed --ops gdn2 kda gdn --T 2048 8192 32768
+    # ours needs ~300 s where 8k / 32k are not in the carried autotuning (2026-12-07: cut at 200)
+    timeout 330 $K speed --ops gdn2 kda gdn sdpa --T 2048 8192 32768
+    timeout 150 $K fla-speed --ops gdn2 kda gdn --T 2048 8192 32768
     GATEDELTA_TRITON_ONE_CONFIG=1 timeout 100 $K check --ops gdn2 kda --tag ${GPU:-h200}-check11 ;;
 any10)
     # whichever card comes: an H100 runs h100a; an H200 runs the bf16 check and the untimed knobs
