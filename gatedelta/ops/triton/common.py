@@ -769,26 +769,18 @@ def pair_both_split(b_D, b_D2, b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k
             b_r += tl.where(right[:, None], 0.0, b_R2 * b_e)
             b_dG -= b_ys.to(tl.float32) * b_R2
     if levels < 6:
-        # the pairs inside one block of BT >> levels rows, through its midpoint: the operations of
-        # pair_both_anchor (without its diagonal, added above), so levels = 0 gives its values
+        # the pairs inside one block of BT >> levels rows, through its midpoint: pair_both_anchor
+        # on D and D2 masked to those pairs, its diagonal zero (added above), so levels = 0 gives
+        # the midpoint path's values
         m_t = (row0 + o_t) < eos
         b_up, b_dn = anchor_scales(b_G, b_m, m_t)
         inner = ((o_t[:, None] ^ o_t[None, :]) < (BT >> levels)) & (o_t[:, None] > o_t[None, :])
         b_Ds = pair_operand(tl.where(inner, b_D, 0.0), PREC, LOW)
-        b_ys = pair_operand(b_y * b_dn, PREC, LOW)
-        b_xr = pair_operand(b_x * b_up, PREC, LOW)
-        b_L = mixed_dot(b_Ds, b_ys, PREC, LOW)
-        b_R = mixed_dot(tl.trans(b_Ds), b_xr, PREC, LOW)
-        b_dGb = b_xr.to(tl.float32) * b_L
-        if TWO:
-            b_D2s = pair_operand(tl.where(inner, b_D2, 0.0), PREC, LOW)
-            b_xr2 = pair_operand(b_x2 * b_up, PREC, LOW)
-            b_L2 = mixed_dot(b_D2s, b_ys, PREC, LOW)
-            b_R += mixed_dot(tl.trans(b_D2s), b_xr2, PREC, LOW)
-            b_dGb += b_xr2.to(tl.float32) * b_L2
-            b_l2 += b_L2 * b_up
-        b_dGb -= b_ys.to(tl.float32) * b_R
+        b_D2s = pair_operand(tl.where(inner, b_D2, 0.0), PREC, LOW)
+        b_lb, b_l2b, b_rb, b_dGb = pair_both_anchor(b_Ds, b_D2s, b_x, b_x2, b_y, b_up, b_dn, o_t, TWO, PREC,
+                                                    LOW, tl.zeros([BT], dtype=tl.float32))
+        b_l += b_lb
+        b_l2 += b_l2b
+        b_r += b_rb
         b_dG += b_dGb
-        b_l += b_L * b_up
-        b_r += b_R * b_dn
     return b_l, b_l2, b_r, b_dG
