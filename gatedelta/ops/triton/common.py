@@ -14,8 +14,10 @@ anchor row c between them, ``exp(G_r − G_c)·exp(G_c − G_s)`` (both ≤ 1), 
 level (:func:`pair_matrices`). A chunk whose log-decay spans at most ``TUNING["anchor_range"]`` in
 every channel of the tile (ordinary gates) takes one product instead: every pair factors through
 the per-channel midpoint m of its G, ``exp(G_r − m)·exp(m − G_s)``, each factor within
-``exp(±range/2)`` (≤ e⁵⁰ at the default 100), so none can overflow; a chunk with a hard reset or very
-strong decay keeps the dyadic split (:func:`chunk_midpoint`).
+``exp(±range/2)`` (≤ e⁵⁰ at the default 100), so none can overflow (:func:`chunk_midpoint`). A
+chunk with a hard reset or very strong decay keeps the dyadic split, for as many levels as it
+needs to leave blocks of rows that span at most that range, each then through its own midpoint
+(:func:`split_depth`).
 """
 
 from __future__ import annotations
@@ -165,7 +167,9 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 64, 
 # block). Ordinary gates take it: logsigmoid of a standard normal gives a 64-row range of 52 ± 4
 # per channel (all tiles ≤ 80); the 1.3B preset's GDN-2 mixer at init (`benchmarks/gate_ranges.py`)
 # has 83 % of its 32-channel tiles ≤ 80 and 99.8 % ≤ 100. A hard reset (g ≤ G_MIN) or much
-# stronger decay takes the dyadic split. The operands are rounded as before (tf32), so the
+# stronger decay takes the dyadic split, since 2026-12-08 only for the levels that leave blocks
+# within the range, each block then through its own midpoint (split_depth; g × 2 needs one level,
+# g × 8 three, a reset's tile six; not timed yet). The operands are rounded as before (tf32), so the
 # accuracy is the split's (H200 at 80: forward 3.91e-3 vs 3.87e-3, gradients equal to 1 %;
 # interpreter with emulated tf32 and bf16 inputs at ranges 96–102: equal to 1 % at 80, 100, 120).
 # H200 (f23bc7c, at 80): gdn2 f+b 14.68 → 9.68 ms at 2k, 19.37 → 14.01 at 32k; fwd 3.37 → 2.78.
