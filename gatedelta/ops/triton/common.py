@@ -565,16 +565,19 @@ def anchor_scales(b_G, b_m, m_t):
 
 
 @triton.jit
-def pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT: tl.constexpr, TWO: tl.constexpr,
-                         PREC: tl.constexpr, LOW: tl.constexpr):
-    """:func:`pair_matrices_split`'s results through the midpoint (:func:`anchor_scales`): one
-    product each, the diagonal (ρ = 1, the largest terms) exact in fp32 as in the split."""
+def pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, pairs, BT: tl.constexpr, TWO: tl.constexpr,
+                         PREC: tl.constexpr, LOW: tl.constexpr, DIAG: tl.constexpr):
+    """:func:`pair_matrices_split`'s results through the midpoint (:func:`anchor_scales`) for the
+    pairs ``r > s`` marked in ``pairs [BT, BT]`` (all of them, or those inside each block of
+    :func:`split_depth`): one product each; with DIAG, the diagonal (ρ = 1, the largest terms)
+    added exact in fp32 as in the split."""
     b_ys = tl.trans(b_y * b_dn)
-    b_P = tl.where(o_t[:, None] > o_t[None, :], mixed_dot(b_x * b_up, b_ys, PREC, LOW), 0.0)
-    b_P += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
+    b_P = tl.where(pairs, mixed_dot(b_x * b_up, b_ys, PREC, LOW), 0.0)
+    if DIAG:
+        b_P += tl.where(o_t[:, None] == o_t[None, :], tl.sum(b_x * b_y, 1)[:, None], 0.0)
     b_P2 = tl.zeros([BT, BT], dtype=tl.float32)
     if TWO:
-        b_P2 = tl.where(o_t[:, None] > o_t[None, :], mixed_dot(b_x2 * b_up, b_ys, PREC, LOW), 0.0)
+        b_P2 = tl.where(pairs, mixed_dot(b_x2 * b_up, b_ys, PREC, LOW), 0.0)
     return b_P, b_P2
 
 
@@ -591,7 +594,8 @@ def pair_matrices(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV: tl
         m_t = (row0 + o_t) < eos
         b_m, _ = chunk_midpoint(b_G, m_t)
         b_up, b_dn = anchor_scales(b_G, b_m[None, :], m_t)
-        b_P, b_P2 = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, BT, TWO, PREC, LOW)
+        lower = o_t[:, None] > o_t[None, :]
+        b_P, b_P2 = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, lower, BT, TWO, PREC, LOW, True)
     elif RANGE > 0:
         levels, b_m = split_depth(G, row0, eos, i_hv, o_t, o_k, m_k, RANGE, HV, K, BT)
         b_P, b_P2 = pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, HV, K, BT,
@@ -636,12 +640,11 @@ def pair_matrices_split(b_x, b_x2, b_y, b_G, G, row0, eos, i_hv, o_t, o_k, m_k, 
     if levels < 6:
         m_t = (row0 + o_t) < eos
         b_up, b_dn = anchor_scales(b_G, b_m, m_t)
-        # r > s in one block of BT >> levels rows
+        # r > s in one block of BT >> levels rows (the diagonal is in b_P already)
         inner = ((o_t[:, None] ^ o_t[None, :]) < (BT >> levels)) & (o_t[:, None] > o_t[None, :])
-        b_ys = tl.trans(b_y * b_dn)
-        b_P += tl.where(inner, mixed_dot(b_x * b_up, b_ys, PREC, LOW), 0.0)
-        if TWO:
-            b_P2 += tl.where(inner, mixed_dot(b_x2 * b_up, b_ys, PREC, LOW), 0.0)
+        b_Pb, b_P2b = pair_matrices_anchor(b_x, b_x2, b_y, b_up, b_dn, o_t, inner, BT, TWO, PREC, LOW, False)
+        b_P += b_Pb
+        b_P2 += b_P2b
     return b_P, b_P2
 
 
