@@ -42,6 +42,7 @@
 #   bash benchmarks/run_h200.sh any10    # h100a on an H100, else the bf16 check and untimed knobs
 #   bash benchmarks/run_h200.sh last10   # a short call: H100 ours + FLA at 2k; H200 check + grad_k_group
 #   bash benchmarks/run_h200.sh tiny10   # ~4 minutes: gdn2's bf16 check, grad_k_group 2 for gdn2
+#   bash benchmarks/run_h200.sh lean13   # bf16 state operands (state_bf16), gdn's unfused W, U and output at 8k / 32k, FLA, checks
 #   bash benchmarks/run_h200.sh stress12 # the fallback split only as deep as needed: ours old / new at g x 8 and g x 2, check
 #   bash benchmarks/run_h200.sh stress12s # the same, cut to gdn2 at g x 8 (one config per kernel) and the check
 #   bash benchmarks/run_h200.sh ncu11    # gradient and W, U kernels per source line (H100), every kernel's speed of light
@@ -397,6 +398,23 @@ stress11)
     timeout 120 $K fla-speed --ops gdn2 kda --T 2048 --decay-scale 8 --tag ${GPU:-h200}-decay8
     timeout 200 python3 benchmarks/tune_kernels.py --op gdn2 --decay-scale 8 --keys fallback_warps pair_fallback \
         --out $OUT/tune_${GPU}_gdn2_2k_decay8_fallback.json ;;
+lean13)
+    # thirteenth session: bf16 operands for the sequential kernels' state products (state_bf16),
+    # each variant flipped alone from the defaults (state_bf16 last: Triton 3.6 faulted on bf16
+    # state tiles once, and a fault ends the process); gdn also with FLA's split (W, U from their
+    # own kernel, the output chunk-parallel). FLA at 8k / 32k in the same call (autotuning carried),
+    # then the bf16 checks with hard resets: the defaults (split_depth's first GPU run) and with
+    # state_bf16 in both kernels.
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
+    TK="python3 benchmarks/tune_kernels.py"
+    timeout 110 $TK --op gdn --T 32768 --keys fuse_wu fuse_output state_bf16 --out $OUT/tune_${GPU}_gdn_32k_lean.json
+    timeout 80 $TK --op gdn --T 8192 --keys fuse_wu state_bf16 --out $OUT/tune_${GPU}_gdn_8k_lean.json
+    timeout 90 $TK --op gdn2 --T 32768 --keys state_bf16 --out $OUT/tune_${GPU}_gdn2_32k_lean.json
+    timeout 80 $K fla-speed --ops gdn gdn2 --T 8192 32768 --tag ${GPU:-h200}-lean13
+    export GATEDELTA_TRITON_ONE_CONFIG=1
+    timeout 80 $K check --ops gdn2 kda --tag ${GPU:-h200}-check13
+    timeout 70 $K check --ops gdn2 gdn --tag ${GPU:-h200}-check13-state-bf16 \
+        --tuning 'state_bf16=("state","state_bwd")' ;;
 stress12)
     # twelfth session: the fallback pass split only as far as each tile needs (split_depth) with
     # its level loop not unrolled. Ours at this commit and at 2239992 (as .snap0) with g x 8 and

@@ -38,7 +38,7 @@ CHOICES = {"intra_bk": [16, 32, 64], "intra_bk_head": [32, 64, 128], "output_bk"
            "state_bwd_bk": [64, 128], "grad_bk_head": [32, 64, 128], "pre_gated_q": [False, True],
            "solve_reg_diag": [False, True],
            "pair_fallback": [False, True], "grad_k_group": [1, 2, 4],
-           "fallback_warps": [4, 8]}
+           "fallback_warps": [4, 8], "state_bf16": [(), ("state",), ("state", "state_bwd")]}
 
 
 def inputs(op: str, B: int, T: int, H: int = 16, K: int = 128, V: int = 128,

@@ -43,12 +43,14 @@ from .common import (
     gate_form,
     launch_configs,
     launch_pair_kernel,
+    mixed_dot,
     pair_both,
     pair_both_anchor,
     pair_low,
     prepare_chunks,
     scratch_dtype,
     side_stream,
+    state_low,
     stored_range,
     wide_state_prune,
 )
@@ -69,18 +71,18 @@ from .forward import (
 @triton.jit
 def state_bwd_slot_dR(b_dS, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s, o_v, m_v,
                       H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                      DECAY: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr):
+                      DECAY: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """Phase 1 of one K slot ``o_s`` of ``dS_C``: store it as the chunk's dh and return its share
-    ``K̃ dS_C`` of dR."""
+    ``K̃ dS_C`` of dR (LOW: operands as :func:`mixed_dot`'s)."""
     tl.store(dh + p_dh + o_s[:, None] * V + o_v[None, :], b_dS, mask=(o_s < K)[:, None] & m_v[None, :])
     b_k, _ = decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY, PRE_KD)
-    return tl.dot(b_k, b_dS, input_precision=PREC)
+    return mixed_dot(b_k, b_dS, PREC, LOW)
 
 
 @triton.jit
 def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv, i_last, o_s, scale,
                           H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, DECAY: tl.constexpr,
-                          ERASE: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr):
+                          ERASE: tl.constexpr, PRE_KD: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """Phase 2 of one K slot: ``dS₀ = γ_C ⊙ dS_C + scale·Q_γᵀ dO − Ēᵀ dY`` (PRE_KD: Q_γ and Ē
     read from QG, EG, which :func:`chunk_wu_kernel` wrote)."""
     m_k = o_s < K
@@ -104,9 +106,9 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
             b_q *= b_gam
             b_e *= b_gam
         b_dS *= tl.exp(tl.load(G + i_last * HV + i_hv))
-    b_dS += tl.dot(tl.trans(b_q * scale), b_do, input_precision=PREC)
+    b_dS += mixed_dot(tl.trans(b_q * scale), b_do, PREC, LOW)
     if ERASE > 0:
-        b_dS -= tl.dot(tl.trans(b_e), b_dY, input_precision=PREC)
+        b_dS -= mixed_dot(tl.trans(b_e), b_dY, PREC, LOW)
     return b_dS
 
 
@@ -114,7 +116,7 @@ def state_bwd_slot_update(b_dS, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h,
     # 8 warps spilled 14–44 B (H200 sweep, before pre_decayed_keys lightened the step); 3 stages
     # did not compile. At T = 32k one program per SM: 8 warps give each scheduler two warps.
     launch_configs((4, 8), (1, 2)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "PRE_KD", "LOW"],
     prune_configs_by={"early_config_prune": wide_state_prune},
 )
 @triton.jit
@@ -123,13 +125,15 @@ def chunk_state_bwd_kernel(
     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, PRE_KD: tl.constexpr, USE_DHT: tl.constexpr,
-    STORE_DH0: tl.constexpr, PREC: tl.constexpr,
+    STORE_DH0: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
 ):
     """One program per (value block, sequence·head), last chunk first.
 
     Writes dh ``[NT, HV, K, V]`` (gradient of each chunk's outgoing state), dY ``[Ttot, HV, V]``
     and dh0 ``[N, HV, K, V]``. The ``[K, BV]`` state gradient is held as up to four ``[BK, BV]``
-    slots, as in the forward's state kernel.
+    slots, as in the forward's state kernel. LOW: the operands of the products with the state
+    gradient and of its update (``K̃ dS_C``, ``(γ ⊙ Q)ᵀ dO``, ``Ēᵀ dY``) as :func:`mixed_dot`'s
+    (``TUNING["state_bf16"]``); ``Mᵀ dO`` and ``Aᵀ dR`` stay at PREC.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -161,16 +165,16 @@ def chunk_state_bwd_kernel(
         # dR = Mᵀ dO + K̃ dS_C
         b_dR = tl.dot(tl.trans(b_M), b_do, input_precision=PREC)
         b_dR += state_bwd_slot_dR(b_dS0, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s0, o_v, m_v,
-                                  H, HV, K, V, DECAY, PRE_KD, PREC)
+                                  H, HV, K, V, DECAY, PRE_KD, PREC, LOW)
         if K > BK:
             b_dR += state_bwd_slot_dR(b_dS1, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s1, o_v,
-                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC, LOW)
         if K > 2 * BK:
             b_dR += state_bwd_slot_dR(b_dS2, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s2, o_v,
-                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC, LOW)
         if K > 3 * BK:
             b_dR += state_bwd_slot_dR(b_dS3, k, G, KD, dh, p_dh, o_row, m_t, i_h, i_hv, i_last, o_s3, o_v,
-                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC)
+                                      m_v, H, HV, K, V, DECAY, PRE_KD, PREC, LOW)
         if ERASE > 0:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
             b_dY = tl.dot(tl.trans(b_A.to(tl.float32)), b_dR, input_precision=PREC)
@@ -178,16 +182,16 @@ def chunk_state_bwd_kernel(
             b_dY = b_dR
         tl.store(dY + p_tv, b_dY, mask=m_tv)
         b_dS0 = state_bwd_slot_update(b_dS0, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv, i_last,
-                                      o_s0, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+                                      o_s0, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC, LOW)
         if K > BK:
             b_dS1 = state_bwd_slot_update(b_dS1, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s1, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+                                          i_last, o_s1, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC, LOW)
         if K > 2 * BK:
             b_dS2 = state_bwd_slot_update(b_dS2, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s2, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+                                          i_last, o_s2, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC, LOW)
         if K > 3 * BK:
             b_dS3 = state_bwd_slot_update(b_dS3, b_do, b_dY, q, k, b, G, QG, EG, o_row, m_t, i_h, i_hv,
-                                          i_last, o_s3, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC)
+                                          i_last, o_s3, scale, H, HV, K, DECAY, ERASE, PRE_KD, PREC, LOW)
     if STORE_DH0:
         store_slots(dh0, p_n, b_dS0, b_dS1, b_dS2, b_dS3, o_k, o_v, m_v, K, V, BK)
 
@@ -568,7 +572,8 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         G, ranges = chunk_cumdecay(g, cu, chunk_indices, NT)
         if M is None or (ERASE and A is None):
             M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV, ranges)
-        BV = state_block_v(V, K, N * HV)
+        low = state_low(q.dtype, "state_bwd")
+        BV = state_block_v(V, K, N * HV, low=bool(low))
         # The recomputed states (h, R) and the state gradients (dh, dY) are independent chains
         # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
         # sequences, run them side by side (TUNING["overlap_seq"]).
@@ -583,7 +588,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
             M if A is None else A, do, dY, dh, dh if dht is None else dht, dh if dh0 is None else dh0, cu,
             chunk_offsets, scale, H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K, "state_bwd_bk"), BV=BV,
             DECAY=DECAY, ERASE=ERASE, PRE_KD=KD is not None, USE_DHT=dht is not None,
-            STORE_DH0=dh0 is not None, PREC=PREC,
+            STORE_DH0=dh0 is not None, PREC=PREC, LOW=low,
         )
         if side is not None:
             torch.cuda.current_stream(dev).wait_stream(side)

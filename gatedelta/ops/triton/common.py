@@ -100,7 +100,7 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 64, 
           "solve_warps": 1, "state_bk": 64, "state_bwd_bk": 128, "pre_gated_q": True,
           "decode_bv": 32, "decode_warps": 2, "state_programs": 256,
           "solve_reg_diag": False, "pair_fallback": True, "grad_k_group": 1,
-          "fallback_warps": 8}
+          "fallback_warps": 8, "state_bf16": ()}
 # decode_bv / decode_warps: the decode kernel's value block (narrowed for K > 128 so the [K, BV]
 # fp32 state block stays in registers) and warps. Its time is the state's bytes, read and written
 # once per step. H200 (1e41ebe), one gdn2 token, B = 64, H = 16, K = V = 128, CUDA graph: 2 warps
@@ -133,6 +133,13 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 64, 
 # grad_bv: the gradient kernel's V block. 32 vs 64 (H200, each timed beside the defaults in one
 # call, a455d83 / 9f2df37), f+b ms: gdn2 8.47 vs 8.56 at 2k, 12.05 vs 12.17 at 32k; kda 8.01 vs
 # 8.27, 11.62 vs 11.86; gdn 4.52 vs 4.69, 8.23 vs 8.38. Forward unchanged.
+# state_bf16: the sequential kernels whose state-side products take bf16 operands (fp32
+# accumulation) for bf16 inputs: "state" (the forward's state kernel, also run by the backward's
+# recomputation: W S₀ or Ē S₀, (γ ⊙ Q) S₀ and K̃ᵀ R) and "state_bwd" (the state-gradient kernel:
+# K̃ dS_C, (γ ⊙ Q)ᵀ dO and Ēᵀ dY). The products that carry the output's and dY's main terms
+# (A Y, M R, Mᵀ dO, Aᵀ dR) keep tf32. FLA's sequential kernel rounds its state to bf16 for both of
+# its products. Value blocks are then at least 32 wide: Triton 3.6 faulted on bf16 [BK, 16] state
+# tiles (2026-11-29).
 # fallback_warps: warps of the pair kernels' fallback launch (PASS 2, the listed chunks; the first
 # launch is autotuned). Faithful sm_90 compile (Triton 3.6, gdn2, BK 64 gradient / 32 intra),
 # stack per thread at 8 / 4 warps: gradient 4.4 / 11.7 KB, intra 288 B / 1.1 KB. It was 4 until
@@ -355,6 +362,17 @@ def dot_precision(dtype: torch.dtype) -> str:
     if os.environ.get("TRITON_INTERPRET") == "1" or dtype == torch.float32:
         return "ieee"
     return "tf32"
+
+
+def state_low(dtype: torch.dtype, kernel: str) -> int:
+    """Operands of the state-side products of the sequential ``kernel`` (``"state"`` or
+    ``"state_bwd"``), as :func:`mixed_dot`'s LOW: bf16 (2 under the interpreter) for bf16 inputs
+    when ``TUNING["state_bf16"]`` lists the kernel, else 0 (fp32 at :func:`dot_precision`)."""
+    if kernel not in ("state", "state_bwd"):
+        raise ValueError(f"kernel must be 'state' or 'state_bwd', got {kernel!r}")
+    if dtype != torch.bfloat16 or kernel not in TUNING["state_bf16"]:
+        return 0
+    return 2 if INTERPRET else 1
 
 
 def pair_low(dtype: torch.dtype) -> int:

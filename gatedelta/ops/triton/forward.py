@@ -42,10 +42,12 @@ from .common import (
     inverse_precision,
     launch_configs,
     launch_pair_kernel,
+    mixed_dot,
     pair_low,
     pair_matrices,
     prepare_chunks,
     scratch_dtype,
+    state_low,
     stored_range,
     wide_state_prune,
 )
@@ -495,11 +497,11 @@ def decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_k, m_k, H: tl.conste
 
 @triton.jit
 def output_slot(b_S, q, G, QG, o_row, m_t, i_h, i_hv, o_s, H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr,
-                DECAY: tl.constexpr, PRE_QG: tl.constexpr, PREC: tl.constexpr):
+                DECAY: tl.constexpr, PRE_QG: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr):
     """The K rows ``o_s``'s share of ``(γ ⊙ Q) S₀`` ``[BT, BV]`` for a ``[len(o_s), BV]`` slice of
     the incoming state (per-head γ is left to :func:`output_finish`). PRE_QG (per-channel decay):
     ``γ ⊙ q`` read from QG ``[Ttot, HV, K]``, which :func:`chunk_wu_kernel` wrote once per chunk,
-    instead of formed by every value-block program."""
+    instead of formed by every value-block program. LOW: operands as :func:`mixed_dot`'s."""
     m_tk = m_t[:, None] & (o_s < K)[None, :]
     if DECAY == 2 and PRE_QG:
         b_q = tl.load(QG + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0).to(tl.float32)
@@ -507,7 +509,7 @@ def output_slot(b_S, q, G, QG, o_row, m_t, i_h, i_hv, o_s, H: tl.constexpr, HV: 
         b_q = tl.load(q + (o_row[:, None] * H + i_h) * K + o_s[None, :], mask=m_tk, other=0).to(tl.float32)
         if DECAY == 2:
             b_q *= tl.exp(tl.load(G + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0))
-    return tl.dot(b_q, b_S, input_precision=PREC)
+    return mixed_dot(b_q, b_S, PREC, LOW)
 
 
 @triton.jit
@@ -527,7 +529,7 @@ def output_finish(b_o, b_R, G, M, o, o_row, m_t, o_t, i_hv, p_tv, m_tv, scale, H
 def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_v, m_v,
                     H: tl.constexpr, HV: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                     DECAY: tl.constexpr, ERASE: tl.constexpr, FUSED_WU: tl.constexpr, PREC: tl.constexpr,
-                    OUT: tl.constexpr):
+                    OUT: tl.constexpr, LOW: tl.constexpr):
     """Phase 1 of one K slot ``o_s`` of the state: store it as the chunk's incoming state (unless
     OUT: the state kernel forms the output itself and h is not needed) and return its share of
     ``Ē S₀`` (FUSED_WU: ``Ē`` rows ``γ_r ⊙ b_r ⊙ k_r`` built here) or of ``W S₀`` (W from memory);
@@ -547,7 +549,7 @@ def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_
         else:
             b_e = tl.load(W + (o_row[:, None] * HV + i_hv) * K + o_s[None, :], mask=m_tk, other=0)
             b_e = b_e.to(tl.float32)
-        return tl.dot(b_e, b_S, input_precision=PREC)
+        return mixed_dot(b_e, b_S, PREC, LOW)
     else:
         return tl.zeros(b_Y.shape, dtype=tl.float32)
 
@@ -555,16 +557,16 @@ def state_slot_step(b_S, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s, o_
 @triton.jit
 def state_slot_update(b_S, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, H: tl.constexpr,
                       HV: tl.constexpr, K: tl.constexpr, DECAY: tl.constexpr, PRE_KD: tl.constexpr,
-                      PREC: tl.constexpr):
+                      PREC: tl.constexpr, LOW: tl.constexpr):
     """Phase 2 of one K slot: ``S ← γ_C ⊙ S + K̃ᵀ R``."""
     b_k, b_decay = decayed_keys(k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s, o_s < K, H, HV, K, DECAY,
                                 PRE_KD)
-    return b_S * b_decay + tl.dot(tl.trans(b_k), b_R, input_precision=PREC)
+    return b_S * b_decay + mixed_dot(tl.trans(b_k), b_R, PREC, LOW)
 
 
 @triton.autotune(
     launch_configs((4, 8), (1, 2, 3)),
-    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT", "PRE_QG"],
+    key=["H", "HV", "K", "V", "BK", "BV", "DECAY", "ERASE", "WRITE", "PRE_KD", "OUT", "PRE_QG", "LOW"],
     prune_configs_by={"early_config_prune": wide_state_prune},
 )
 @triton.jit
@@ -574,7 +576,7 @@ def chunk_state_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DECAY: tl.constexpr, ERASE: tl.constexpr, WRITE: tl.constexpr, FUSED_WU: tl.constexpr,
     PRE_KD: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr, OUT: tl.constexpr,
-    PRE_QG: tl.constexpr, PREC: tl.constexpr,
+    PRE_QG: tl.constexpr, PREC: tl.constexpr, LOW: tl.constexpr,
 ):
     """One program per (value block, sequence·head), walking the sequence's chunks in order.
 
@@ -586,7 +588,9 @@ def chunk_state_kernel(
     :func:`chunk_wu_kernel`); one or the other is faster depending on the compiler's registers.
 
     The ``[K, BV]`` state is held as up to four ``[BK, BV]`` slots (K ≤ 4·BK), each its own
-    register tile: one ``[K, BV]`` tile with its ``[BT, K]`` operands spills at K = 128.
+    register tile: one ``[K, BV]`` tile with its ``[BT, K]`` operands spills at K = 128. LOW: the
+    operands of the products with the state (``Ē S₀`` or ``W S₀``, ``(γ ⊙ Q) S₀``, ``K̃ᵀ R``) as
+    :func:`mixed_dot`'s (``TUNING["state_bf16"]``); ``A Y`` and ``M R`` stay at PREC.
     """
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hv = i_nh // HV, i_nh % HV
@@ -618,27 +622,27 @@ def chunk_state_kernel(
         else:
             b_Y = load_write(v, w, o_row, m_t, i_hv, o_v, m_tv, HV, V, WRITE)
         b_Y -= state_slot_step(b_S0, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s0, o_v, m_v,
-                               H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT)
+                               H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT, LOW)
         if K > BK:
             b_Y -= state_slot_step(b_S1, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s1,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT, LOW)
         if K > 2 * BK:
             b_Y -= state_slot_step(b_S2, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s2,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT, LOW)
         if K > 3 * BK:
             b_Y -= state_slot_step(b_S3, b_Y, k, b, G, W, h, p_h, o_row, m_t, i_h, i_hv, o_s3,
-                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT)
+                                   o_v, m_v, H, HV, K, V, DECAY, ERASE, FUSED_WU, PREC, OUT, LOW)
         if OUT:  # the output's state term, from S₀ before phase 2 updates it
-            b_O = output_slot(b_S0, q, G, QG, o_row, m_t, i_h, i_hv, o_s0, H, HV, K, DECAY, PRE_QG, PREC)
+            b_O = output_slot(b_S0, q, G, QG, o_row, m_t, i_h, i_hv, o_s0, H, HV, K, DECAY, PRE_QG, PREC, LOW)
             if K > BK:
                 b_O += output_slot(b_S1, q, G, QG, o_row, m_t, i_h, i_hv, o_s1, H, HV, K, DECAY, PRE_QG,
-                                   PREC)
+                                   PREC, LOW)
             if K > 2 * BK:
                 b_O += output_slot(b_S2, q, G, QG, o_row, m_t, i_h, i_hv, o_s2, H, HV, K, DECAY, PRE_QG,
-                                   PREC)
+                                   PREC, LOW)
             if K > 3 * BK:
                 b_O += output_slot(b_S3, q, G, QG, o_row, m_t, i_h, i_hv, o_s3, H, HV, K, DECAY, PRE_QG,
-                                   PREC)
+                                   PREC, LOW)
         if ERASE > 0 and FUSED_WU:
             b_A = tl.load(A + (o_row[:, None] * HV + i_hv) * BT + o_t[None, :], mask=m_t[:, None], other=0)
             b_R = tl.dot(b_A.to(tl.float32), b_Y, input_precision=PREC)
@@ -650,16 +654,16 @@ def chunk_state_kernel(
         else:
             tl.store(R + p_tv, b_R, mask=m_tv)
         b_S0 = state_slot_update(b_S0, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s0, H, HV, K, DECAY,
-                                 PRE_KD, PREC)
+                                 PRE_KD, PREC, LOW)
         if K > BK:
             b_S1 = state_slot_update(b_S1, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s1, H, HV, K,
-                                     DECAY, PRE_KD, PREC)
+                                     DECAY, PRE_KD, PREC, LOW)
         if K > 2 * BK:
             b_S2 = state_slot_update(b_S2, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s2, H, HV, K,
-                                     DECAY, PRE_KD, PREC)
+                                     DECAY, PRE_KD, PREC, LOW)
         if K > 3 * BK:
             b_S3 = state_slot_update(b_S3, b_R, k, G, KD, o_row, m_t, i_h, i_hv, i_last, o_s3, H, HV, K,
-                                     DECAY, PRE_KD, PREC)
+                                     DECAY, PRE_KD, PREC, LOW)
     if STORE_HT:
         store_slots(ht, p_n, b_S0, b_S1, b_S2, b_S3, o_k, o_v, m_v, K, V, BK)
 
@@ -686,7 +690,7 @@ def chunk_output_kernel(
         o_k = i_k * BK + tl.arange(0, BK)
         b_h = tl.load(h + (i_t.to(tl.int64) * HV + i_hv) * K * V + o_k[:, None] * V + o_v[None, :],
                       mask=(o_k < K)[:, None] & m_v[None, :], other=0).to(tl.float32)
-        b_o += output_slot(b_h, q, G, q, o_row, m_t, i_h, i_hv, o_k, H, HV, K, DECAY, False, PREC)
+        b_o += output_slot(b_h, q, G, q, o_row, m_t, i_h, i_hv, o_k, H, HV, K, DECAY, False, PREC, 0)
     p_tv = (o_row[:, None] * HV + i_hv) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     b_R = tl.load(R + p_tv, mask=m_tv, other=0).to(tl.float32)
@@ -706,15 +710,18 @@ def state_slot(K: int, knob: str = "state_bk") -> int:
     return max(min(TUNING[knob], _pow2(K)), _pow2(K) // 4)
 
 
-def state_block_v(V: int, K: int, programs: int) -> int:
+def state_block_v(V: int, K: int, programs: int, low: bool = False) -> int:
     """Value-block width of the sequential kernels: narrow enough to give the GPU at least
     ``TUNING["state_programs"]`` programs (long single sequences have few heads to spread over, and
     one program per SM leaves each chunk step's products unhidden), wide enough to feed the matrix
-    units. ``programs`` is the number of (sequence, value head) pairs."""
+    units. ``programs`` is the number of (sequence, value head) pairs; ``low``: the kernel's state
+    products take bf16 operands (:func:`~gatedelta.ops.triton.common.state_low`)."""
     BV = min(_pow2(V), 64 if K <= 64 else TUNING["state_bv_max"])
     # Not below TUNING["state_bv_min"] for K > 64, nor below 16 for K <= 64 unless it asks for less
-    # (a dot's N may be 8: Triton pads it on the tensor cores).
+    # (a dot's N may be 8: Triton pads it on the tensor cores); not below 32 with bf16 operands.
     lo = TUNING["state_bv_min"] if K > 64 else min(16, TUNING["state_bv_min"])
+    if low:
+        lo = max(lo, 32)
     while BV > lo and programs * triton.cdiv(V, BV) < TUNING["state_programs"]:
         BV //= 2
     return BV
@@ -818,7 +825,8 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
     else:
         h = R = None
         q_o, M, o, scale = out
-    BV = state_block_v(V, K, N * HV)
+    low = state_low(k.dtype, "state")
+    BV = state_block_v(V, K, N * HV, low=bool(low))
     args = (k, v, x if b is None else b, x if w is None else w, x if G is None else G, x if A is None else A,
             x if W is None else W, x if U is None else U, x if KD is None else KD, x if R is None else R,
             x if h is None else h, ht if h0 is None else h0, ht, q_o, x if QG is None else QG, M, o, cu,
@@ -827,7 +835,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
         chunk_state_kernel[(triton.cdiv(V, BV), N * HV)], *args, scale,
         H=H, HV=HV, K=K, V=V, BT=CHUNK, BK=state_slot(K), BV=BV, DECAY=DECAY, ERASE=ERASE, WRITE=WRITE,
         FUSED_WU=fused, PRE_KD=KD is not None, USE_H0=h0 is not None, STORE_HT=True, OUT=out is not None,
-        PRE_QG=qg_out, PREC=dot_precision(k.dtype),
+        PRE_QG=qg_out, PREC=dot_precision(k.dtype), LOW=low,
     )
     if stream is None:
         launch()
