@@ -337,6 +337,9 @@ def test_eight_wide_value_blocks_in_the_sequential_kernels(op, monkeypatch):
     monkeypatch.setitem(common.TUNING, "state_bv_min", 8)
     monkeypatch.setitem(common.TUNING, "state_programs", 10**6)
     assert forward.state_block_v(44, 40, 2) == 8 and forward.state_block_v(44, 128, 2) == 8
+    # bf16 state operands (state_bf16) keep blocks at least 32 wide, where V allows
+    assert forward.state_block_v(44, 128, 2, low=True) == 32
+    assert forward.state_block_v(16, 128, 2, low=True) == 16
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=2, K=40, V=44, dtype=torch.float32)
     _compare(op, args, s0)
 
