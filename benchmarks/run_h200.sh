@@ -410,8 +410,12 @@ lean13)
     TK="python3 benchmarks/tune_kernels.py"
     timeout 50 $TK --op gdn2 --keys state_bf16 --out $OUT/tune_${GPU}_gdn2_2k_lean.json
     timeout 50 $TK --op kda --keys state_bf16 --out $OUT/tune_${GPU}_kda_2k_lean.json
-    timeout 100 $TK --op gdn --T 32768 --keys fuse_wu fuse_output state_bf16 --out $OUT/tune_${GPU}_gdn_32k_lean.json
-    timeout 80 $TK --op gdn2 --T 32768 --keys state_bf16 --out $OUT/tune_${GPU}_gdn2_32k_lean.json
+    # one program per head at 2k (half the state kernels' bytes; faithful compile: 160 B of stack
+    # at 8 warps with bf16 operands, 336 B without)
+    timeout 45 $TK --op gdn2 --set 'state_bf16=("state","state_bwd")' --keys state_bv_max --values '[128]' \
+        --out $OUT/tune_${GPU}_gdn2_2k_lean_bv128.json
+    timeout 95 $TK --op gdn --T 32768 --keys fuse_wu fuse_output state_bf16 --out $OUT/tune_${GPU}_gdn_32k_lean.json
+    timeout 70 $TK --op gdn2 --T 32768 --keys state_bf16 --out $OUT/tune_${GPU}_gdn2_32k_lean.json
     timeout 100 $K fla-speed --ops gdn2 kda gdn --T 2048 8192 32768 --tag ${GPU:-h200}-lean13
     export GATEDELTA_TRITON_ONE_CONFIG=1
     timeout 75 $K check --ops gdn2 kda --tag ${GPU:-h200}-check13
