@@ -402,8 +402,8 @@ lean13)
     # thirteenth session: bf16 operands for the sequential kernels' state products (state_bf16),
     # each variant flipped alone from the defaults (state_bf16 last: Triton 3.6 faulted on bf16
     # state tiles once, and a fault ends the process): gdn2, kda and gdn at 2k (the state passes
-    # are ~2.1 of gdn2's 8.7 ms there), gdn at 32k also with FLA's split (W, U from their own
-    # kernel, the output chunk-parallel), gdn2 at 32k. FLA at 2k / 32k in the same call
+    # are ~2.1 of gdn2's 8.7 ms there), gdn at 32k also with the output chunk-parallel (as FLA
+    # does). FLA at 2k / 32k in the same call
     # (autotuning carried), then the bf16 checks with hard resets: the defaults (split_depth's
     # first GPU run) and with state_bf16 in both kernels.
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site ../.whl/*.whl
@@ -411,8 +411,7 @@ lean13)
     timeout 50 $TK --op gdn2 --keys state_bf16 --out $OUT/tune_${GPU}_gdn2_2k_lean.json
     timeout 50 $TK --op kda --keys state_bf16 --out $OUT/tune_${GPU}_kda_2k_lean.json
     timeout 45 $TK --op gdn --keys state_bf16 --out $OUT/tune_${GPU}_gdn_2k_lean.json
-    timeout 95 $TK --op gdn --T 32768 --keys fuse_wu fuse_output state_bf16 --out $OUT/tune_${GPU}_gdn_32k_lean.json
-    timeout 55 $TK --op gdn2 --T 32768 --keys state_bf16 --out $OUT/tune_${GPU}_gdn2_32k_lean.json
+    timeout 75 $TK --op gdn --T 32768 --keys fuse_output state_bf16 --out $OUT/tune_${GPU}_gdn_32k_lean.json
     timeout 80 $K fla-speed --ops gdn2 kda gdn --T 2048 32768 --tag ${GPU:-h200}-lean13
     export GATEDELTA_TRITON_ONE_CONFIG=1
     timeout 60 $K check --ops gdn2 --tag ${GPU:-h200}-check13
