@@ -33,7 +33,7 @@ CHOICES = {"intra_bk": [16, 32, 64], "intra_bk_head": [32, 64, 128], "output_bk"
            "split_solve": [False, True],
            "pair_bf16": [False, True], "pre_decayed_keys": [(2,), (1, 2)],
            "scratch_bf16": [(), ("W", "KD", "QG", "EG", "h", "dh"), ("W", "KD", "QG", "EG", "h", "dh", "A")],
-           "state_bv_max": [32, 64], "fuse_output": [False, True], "overlap_seq": [0, 2, 1000],
+           "state_bv_max": [32, 64, 128], "fuse_output": [False, True], "overlap_seq": [0, 2, 1000],
            "anchor_range": [0.0, 80.0], "solve_warps": [1, 2, 4], "state_bk": [64, 128],
            "state_bwd_bk": [64, 128], "grad_bk_head": [32, 64, 128], "pre_gated_q": [False, True],
            "solve_reg_diag": [False, True],
