@@ -140,7 +140,8 @@ def test_bf16_inputs_with_and_without_bf16_intermediates(op, switches, monkeypat
         assert common.scratch_dtype(torch.float32, name) == torch.float32
         assert common.scratch_dtype(torch.float16, name) == torch.float32
     torch.manual_seed(1)
-    args, s0 = make_inputs(op, B=1, T=75, H=1, G=2, K=32, V=16, dtype=torch.bfloat16)
+    # V = 32: bf16 state operands need value blocks at least 32 wide
+    args, s0 = make_inputs(op, B=1, T=75, H=1, G=2, K=32, V=32, dtype=torch.bfloat16)
     # every intermediate and the pair operands in bf16 at once: db's error reaches ~2e-2
     _compare(op, args, s0.float(), tol=3e-2 if len(switches) > 1 else 2e-2)
 
@@ -339,7 +340,11 @@ def test_eight_wide_value_blocks_in_the_sequential_kernels(op, monkeypatch):
     assert forward.state_block_v(44, 40, 2) == 8 and forward.state_block_v(44, 128, 2) == 8
     # bf16 state operands (state_bf16) keep blocks at least 32 wide, where V allows
     assert forward.state_block_v(44, 128, 2, low=True) == 32
-    assert forward.state_block_v(16, 128, 2, low=True) == 16
+    monkeypatch.setitem(common.TUNING, "state_bf16", ("state", "state_bwd"))
+    BV, low = forward.state_tiles(44, 128, 2, torch.bfloat16, "state")
+    assert BV == 32 and low > 0
+    assert forward.state_tiles(16, 128, 2, torch.bfloat16, "state_bwd") == (16, 0)  # too narrow for bf16
+    monkeypatch.setitem(common.TUNING, "state_bf16", ())
     args, s0 = make_inputs(op, B=1, T=70, H=1, G=2, K=40, V=44, dtype=torch.float32)
     _compare(op, args, s0)
 

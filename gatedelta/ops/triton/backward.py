@@ -50,7 +50,6 @@ from .common import (
     prepare_chunks,
     scratch_dtype,
     side_stream,
-    state_low,
     stored_range,
     wide_state_prune,
 )
@@ -62,8 +61,8 @@ from .forward import (
     decayed_keys,
     load_erase,
     load_slots,
-    state_block_v,
     state_slot,
+    state_tiles,
     store_slots,
 )
 
@@ -572,8 +571,7 @@ def chunk_backward(q, k, v, g, b, w, scale: float, h0, cu_seqlens, B: int, T: in
         G, ranges = chunk_cumdecay(g, cu, chunk_indices, NT)
         if M is None or (ERASE and A is None):
             M, A = chunk_intra(q, k, b, G, scale, cu, chunk_indices, NT, HV, ranges)
-        low = state_low(q.dtype, "state_bwd")
-        BV = state_block_v(V, K, N * HV, low=bool(low))
+        BV, low = state_tiles(V, K, N * HV, q.dtype, "state_bwd")
         # The recomputed states (h, R) and the state gradients (dh, dY) are independent chains
         # (the latter needs only the W, U kernel's KD, QG, EG): when few programs walk long
         # sequences, run them side by side (TUNING["overlap_seq"]).

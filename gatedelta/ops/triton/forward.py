@@ -727,6 +727,16 @@ def state_block_v(V: int, K: int, programs: int, low: bool = False) -> int:
     return BV
 
 
+def state_tiles(V: int, K: int, programs: int, dtype: torch.dtype, kernel: str) -> tuple[int, int]:
+    """``(BV, LOW)`` of the sequential ``kernel`` (``"state"`` or ``"state_bwd"``): its value block
+    (:func:`state_block_v`) and its state products' operands (:func:`~.common.state_low`). bf16
+    operands only where the block is at least 32 wide (V ≥ 32): Triton 3.6 faulted on narrower
+    bf16 state tiles."""
+    low = state_low(dtype, kernel)
+    BV = state_block_v(V, K, programs, low=bool(low))
+    return BV, low if BV >= 32 else 0
+
+
 def chunk_cumdecay(g, cu, chunk_indices, NT):
     """Stage 0: ``(G, ranges)``. G: fp32 like g (per head or per channel), or None without decay.
     ranges ``[NT, HV, NK]`` fp32: each chunk tile's log-decay range, for the pair kernels'
@@ -825,8 +835,7 @@ def chunk_state(k, v, b, w, G, A, h0, cu, chunk_indices, chunk_offsets, NT, N, q
     else:
         h = R = None
         q_o, M, o, scale = out
-    low = state_low(k.dtype, "state")
-    BV = state_block_v(V, K, N * HV, low=bool(low))
+    BV, low = state_tiles(V, K, N * HV, k.dtype, "state")
     args = (k, v, x if b is None else b, x if w is None else w, x if G is None else G, x if A is None else A,
             x if W is None else W, x if U is None else U, x if KD is None else KD, x if R is None else R,
             x if h is None else h, ht if h0 is None else h0, ht, q_o, x if QG is None else QG, M, o, cu,
