@@ -138,8 +138,10 @@ TUNING = {"intra_bk": 32, "intra_bk_head": 64, "output_bk": 128, "grad_bk": 64, 
 # recomputation: W S₀ or Ē S₀, (γ ⊙ Q) S₀ and K̃ᵀ R) and "state_bwd" (the state-gradient kernel:
 # K̃ dS_C, (γ ⊙ Q)ᵀ dO and Ēᵀ dY). The products that carry the output's and dY's main terms
 # (A Y, M R, Mᵀ dO, Aᵀ dR) keep tf32. FLA's sequential kernel rounds its state to bf16 for both of
-# its products. Value blocks are then at least 32 wide: Triton 3.6 faulted on bf16 [BK, 16] state
-# tiles (2026-11-29).
+# its products. Tried once on 2026-11-29 (H200, Triton 3.6, kernels since restructured): the state
+# kernel's W S₀ alone −0.13 ms f+b at 2k; the state-gradient kernel faulted (illegal address) at
+# 2k; gdn faulted at 32k with 16-wide value blocks. So bf16 operands only where value blocks are at
+# least 32 wide (state_tiles), and no default until timed again (`run_h200.sh lean13`).
 # fallback_warps: warps of the pair kernels' fallback launch (PASS 2, the listed chunks; the first
 # launch is autotuned). Faithful sm_90 compile (Triton 3.6, gdn2, BK 64 gradient / 32 intra),
 # stack per thread at 8 / 4 warps: gradient 4.4 / 11.7 KB, intra 288 B / 1.1 KB. It was 4 until
