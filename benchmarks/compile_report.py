@@ -17,9 +17,13 @@ device's (the native intra kernel: 135 registers, no spill)::
 Prints one line per (warps, stages): registers per thread, stack (spills) per thread, shared
 memory. The stack is 4 × the spill count the autotuner's records show from the device (the
 ``compiled`` lists of ``tune_*.json``: gdn2's gradient kernel 4,016 B here, 1,004 there, at 4
-warps and 1 stage). Pointer arguments default to fp32 (``--bf16`` names the 16-bit ones); ``cu_seqlens``,
-``chunk_indices``, ``chunk_offsets`` and ``worklist`` are int32, ``scale`` and ``limit`` fp32, ``Ttot``,
-``T`` and ``capacity`` int32.
+warps and 1 stage). Pointer arguments default to fp32 (``--bf16`` names the 16-bit ones);
+``cu_seqlens``, ``chunk_indices``, ``chunk_offsets`` and ``worklist`` are int32, ``scale`` and
+``limit`` fp32, ``Ttot``, ``T`` and ``capacity`` int32.
+
+``--forms`` instead compiles every form of :data:`FORMS` (the protocol shapes and each switch's
+form; ~15 s on two cores with the venv's Triton; the test suite runs it) and exits 1 if any
+fails, each failure with the compiler's own message.
 """
 
 from __future__ import annotations
@@ -86,15 +90,106 @@ def compile_one(kern, consts: dict, bf16: set[str], warps: int, stages: int) -> 
             f"shared {ck.metadata.shared} B")
 
 
+# Every form of the chunk and decode kernels that a GPU compiles for the protocol shapes (H = 16,
+# K = V = 128, bf16 inputs) and the switches' forms the interpreter never compiles: the native
+# 16-bit products (NATIVE, LOW = 1), the deferring and fallback passes, several K blocks per
+# program. Each entry: (label, kernel, constexprs, bf16 pointer arguments, warps, stages). The
+# log-decay g (and so dg) is float32 by the ops' contract.
+_SHAPE = dict(H=16, HV=16, K=128, BT=64)
+_GDN2 = dict(DECAY=2, ERASE=2, WRITE=2)
+_GDN = dict(DECAY=1, ERASE=1, WRITE=0)
+_PAIR = dict(PREC="tf32", RANGE=100.0, NR=2)
+_STATE = dict(_SHAPE, V=128, BK=64, BV=32, PRE_KD=True, USE_H0=True, STORE_HT=True, PREC="tf32")
+_STATE_BWD = dict(_SHAPE, V=128, BK=128, BV=32, PRE_KD=True, USE_DHT=True, STORE_DH0=True, PREC="tf32")
+_GRAD = dict(_SHAPE, V=128, BK=64, BV=32, KG=1, **_PAIR)
+_BF16_STATE = ("k", "v", "b", "w", "W", "KD", "QG", "h", "q", "o")
+_BF16_GRAD = ("q", "k", "v", "b", "w", "h", "dh", "do", "dq", "dk", "dv", "db", "dw")
+_CUMSUM = dict(HV=16, K=128, BT=64, BK=64)
+FORMS = [
+    ("cumsum, per channel", "chunk_cumsum_kernel", dict(_CUMSUM, DECAY=2, STORE_RANGE=True), (), 4, 1),
+    ("cumsum, per head", "chunk_cumsum_kernel", dict(_CUMSUM, DECAY=1, STORE_RANGE=False), (), 4, 1),
+    *[(f"intra gdn2 PASS {n}", "chunk_intra_kernel",
+       dict(_SHAPE, BK=32, DECAY=2, ERASE=2, PREC_INV="tf32x3", LOW=0, SPLIT_SOLVE=True, NATIVE=True, PASS=n,
+            **_PAIR), ("q", "k", "b"), 8 if n == 2 else 4, 1) for n in (0, 1, 2)],
+    ("intra gdn2 pair_bf16", "chunk_intra_kernel",
+     dict(_SHAPE, BK=32, DECAY=2, ERASE=2, PREC_INV="tf32x3", LOW=1, SPLIT_SOLVE=True, NATIVE=True, PASS=1,
+          **_PAIR), ("q", "k", "b"), 4, 1),
+    ("intra gdn", "chunk_intra_kernel",
+     dict(_SHAPE, BK=64, DECAY=1, ERASE=1, PREC_INV="tf32x3", LOW=0, SPLIT_SOLVE=True, NATIVE=True, PASS=0,
+          **dict(_PAIR, NR=1)), ("q", "k", "b"), 4, 1),
+    *[(f"solve REG_DIAG={r}", "chunk_solve_kernel", dict(HV=16, BT=64, PREC="tf32x3", REG_DIAG=r), (), 1, 1)
+      for r in (False, True)],
+    ("W, U gdn2", "chunk_wu_kernel",
+     dict(_SHAPE, V=128, BK=64, BV=64, **_GDN2, STORE_WU=True, PRE_KD=True, PRE_QG=True, PRE_EG=True,
+          PREC="tf32"), ("q", "k", "v", "b", "w", "W", "KD", "QG", "EG"), 4, 2),
+    *[(f"state gdn2 output LOW={low}", "chunk_state_kernel",
+       dict(_STATE, **_GDN2, FUSED_WU=False, OUT=True, PRE_QG=True, LOW=low), _BF16_STATE, 4, 2)
+      for low in (0, 1)],
+    ("state gdn2 recomputation LOW=1", "chunk_state_kernel",
+     dict(_STATE, **_GDN2, FUSED_WU=False, OUT=False, PRE_QG=False, LOW=1), _BF16_STATE, 4, 2),
+    *[(f"state gdn fused W, U LOW={low}", "chunk_state_kernel",
+       dict(_STATE, **_GDN, FUSED_WU=True, OUT=True, PRE_QG=False, LOW=low), _BF16_STATE, 4, 2)
+      for low in (0, 1)],
+    ("output gdn2", "chunk_output_kernel", dict(_SHAPE, V=128, BK=128, BV=64, DECAY=2, PREC="tf32"),
+     ("q", "h", "o"), 4, 2),
+    *[(f"state backward {op} LOW={low}", "chunk_state_bwd_kernel",
+       dict(_STATE_BWD, DECAY=gates["DECAY"], ERASE=gates["ERASE"], LOW=low),
+       ("q", "k", "b", "KD", "QG", "EG", "do", "dh"), 4, 2)
+      for op, gates in (("gdn2", _GDN2), ("gdn", _GDN)) for low in (0, 1)],
+    *[(f"gradient gdn2 PASS {n}", "chunk_grad_kernel", dict(_GRAD, **_GDN2, LOW=0, PASS=n), _BF16_GRAD,
+       8, 1) for n in (0, 1, 2)],
+    ("gradient gdn2 pair_bf16", "chunk_grad_kernel", dict(_GRAD, **_GDN2, LOW=1, PASS=1), _BF16_GRAD, 8, 1),
+    ("gradient gdn2 KG=2", "chunk_grad_kernel", dict(_GRAD, **_GDN2, LOW=0, PASS=1, BK=32, KG=2), _BF16_GRAD,
+     8, 1),
+    ("gradient gdn", "chunk_grad_kernel", dict(_GRAD, **_GDN, LOW=0, PASS=0, NR=1), _BF16_GRAD, 4, 1),
+    ("decode gdn2", "recurrent_step_kernel",
+     dict(H=16, HV=16, K=128, V=128, BK=128, BV=32, **_GDN2, USE_H0=True, VARLEN=False),
+     ("q", "k", "v", "b", "w", "o"), 2, 1),
+]
+
+
+def compile_form(form: tuple) -> str:
+    """One :data:`FORMS` entry's report line, or its compile error."""
+    label, name, consts, bf16, warps, stages = form
+    try:
+        return f"ok    {label}: {compile_one(find_kernel(name), consts, set(bf16), warps, stages)}"
+    except Exception as e:  # noqa: BLE001 — report every failing form, not just the first
+        root = e  # Triton wraps the error once per calling function: the innermost says what
+        while root.__cause__ is not None:
+            root = root.__cause__
+        return f"FAIL  {label}: {type(root).__name__}: {str(root)[-600:]}"
+
+
+def compile_forms(jobs: int) -> int:
+    """Compile every :data:`FORMS` entry (``jobs`` processes); the number that failed."""
+    import concurrent.futures
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=spawn) as pool:
+        lines = list(pool.map(compile_form, FORMS))
+    for line in lines:
+        print(line, flush=True)
+    return sum(line.startswith("FAIL") for line in lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kernel", help="e.g. chunk_grad_kernel, chunk_intra_kernel, recurrent_step_kernel")
+    p.add_argument("kernel", nargs="?",
+                   help="e.g. chunk_grad_kernel, chunk_intra_kernel, recurrent_step_kernel")
+    p.add_argument("--forms", action="store_true",
+                   help="instead: compile every kernel form of FORMS (protocol shapes, every switch's form)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for --forms")
     p.add_argument("--const", nargs="*", default=[], metavar="NAME=VALUE",
                    help="constexpr values (Python literals; None for an absent pointer)")
     p.add_argument("--bf16", nargs="*", default=[], metavar="ARG", help="pointer arguments holding bf16")
     p.add_argument("--warps", nargs="*", type=int, default=[4, 8])
     p.add_argument("--stages", nargs="*", type=int, default=[1, 2])
     a = p.parse_args(argv)
+    if a.forms:
+        raise SystemExit(1 if compile_forms(a.jobs) else 0)
+    if a.kernel is None:
+        p.error("name a kernel, or pass --forms")
     consts = {}
     for item in a.const:
         name, value = item.split("=", 1)
