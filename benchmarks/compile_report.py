@@ -142,10 +142,43 @@ FORMS = [
     ("gradient gdn2 KG=2", "chunk_grad_kernel", dict(_GRAD, **_GDN2, LOW=0, PASS=1, BK=32, KG=2), _BF16_GRAD,
      8, 1),
     ("gradient gdn", "chunk_grad_kernel", dict(_GRAD, **_GDN, LOW=0, PASS=0, NR=1), _BF16_GRAD, 4, 1),
+    *[(f"state K = V = 256 {kind}", name, dict(consts, K=256, V=256, DECAY=2, ERASE=2), bf16, 4, 2)
+      for kind, name, consts, bf16 in (
+          ("forward", "chunk_state_kernel",
+           dict(_STATE, WRITE=2, FUSED_WU=False, OUT=True, PRE_QG=True, LOW=0), _BF16_STATE),
+          ("backward", "chunk_state_bwd_kernel", dict(_STATE_BWD, LOW=0),
+           ("q", "k", "b", "KD", "QG", "EG", "do", "dh")))],
     ("decode gdn2", "recurrent_step_kernel",
      dict(H=16, HV=16, K=128, V=128, BK=128, BV=32, **_GDN2, USE_H0=True, VARLEN=False),
      ("q", "k", "v", "b", "w", "o"), 2, 1),
 ]
+
+
+
+def _op_forms(op: str, decay: int, erase: int) -> list[tuple]:
+    """The intra, state, state-gradient and gradient kernels as an op with these gate forms (no
+    write gate) compiles them at the defaults: per-channel decay defers (PASS 1), the others run
+    one checked launch; the state kernel forms R itself for decay forms 0 and 1 (fuse_wu)."""
+    pair = dict(_PAIR, NR=2 if decay == 2 else 1, PASS=1 if decay == 2 else 0)
+    gates = dict(DECAY=decay, ERASE=erase)
+    fused = decay in (0, 1)
+    pre = decay > 0 and erase > 0  # the W, U kernel writes the decayed operands
+    return [
+        (f"intra {op}", "chunk_intra_kernel",
+         dict(_SHAPE, BK=32 if decay == 2 else 64, **gates, PREC_INV="tf32x3", LOW=0, SPLIT_SOLVE=True,
+              NATIVE=True, **pair), ("q", "k", "b"), 4, 1),
+        (f"state {op}", "chunk_state_kernel",
+         dict(_STATE, **gates, WRITE=0, FUSED_WU=fused, OUT=True, PRE_KD=pre and not fused,
+              PRE_QG=pre and not fused and decay == 2, LOW=0), _BF16_STATE, 4, 2),
+        (f"state backward {op}", "chunk_state_bwd_kernel", dict(_STATE_BWD, **gates, PRE_KD=pre, LOW=0),
+         ("q", "k", "b", "KD", "QG", "EG", "do", "dh"), 4, 2),
+        (f"gradient {op}", "chunk_grad_kernel", dict(_GRAD, **gates, WRITE=0, LOW=0, **pair), _BF16_GRAD,
+         8 if decay == 2 else 4, 1),
+    ]
+
+
+FORMS += [form for op, decay, erase in (("kda", 2, 1), ("gla", 2, 0), ("delta_rule", 0, 1), ("ssd", 1, 0),
+                                        ("linear_attn", 0, 0)) for form in _op_forms(op, decay, erase)]
 
 
 def compile_form(form: tuple) -> str:
