@@ -130,6 +130,8 @@ FORMS = [
     *[(f"state gdn fused W, U LOW={low}", "chunk_state_kernel",
        dict(_STATE, **_GDN, FUSED_WU=True, OUT=True, PRE_QG=False, LOW=low), _BF16_STATE, 4, 2)
       for low in (0, 1)],
+    ("state gdn, W, U read, no output (fuse_wu, fuse_output off) LOW=1", "chunk_state_kernel",
+     dict(_STATE, **_GDN, FUSED_WU=False, OUT=False, PRE_QG=False, LOW=1), _BF16_STATE, 4, 2),
     ("output gdn2", "chunk_output_kernel", dict(_SHAPE, V=128, BK=128, BV=64, DECAY=2, PREC="tf32"),
      ("q", "h", "o"), 4, 2),
     *[(f"state backward {op} LOW={low}", "chunk_state_bwd_kernel",
