@@ -534,6 +534,15 @@ def split_depth(G, row0, eos, i_hv, o_t, o_k, m_k, limit, HV: tl.constexpr, K: t
 
 
 @triton.jit
+def bf16_values(a):
+    """fp32 ``a`` rounded to bf16 precision (round to nearest, ties to even, as the GPU's
+    ``.to(tl.bfloat16)``), kept in fp32. Bit arithmetic, not a cast: Triton 3.9's interpreter
+    truncates fp32 → bf16, which doubles the rounding error LOW = 2 stands in for."""
+    bits = a.to(tl.int32, bitcast=True)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) & -0x10000).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def pair_operand(a, PREC: tl.constexpr, LOW: tl.constexpr):
     """An fp32 operand of the pair split's products, rounded as :func:`mixed_dot` will use it: to
     bf16 (LOW = 1: a bf16 tile; LOW = 2: bf16 values in fp32), to tf32 (round to nearest, ties
@@ -542,7 +551,7 @@ def pair_operand(a, PREC: tl.constexpr, LOW: tl.constexpr):
     if LOW == 1:
         return a.to(tl.bfloat16)
     elif LOW == 2:
-        return a.to(tl.bfloat16).to(tl.float32)
+        return bf16_values(a)
     elif PREC == "tf32":
         bits = a.to(tl.int32, bitcast=True)
         return ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)  # keep 10 mantissa bits
@@ -554,12 +563,12 @@ def pair_operand(a, PREC: tl.constexpr, LOW: tl.constexpr):
 def mixed_dot(a, b, PREC: tl.constexpr, LOW: tl.constexpr):
     """``a @ b`` accumulated in fp32, from fp32 operands at precision PREC (LOW = 0), bf16 operands
     (LOW = 1, see :func:`pair_low`), or operands rounded to bf16 and multiplied exactly (LOW = 2:
-    the same numbers, for the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9)."""
+    the same numbers, for the interpreter, whose bf16 ``tl.dot`` is wrong in Triton 3.9 and whose
+    bf16 cast truncates: :func:`bf16_values`)."""
     if LOW == 1:
         return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16))
     elif LOW == 2:
-        a_low = a.to(tl.bfloat16).to(tl.float32)
-        return tl.dot(a_low, b.to(tl.bfloat16).to(tl.float32), input_precision="ieee")
+        return tl.dot(bf16_values(a), bf16_values(b), input_precision="ieee")
     else:
         return tl.dot(a, b, input_precision=PREC)
 
