@@ -167,11 +167,11 @@ def test_default_bf16_intermediates_cost_no_accuracy(op, monkeypatch):
     # The default bf16 storage is of those intermediates whose rounding the bf16 accuracy test (fed
     # unrounded inputs) cannot see. Here, against the reference fed the same rounded inputs, only
     # the kernels' own error counts: the defaults keep the output's within 15 % and every other
-    # error within 15 % of the largest error of the all-fp32 intermediates (dg's, the smallest
-    # gradient error, grows most: 1.7e-3 → 2.2e-3; the final state's own error goes from ~1e-7 to
-    # ~3e-3, the level of bf16 rounding, as in FLA, whose states are bf16). R in bf16 would cost
-    # ~70 % on dq (the gradient kernel reads the backward's recomputed R) and, where the output
-    # kernel reads it (fuse_output off), ~80 % on the output.
+    # error within 15 % of the largest error of the all-fp32 intermediates (gdn2, rounding as the
+    # GPU: output 1.63e-3 → 1.66e-3, dg, the smallest gradient error, 1.66e-3 → 1.78e-3; the final
+    # state's own error goes from ~1e-7 to ~1.3e-3, the level of bf16 rounding, as in FLA, whose
+    # states are bf16). R in bf16 would cost ~40 % on dg (the gradient kernel reads the backward's
+    # recomputed R) and, where the output kernel reads it (fuse_output off), ~40 % on the output.
     from gatedelta.ops.triton import common
 
     default = _low_errors(op, seed=3)
@@ -182,20 +182,20 @@ def test_default_bf16_intermediates_cost_no_accuracy(op, monkeypatch):
     # the test sees a costly rounding
     monkeypatch.setitem(common.TUNING, "scratch_bf16", ("R",))
     with_r = _low_errors(op, seed=3)
-    assert with_r["d0"] > 1.5 * fp32["d0"], (with_r, fp32)
+    assert with_r["d3"] > 1.3 * fp32["d3"], (with_r, fp32)
     monkeypatch.setitem(common.TUNING, "fuse_output", False)
     with_r = _low_errors(op, seed=3)
-    assert with_r["o"] > 1.5 * fp32["o"], (with_r, fp32)
+    assert with_r["o"] > 1.3 * fp32["o"], (with_r, fp32)
 
 
 @pytest.mark.parametrize("op", ["gdn2", "gdn"])
 def test_bf16_state_operands_cost_little_accuracy(op, monkeypatch):
     # state_bf16 rounds the state, dS, R and dY to bf16 as operands of the sequential kernels'
     # state products (as FLA's sequential kernel does). Against the reference fed the same rounded
-    # inputs (interpreter, seed 3): gdn2's output error 3.50e-3 → 3.48e-3, its gradients' within
-    # 4 %, gdn's unchanged; the final state's own error (~3e-3 from bf16 storage of h) 2.7e-3 →
-    # 3.1e-3. Operands truncated instead of rounded to nearest (the interpreter's own bf16 cast)
-    # would fail these bounds: output 3.88e-3, gradients up to 21 % worse, final state 5.6e-3.
+    # inputs (interpreter rounding as the GPU, seed 3): gdn2's output error 1.66e-3 → 1.69e-3, its
+    # gradients' within 2 %, gdn's unchanged; the final state's own error 1.3e-3 → 2.1e-3.
+    # Operands truncated instead of rounded to nearest (Triton's interpreter's own bf16 cast)
+    # would fail these bounds (output +11 %, gradients up to +21 %, final state 5.6e-3).
     from gatedelta.ops.triton import common
 
     default = _low_errors(op, seed=3)
@@ -204,7 +204,7 @@ def test_bf16_state_operands_cost_little_accuracy(op, monkeypatch):
     assert low != default  # the switch acts on bf16 inputs
     assert low["o"] <= 1.05 * default["o"], (low, default)
     assert all(low[name] <= 1.1 * default[name] for name in default if name.startswith("d")), (low, default)
-    assert low["s"] < 4.5e-3, (low, default)
+    assert low["s"] < 3e-3, (low, default)
     with pytest.raises(ValueError, match="kernel must be"):
         common.state_low(torch.bfloat16, "output")
 
