@@ -76,7 +76,9 @@ CHUNK = 64
 # multiplies. Listed are those whose rounding the bf16 accuracy test cannot see (H200: forward
 # 3.83e-3–3.88e-3, gradients unchanged; interpreter at T = 512: 4.78e-3 → 4.80e-3): W, KD, QG, EG,
 # h, dh. The value-side ones cost ~50 % more error each (interpreter, forward 4.8e-3 → 7.1e-3
-# for U, R or M alone; dY: dv 4.8e-3 → 7.0e-3) and stay fp32; A is free on the accuracy test's
+# for U, R or M alone; dY: dv 4.8e-3 → 7.0e-3: figures of the interpreter's truncating bf16
+# cast; rounded to nearest as on the GPU, ~+10 % each, 2026-12-08) and stay fp32 until timed
+# (`run_h200.sh lean13`); A is free on the accuracy test's
 # inputs but costs 6–12 % on the tests' harder ones (erase gate up to 2). gdn2 at 2k (H200): fwd
 # 4.46 → 3.79 ms, f+b 17.25 → 15.73; at 32k f+b 22.28 → 20.05 (f98462a). state_bv_max: the
 # widest value block of the sequential kernels for K > 64 (64: f+b 15.48 → 15.01 ms at 2k; at 32k
