@@ -4,9 +4,10 @@ variants: which intermediates may be bf16, which products may take bf16 operands
     TRITON_INTERPRET=1 python benchmarks/interp_accuracy.py --op gdn2 \\
         --variant defaults --variant 'scratch_bf16=("W","KD","QG","EG","h","dh","U","R","M")'
 
-gdn2 (or kda) at T = 512, B = 2, K = V = 128, bf16 inputs against the float64 reference fed the
-unrounded inputs, as ``gatedelta bench kernels accuracy`` does on a GPU, with H = 2 instead of 16
-(the interpreter is slow; per-element error statistics do not depend on H). One dO for every
+gdn2 (or kda) at T = 512, B = 2 (or ``--T 4096``, B = 1), K = V = 128, bf16 inputs against the
+float64 reference fed the unrounded inputs, as ``gatedelta bench kernels accuracy`` does on a GPU,
+with H = 2 instead of 16 (the interpreter is slow; per-element error statistics do not depend on
+H). One dO for every
 variant. The interpreter rounds fp32 to bf16 as the GPU does here (the test suite's
 ``tests/conftest.py`` patch, applied below): its own cast truncates, which doubles bf16 rounding
 errors. On 2026-12-08 the defaults gave a forward error of 3.74e-3 here and 3.84e-3 on the H100
@@ -30,6 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--op", default="gdn2", choices=["gdn2", "kda"])
     p.add_argument("--H", type=int, default=2)
+    p.add_argument("--T", type=int, default=512, help="tokens per sequence (4096: one sequence)")
     p.add_argument("--variant", action="append", default=[],
                    help="'defaults' or space-separated KEY=VALUE TUNING overrides; repeatable")
     a = p.parse_args()
@@ -42,7 +44,7 @@ def main() -> None:
     from gatedelta.ops.triton.common import TUNING
 
     defaults = dict(TUNING)
-    x = _inputs(2, 512, a.H, a.H, 128, 128, seed=7, device="cpu")
+    x = _inputs(2 if a.T <= 512 else 1, a.T, a.H, a.H, 128, 128, seed=7, device="cpu")
     names = ("q", "k", "v", "g", "b", "w") if a.op == "gdn2" else ("q", "k", "v", "g", "beta")
     ref_in = [x[n].clone().requires_grad_() for n in names]
     o_ref, _ = getattr(ops, a.op)(*ref_in, backend="reference")
@@ -60,7 +62,7 @@ def main() -> None:
                                                                 for n, t, r in zip(names, lo, ref_in)}}
         refs = {"o": o_ref.detach(), **{f"d{n}": r.grad for n, r in zip(names, ref_in)}}
         row = {k: round(float(e.norm() / refs[k].norm()) * 1e3, 3) for k, e in err.items()}
-        print(json.dumps({"op": a.op, "variant": variant, "rel_err_x1e3": row}), flush=True)
+        print(json.dumps({"op": a.op, "T": a.T, "variant": variant, "rel_err_x1e3": row}), flush=True)
 
 
 if __name__ == "__main__":
