@@ -7,11 +7,11 @@ variants: which intermediates may be bf16, which products may take bf16 operands
 gdn2 (or kda) at T = 512, B = 2 (or ``--T 4096``, B = 1), K = V = 128, bf16 inputs against the
 float64 reference fed the unrounded inputs, as ``gatedelta bench kernels accuracy`` does on a GPU,
 with H = 2 instead of 16 (the interpreter is slow; per-element error statistics do not depend on
-H). One dO for every
-variant. The interpreter rounds fp32 to bf16 as the GPU does here (the test suite's
-``tests/conftest.py`` patch, applied below): its own cast truncates, which doubles bf16 rounding
-errors. On 2026-12-08 the defaults gave a forward error of 3.74e-3 here and 3.84e-3 on the H100
-(H = 16, `kernels_accuracy_h100.json`). Prints one line of relative errors (×1e3) per variant.
+H). One dO for every variant. The interpreter rounds fp32 to bf16 as the GPU does here
+(:func:`gatedelta.ops.triton.interpret.round_bf16_to_nearest_even`, as in the test suite): its own
+cast truncates, which doubles bf16 rounding errors. On 2026-12-08 the defaults gave a forward
+error of 3.74e-3 here and 3.84e-3 on the H100 (H = 16, `kernels_accuracy_h100.json`). Prints one
+line of relative errors (×1e3) per variant.
 """
 
 from __future__ import annotations
@@ -19,12 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
-import sys
 
 import torch
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -37,11 +33,12 @@ def main() -> None:
     a = p.parse_args()
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("run with TRITON_INTERPRET=1 (set before Triton is imported)")
-    sys.path.insert(0, str(ROOT))
-    import tests.conftest  # noqa: F401  (rounds fp32 → bf16 to nearest even in the interpreter)
     from gatedelta import ops
-    from gatedelta.bench.kernels import _inputs, _tuning_overrides
+    from gatedelta.bench.kernels import _inputs, _rel, _tuning_overrides
     from gatedelta.ops.triton.common import TUNING
+    from gatedelta.ops.triton.interpret import round_bf16_to_nearest_even
+
+    round_bf16_to_nearest_even()
 
     defaults = dict(TUNING)
     x = _inputs(2 if a.T <= 512 else 1, a.T, a.H, a.H, 128, 128, seed=7, device="cpu")
@@ -58,10 +55,9 @@ def main() -> None:
         lo = [(x[n].float() if n == "g" else x[n].to(torch.bfloat16)).requires_grad_() for n in names]
         o, _ = getattr(ops, a.op)(*lo, backend="triton")
         o.backward(do.to(o.dtype))
-        err = {"o": o.detach().double() - o_ref.detach(), **{f"d{n}": t.grad.double() - r.grad
-                                                                for n, t, r in zip(names, lo, ref_in)}}
-        refs = {"o": o_ref.detach(), **{f"d{n}": r.grad for n, r in zip(names, ref_in)}}
-        row = {k: round(float(e.norm() / refs[k].norm()) * 1e3, 3) for k, e in err.items()}
+        err = {"o": _rel(o.detach(), o_ref.detach()),
+               **{f"d{n}": _rel(t.grad, r.grad) for n, t, r in zip(names, lo, ref_in)}}
+        row = {k: round(e * 1e3, 3) for k, e in err.items()}
         print(json.dumps({"op": a.op, "T": a.T, "variant": variant, "rel_err_x1e3": row}), flush=True)
 
 
